@@ -1,0 +1,3 @@
+from ffstream.cli import main
+
+raise SystemExit(main())

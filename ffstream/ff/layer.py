@@ -1,0 +1,133 @@
+"""A dense Forward-Forward layer that learns from its own local goodness."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ffstream.ff.config import LayerConfig
+from ffstream.ff.goodness import ff_loss, goodness, probability_positive
+from ffstream.ff.norm import rms_normalize
+
+Gradients = list[torch.Tensor]  # one tensor per parameter, in `parameters()` order: [weight (N, D), bias (N,)]
+
+
+class FFLayer(nn.Module):
+    """h = relu(W·x̂ + b), with x̂ the RMS-normalised input.
+
+    The layer never sees another layer's loss. `learn()` takes one optimiser
+    step on the positive loss plus any negative gradients that the sleep
+    worker has handed in since the last step (`add_negative`); with none
+    pending it is a pure positive step.
+
+    >>> layer = FFLayer(LayerConfig(in_features=4, width=3))
+    >>> h, stats = layer.learn(torch.ones(2, 4))
+    >>> h.shape, layer.version
+    (torch.Size([2, 3]), 1)
+    """
+
+    def __init__(self, cfg: LayerConfig):
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        # randn/√fan_in, as in the reference code, so that pre-activations start near unit variance.
+        self.weight = nn.Parameter(torch.randn(cfg.width, cfg.in_features, generator=gen) / cfg.in_features**0.5)
+        self.bias = nn.Parameter(torch.zeros(cfg.width))
+        self.register_buffer("running_mean", torch.zeros(cfg.width))  # (N,) EMA of each unit's activity
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # optimiser steps taken: the weights' version
+        self.optimizer = self._make_optimizer()
+        self._pending: Gradients | None = None  # summed negative gradients not yet applied
+        self.pending_count = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.cfg
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
+
+    @property
+    def version(self) -> int:
+        return int(self.steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, D) -> h: (B, N)."""
+        return torch.relu(nn.functional.linear(rms_normalize(x), self.weight, self.bias))
+
+    def goodness(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, N) -> (B,)."""
+        return goodness(h, self.cfg.goodness)
+
+    def probability(self, g: torch.Tensor) -> torch.Tensor:
+        return probability_positive(g, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
+
+    def local_gradients(self, x: torch.Tensor, positive: bool) -> tuple[Gradients, dict, torch.Tensor]:
+        """The gradient of this layer's own loss on x, without changing anything.
+
+        Returns (gradients, stats, h). Peer normalisation joins the positive
+        loss only, and its running mean moves only when a positive step is taken.
+        """
+        x = x.detach()
+        with torch.enable_grad():
+            h = self(x)
+            g = self.goodness(h)
+            loss = ff_loss(g, positive, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
+            if positive and self.cfg.peer_weight > 0:
+                loss = loss + self.cfg.peer_weight * self._peer_loss(h)
+            grads = torch.autograd.grad(loss, [self.weight, self.bias])
+        g = g.detach()
+        stats = {"goodness": float(g.mean()), "p": float(self.probability(g).mean()), "loss": float(loss.detach())}
+        return list(grads), stats, h.detach()
+
+    def _peer_loss(self, h: torch.Tensor) -> torch.Tensor:
+        """Pull each unit's running-mean activity toward the layer's average (keeps units from dying or hogging)."""
+        ema = self.cfg.peer_ema
+        running = ema * self.running_mean + (1 - ema) * h.mean(dim=0)
+        return (running.mean() - running).pow(2).mean()
+
+    def learn(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """One wake step on positive data x: (B, D). Returns h: (B, N), computed before the step, and stats."""
+        grads, stats, h = self.local_gradients(x, positive=True)
+        if self.cfg.peer_weight > 0:
+            ema = self.cfg.peer_ema
+            self.running_mean.mul_(ema).add_((1 - ema) * h.mean(dim=0))
+        stats["negatives_applied"] = self.pending_count
+        self.apply_gradients(grads)
+        return h, stats
+
+    def add_negative(self, grads: Gradients, scale: float = 1.0) -> None:
+        """Queue a negative gradient (computed elsewhere, maybe on older weights) for the next step."""
+        if self._pending is None:
+            self._pending = [g.detach().clone() * scale for g in grads]
+        else:
+            for acc, g in zip(self._pending, grads):
+                acc.add_(g, alpha=scale)
+        self.pending_count += 1
+
+    def apply_gradients(self, grads: Gradients | None = None) -> None:
+        """One optimiser step on grads plus whatever negatives are pending."""
+        total = grads
+        if self._pending is not None:
+            total = self._pending if total is None else [a + b for a, b in zip(total, self._pending)]
+        if total is None:
+            return
+        for param, grad in zip((self.weight, self.bias), total):
+            param.grad = grad
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending, self.pending_count = None, 0
+        self.steps += 1
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors a snapshot needs to run this layer elsewhere."""
+        return {"weight": self.weight.detach(), "bias": self.bias.detach()}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], version: int | None = None) -> None:
+        with torch.no_grad():
+            self.weight.copy_(tensors["weight"])
+            self.bias.copy_(tensors["bias"])
+        if version is not None:
+            self.steps.fill_(version)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"{c.in_features}->{c.width}, goodness={c.goodness}/{c.variant}, θ={c.theta:g}, {c.optimizer} lr={c.lr:g}"

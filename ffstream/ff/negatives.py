@@ -1,0 +1,70 @@
+"""Negative data: what the sleep worker feeds the network so that it learns what is *not* real."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BLUR_KERNEL = (0.25, 0.5, 0.25)
+
+
+def blurred_mask(shape: tuple[int, int, int], generator: torch.Generator, blur_steps: int = 8) -> torch.Tensor:
+    """The paper's mask: random bits, blurred `blur_steps` times with [1/4, 1/2, 1/4] both ways, then > 0.5.
+
+    shape: (B, H, W) -> a float mask of 0s and 1s with large coherent regions.
+    """
+    mask = torch.randint(0, 2, shape, generator=generator).float().unsqueeze(1)  # (B, 1, H, W)
+    k = torch.tensor(BLUR_KERNEL)
+    horizontal, vertical = k.view(1, 1, 1, 3), k.view(1, 1, 3, 1)
+    for _ in range(blur_steps):
+        mask = F.conv2d(F.pad(mask, (1, 1, 0, 0), mode="replicate"), horizontal)
+        mask = F.conv2d(F.pad(mask, (0, 0, 1, 1), mode="replicate"), vertical)
+    return (mask.squeeze(1) > 0.5).float()
+
+
+def hybrid(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator, blur_steps: int = 8) -> torch.Tensor:
+    """mask·a + (1 − mask)·b for frames a, b: (B, C, H, W): real short-range structure, wrong long-range shape."""
+    if a.shape != b.shape or a.dim() != 4:
+        raise ValueError(f"hybrid needs two (B, C, H, W) batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mask = blurred_mask((a.shape[0], a.shape[2], a.shape[3]), generator, blur_steps).unsqueeze(1)
+    return mask * a + (1 - mask) * b
+
+
+def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A label drawn uniformly from the K − 1 wrong ones, per row."""
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels.long() + offset) % num_classes
+
+
+def hard_wrong_labels(labels: torch.Tensor, scores: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A wrong label sampled in proportion to softmax(scores), the true class masked out.
+
+    scores: (B, K), e.g. goodness per candidate label; the labels the model confuses most come up most.
+    """
+    masked = scores.float().clone()
+    masked[torch.arange(len(labels)), labels.long()] = float("-inf")
+    probs = torch.softmax(masked, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def temporal_pairs(frames: torch.Tensor) -> torch.Tensor:
+    """Positive frame pairs from a clip in time order: frames (T, C, H, W) -> (T − 1, 2C, H, W), [t, t+1]."""
+    return torch.cat([frames[:-1], frames[1:]], dim=1)
+
+
+def temporal_negatives(frames: torch.Tensor, generator: torch.Generator, min_gap: int = 2) -> torch.Tensor:
+    """Frame pairs taken out of their time order: [t+1, t] reversed, or [t, s] with |t − s| ≥ min_gap.
+
+    frames: (T, C, H, W), T > min_gap -> (T − 1, 2C, H, W); half the rows are reversals, half are jumps.
+    """
+    t = frames.shape[0]
+    if t <= min_gap:
+        raise ValueError(f"temporal negatives need more than {min_gap} frames, got {t}")
+    first = torch.arange(t - 1)
+    reverse = torch.rand(t - 1, generator=generator) < 0.5
+    jump = (first + torch.randint(min_gap, t, (t - 1,), generator=generator)) % t
+    # A jump that lands within the gap (after wrapping) becomes a reversal, so no pair is ever in order.
+    too_close = (jump - first).abs() < min_gap
+    second = torch.where(reverse | too_close, first, jump)
+    first = torch.where(reverse | too_close, first + 1, first)
+    return torch.cat([frames[first], frames[second]], dim=1)

@@ -1,0 +1,31 @@
+"""A linear softmax readout: the supervised head, and the probe of unsupervised features."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LinearReadout(nn.Module):
+    """logits = A·f + c on features f: (B, F), learnt online by cross-entropy (predict, then learn)."""
+
+    def __init__(self, in_features: int, num_classes: int, lr: float = 1e-3, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)  # nn.Linear draws from the global generator
+        self.linear = nn.Linear(in_features, num_classes)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self(features).argmax(dim=1)
+
+    def learn(self, features: torch.Tensor, labels: torch.Tensor) -> float:
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(self(features.detach()), labels.long())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())

@@ -1,0 +1,97 @@
+"""Layers stacked in one process: the reference that the worker pipeline must equal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ffstream.ff.config import LayerConfig
+from ffstream.ff.labels import embed_label, neutral_label
+from ffstream.ff.layer import FFLayer, Gradients
+from ffstream.ff.norm import rms_normalize
+
+
+class FFStack:
+    """FF layers run one after another in a single process.
+
+    The pipeline gives each `FFLayer` to its own worker; here they share a
+    loop. Between layers only the normalised activity is passed on.
+    """
+
+    def __init__(self, configs: Sequence[LayerConfig]):
+        for below, above in zip(configs, configs[1:]):
+            if below.width != above.in_features:
+                raise ValueError(f"layer widths do not chain: {below.width} -> {above.in_features}")
+        self.layers = [FFLayer(c) for c in configs]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def activities(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """No learning: the raw activity h of every layer for input x: (B, D)."""
+        hs = []
+        with torch.no_grad():
+            for layer in self.layers:
+                h = layer(x)
+                hs.append(h)
+                x = rms_normalize(h)
+        return hs
+
+    def learn_positive(self, x: torch.Tensor) -> list[dict]:
+        """The wake pass: each layer takes its positive step, then hands its normalised activity up."""
+        stats = []
+        for layer in self.layers:
+            h, s = layer.learn(x)
+            stats.append(s)
+            x = rms_normalize(h)
+        return stats
+
+    def negative_gradients(self, x: torch.Tensor) -> list[tuple[Gradients, dict]]:
+        """The sleep pass: each layer's negative gradient on x, with no weight changed."""
+        out = []
+        for layer in self.layers:
+            grads, s, h = layer.local_gradients(x, positive=False)
+            out.append((grads, s))
+            x = rms_normalize(h)
+        return out
+
+    def learn_interleaved(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[dict]:
+        """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer."""
+        stats = []
+        for layer in self.layers:
+            grads, neg_stats, h_neg = layer.local_gradients(x_neg, positive=False)
+            layer.add_negative(grads)
+            h_pos, pos_stats = layer.learn(x_pos)
+            stats.append({"pos": pos_stats, "neg": neg_stats})
+            x_pos, x_neg = rms_normalize(h_pos), rms_normalize(h_neg)
+        return stats
+
+    def label_scores(self, x: torch.Tensor, num_classes: int, skip_first: bool = True) -> torch.Tensor:
+        """Energy prediction: goodness summed over layers 2..L for every candidate label.
+
+        x: (B, D) frames -> (B, K) scores, higher is more likely. In the "min"
+        variant positives have low goodness, so the sign is flipped.
+        """
+        first = 1 if skip_first and len(self.layers) > 1 else 0
+        sign = 1.0 if self.layers[0].cfg.variant == "max" else -1.0
+        labels = torch.empty(x.shape[0], dtype=torch.long)
+        scores = []
+        for k in range(num_classes):
+            hs = self.activities(embed_label(x, labels.fill_(k), num_classes))
+            scores.append(sum(layer.goodness(h) for layer, h in zip(self.layers[first:], hs[first:])))
+        return sign * torch.stack(scores, dim=1)
+
+    def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
+        """Normalised activities of the given layers (0-based) on one pass; with a neutral label if supervised."""
+        if num_classes:
+            x = neutral_label(x, num_classes)
+        hs = self.activities(x)
+        return torch.cat([rms_normalize(hs[i]) for i in layers], dim=1)
+
+
+def readout_layers(num_layers: int, supervised: bool) -> list[int]:
+    """Which layers feed the readout: 2..L for the supervised head, the last three for the unsupervised probe."""
+    if supervised:
+        return list(range(1, num_layers)) if num_layers > 1 else [0]
+    return list(range(max(0, num_layers - 3), num_layers))
