@@ -1,0 +1,190 @@
+"""Wire format v1: every message is two frames, a UTF-8 JSON header and a raw array.
+
+    [header, payload]
+    header = {"v": 1, "kind": ..., "stream": ..., "seq": ..., "t_src": ...,
+              "shape": [...], "dtype": ..., optional "label", "mode", "trace", ...}
+    payload = the C-contiguous bytes of one array, shape × itemsize long
+
+Receivers call `decode`, which checks everything before anything is used and
+raises `WireError` with a short reason; workers drop such messages and count
+them by reason. Nothing here unpickles, ever.
+
+>>> msg = Message("frames", np.zeros((2, 3), np.float32), seq=7, label=[1, 2])
+>>> decode(encode(msg)).seq
+7
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_PAYLOAD = 512 * 1024 * 1024  # largest array a worker accepts, in bytes; a 4×2000² snapshot is 64 MB
+ZERO_COPY_BYTES = 64 * 1024  # payloads above this are sent without a copy
+
+KINDS = frozenset(
+    {
+        "frames",  # source -> layer 1 and sleep: preprocessed frames (B, ...) with labels
+        "activity",  # layer i -> layer i+1 / sink: normalised activity (B, N)
+        "feedback",  # layer i+1 -> layer i: latest normalised activity, top-down
+        "snapshot_request",  # sleep -> layer: send me your weights
+        "snapshot",  # layer -> sleep: the weights, flattened, with "tensors" naming the parts
+        "negative_update",  # sleep -> layer: a negative gradient, flattened like a snapshot
+        "metrics",  # any worker -> monitor: a "metrics" dict in the header, empty payload
+        "control",  # supervisor or peers: "command" in the header, e.g. "stop", "pause", "resume"
+    }
+)
+DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64}
+FLOAT_DTYPES = ("float32", "float16")
+MODES = ("learn", "eval")
+# Header fields every message must carry, and the JSON types they must have.
+REQUIRED = {"v": int, "kind": str, "stream": str, "seq": int, "t_src": (int, float), "shape": list, "dtype": str}
+
+
+class WireError(ValueError):
+    """A message that must be dropped; `reason` is a short counter key such as "parts" or "shape"."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class Message:
+    kind: str
+    array: np.ndarray
+    stream: str = "main"  # which stream the frames belong to
+    seq: int = 0  # the source's batch counter, so order and loss can be checked end to end
+    t_src: float = field(default_factory=time.time)  # when the source captured the frames, seconds since the epoch
+    label: list[int] | None = None  # one label per row, for labelled streams
+    mode: str = "learn"  # "learn": take an update; "eval": forward only
+    trace: list[list[float]] | None = None  # per layer, the goodness of each row
+    extra: dict[str, Any] = field(default_factory=dict)  # kind-specific fields, e.g. "metrics" or "version"
+
+    def header(self) -> dict[str, Any]:
+        h = {
+            "v": VERSION,
+            "kind": self.kind,
+            "stream": self.stream,
+            "seq": int(self.seq),
+            "t_src": float(self.t_src),
+            "shape": list(self.array.shape),
+            "dtype": str(self.array.dtype),
+            "mode": self.mode,
+        }
+        if self.label is not None:
+            h["label"] = [int(v) for v in self.label]
+        if self.trace is not None:
+            h["trace"] = self.trace
+        h.update(self.extra)
+        return h
+
+
+def encode(msg: Message) -> list:
+    """Message -> [header bytes, payload]. Large payloads are handed over as a buffer, not copied."""
+    if msg.kind not in KINDS:
+        raise ValueError(f"unknown message kind {msg.kind!r}")
+    array = np.ascontiguousarray(msg.array)
+    if str(array.dtype) not in DTYPES:
+        raise ValueError(f"dtype {array.dtype} cannot go on the wire; use one of {sorted(DTYPES)}")
+    header = json.dumps(msg.header(), separators=(",", ":")).encode()
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(header)} bytes is over the {MAX_HEADER_BYTES}-byte limit")
+    payload = memoryview(array).cast("B") if array.nbytes else b""
+    return [header, payload]
+
+
+def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bool = True) -> Message:
+    """[header, payload] -> Message, or WireError. The array is a read-only view of the payload."""
+    if len(parts) != 2:
+        raise WireError("parts", f"expected 2 parts, got {len(parts)}")
+    raw_header, payload = (p.buffer if hasattr(p, "buffer") else p for p in parts)
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise WireError("header_size", f"header of {len(raw_header)} bytes")
+    try:
+        header = json.loads(bytes(raw_header).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError("header_json", str(exc)) from None
+    if not isinstance(header, dict):
+        raise WireError("header_json", "header is not a JSON object")
+    for key, kind in REQUIRED.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise WireError("header_field", f"{key!r} missing or of the wrong type")
+    if header["v"] != VERSION:
+        raise WireError("version", f"wire version {header['v']}, expected {VERSION}")
+    if header["kind"] not in KINDS:
+        raise WireError("kind", f"unknown kind {header['kind']!r}")
+    if header["dtype"] not in DTYPES:
+        raise WireError("dtype", f"unknown dtype {header['dtype']!r}")
+    shape = header["shape"]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) or len(shape) > 8:
+        raise WireError("shape", f"bad shape {shape!r}")
+    dtype = np.dtype(DTYPES[header["dtype"]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected > max_payload:
+        raise WireError("payload_size", f"{expected} bytes is over the {max_payload}-byte limit")
+    if expected != len(payload):
+        raise WireError("shape", f"shape {shape} × {dtype.itemsize} = {expected} bytes, payload has {len(payload)}")
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    if check_finite and header["dtype"] in FLOAT_DTYPES and not np.isfinite(array).all():
+        raise WireError("non_finite", "payload holds NaN or Inf")
+    mode = header.get("mode", "learn")
+    if mode not in MODES:
+        raise WireError("mode", f"unknown mode {mode!r}")
+    label = header.get("label")
+    if label is not None:
+        rows = shape[0] if shape else 0
+        if not isinstance(label, list) or len(label) != rows or not all(isinstance(v, int) and v >= 0 for v in label):
+            raise WireError("label", "label must be one non-negative int per row")
+    trace = header.get("trace")
+    if trace is not None and not _is_trace(trace):
+        raise WireError("trace", "trace must be a list of lists of finite numbers")
+    known = set(REQUIRED) | {"mode", "label", "trace"}
+    extra = {k: v for k, v in header.items() if k not in known}
+    return Message(
+        kind=header["kind"],
+        array=array,
+        stream=header["stream"],
+        seq=header["seq"],
+        t_src=float(header["t_src"]),
+        label=label,
+        mode=mode,
+        trace=trace,
+        extra=extra,
+    )
+
+
+def _is_trace(trace: Any) -> bool:
+    return isinstance(trace, list) and all(
+        isinstance(row, list) and all(isinstance(v, (int, float)) and np.isfinite(v) for v in row) for row in trace
+    )
+
+
+def pack_tensors(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict]]:
+    """Several float32 arrays -> one flat payload plus the "tensors" header entry that splits it again."""
+    flat = np.concatenate([np.ascontiguousarray(a, dtype=np.float32).ravel() for a in tensors.values()])
+    layout = [{"name": k, "shape": list(a.shape)} for k, a in tensors.items()]
+    return flat, layout
+
+
+def unpack_tensors(flat: np.ndarray, layout: Any) -> dict[str, np.ndarray]:
+    """The inverse of pack_tensors; WireError when the layout doesn't match the payload."""
+    if not isinstance(layout, list) or not all(isinstance(t, dict) for t in layout):
+        raise WireError("tensors", "missing or malformed 'tensors' layout")
+    out, offset = {}, 0
+    for entry in layout:
+        name, shape = entry.get("name"), entry.get("shape")
+        if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise WireError("tensors", f"bad tensor entry {entry!r}")
+        size = int(np.prod(shape, dtype=np.int64))
+        out[name] = flat[offset : offset + size].reshape(shape)
+        offset += size
+    if offset != flat.size or flat.ndim != 1:
+        raise WireError("tensors", f"layout covers {offset} values, payload has {flat.size}")
+    return out
