@@ -1,0 +1,106 @@
+"""Layer checkpoints as safetensors: atomic writes, and a refusal to load what doesn't fit.
+
+A checkpoint holds the weights, the peer-normalisation state and the optimiser
+state, with metadata: format version, the layer's config, its shape digest and
+the weights' version (optimiser steps). Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from ffstream.ff import FFLayer, LayerConfig
+
+FORMAT = "ffstream-layer-1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+def layer_path(directory: str | os.PathLike, index: int) -> Path:
+    """Layer index is 1-based, as users count layers."""
+    return Path(directory) / f"layer{index}.safetensors"
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Temporary file, fsync, rename: after a crash the old checkpoint or the new one is there, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_layer(path: str | os.PathLike, layer: FFLayer, extra: dict | None = None) -> None:
+    tensors = {name: t.detach().contiguous() for name, t in layer.state_dict().items()}
+    for index, state in layer.optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(layer.cfg.to_dict()),
+        "digest": layer.cfg.digest(),
+        "version": str(layer.version),
+        "extra": json.dumps(extra or {}),
+    }
+    write_atomic(path, save_bytes(tensors, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        tensors = load_bytes(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except (SafetensorError, ValueError, json.JSONDecodeError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable ffstream checkpoint: {str(exc).splitlines()[0]}") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an ffstream layer checkpoint (format {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:
+    """The config a checkpoint was saved with, and its extra metadata."""
+    _, metadata = read_metadata(path)
+    return LayerConfig(**json.loads(metadata["config"])), json.loads(metadata.get("extra", "{}"))
+
+
+def load_layer(path: str | os.PathLike, layer: FFLayer) -> int:
+    """Restore `layer` in place from `path`; returns the weights' version. Refuses a mismatched shape or config."""
+    tensors, metadata = read_metadata(path)
+    if metadata.get("digest") != layer.cfg.digest():
+        saved = json.loads(metadata.get("config", "{}"))
+        raise CheckpointError(
+            f"{path} was saved for layer {saved.get('in_features')}->{saved.get('width')} "
+            f"goodness={saved.get('goodness')}/{saved.get('variant')}, not "
+            f"{layer.cfg.in_features}->{layer.cfg.width} goodness={layer.cfg.goodness}/{layer.cfg.variant}"
+        )
+    own = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    for name, expected in layer.state_dict().items():
+        if name not in own or own[name].shape != expected.shape:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing or has the wrong shape")
+    layer.load_state_dict(own)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    if state:
+        opt_state = layer.optimizer.state_dict()
+        opt_state["state"] = state
+        layer.optimizer.load_state_dict(opt_state)
+    return layer.version

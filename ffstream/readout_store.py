@@ -1,0 +1,45 @@
+"""Saving and loading the sink's softmax head or probe, beside the layer checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from ffstream.checkpoint import CheckpointError, write_atomic
+from ffstream.ff import LinearReadout
+
+FORMAT = "ffstream-readout-1"
+
+
+def readout_path(directory: str | os.PathLike) -> Path:
+    return Path(directory) / "readout.safetensors"
+
+
+def save_readout(directory: str | os.PathLike, readout: LinearReadout, layers: list[int], num_classes: int) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in readout.state_dict().items()}
+    metadata = {"format": FORMAT, "layers": json.dumps(layers), "num_classes": str(num_classes)}
+    write_atomic(readout_path(directory), save_bytes(tensors, metadata=metadata))
+
+
+def load_readout(directory: str | os.PathLike) -> tuple[LinearReadout, list[int]]:
+    """The saved readout and the 0-based layers it reads; CheckpointError when there is none or it is broken."""
+    path = readout_path(directory)
+    try:
+        data = path.read_bytes()
+        tensors = load_bytes(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}")
+        weight = tensors["linear.weight"]
+        readout = LinearReadout(weight.shape[1], weight.shape[0])
+        readout.load_state_dict(tensors)
+        return readout, json.loads(metadata["layers"])
+    except FileNotFoundError:
+        raise CheckpointError(f"no softmax head at {path}; was the run supervised on a labelled source?") from None
+    except Exception as exc:  # safetensors, JSON and key errors all mean the same to the user
+        raise CheckpointError(f"{path} is not a readable readout: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,158 @@
+"""The lifecycle every worker shares: run() is try/finally close(), a stop flag, metrics and a heartbeat."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ffstream import wire
+from ffstream.transport import make_socket
+
+
+class Worker:
+    """Base of all workers.
+
+    Subclasses implement `setup()` (make sockets), `step()` (one bounded unit
+    of work: it must return within about POLL_MS when idle) and `metrics()`.
+    `run()` calls them until `stop()` is called, SIGTERM/SIGINT arrives (when
+    `handle_signals()` was called), or the subclass sets `self.finished`.
+    """
+
+    kind = "worker"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        context: zmq.Context | None = None,
+        metrics_addr: str | None = None,  # the monitor's XSUB address; None publishes nothing
+        metrics_interval: float = 1.0,  # seconds between metrics messages
+        final_stats_path: str | None = None,  # where close() writes the last metrics as JSON
+    ):
+        self.name = name
+        self.log = logging.getLogger(f"ffstream.{name}")
+        self._own_context = context is None
+        self.context = context or zmq.Context()
+        self.metrics_addr = metrics_addr
+        self.metrics_interval = metrics_interval
+        self.final_stats_path = final_stats_path
+        self._stop = threading.Event()
+        self.finished = False
+        self.started_at = time.time()
+        self.dropped: Counter[str] = Counter()  # malformed or unusable messages, by reason
+        self._sockets: list[zmq.Socket] = []
+        self._metrics_sock: zmq.Socket | None = None
+        self._last_metrics = 0.0
+        self._closed = False
+
+    # lifecycle -----------------------------------------------------------------
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT set the stop flag; the current batch drains and the worker exits."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        try:
+            if self.metrics_addr:
+                self._metrics_sock = self.socket(zmq.PUB, connect=self.metrics_addr, hwm=100)
+            self.setup()
+            self.log.info("started: %r", self)
+            while not self.stopping and not self.finished:
+                self.step()
+                self.maybe_publish_metrics()
+            self.drain()
+        finally:
+            self.close()
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def drain(self) -> None:
+        """Called once after the loop ends normally: finish what is in hand (checkpoint, forward end-of-stream)."""
+
+    def on_close(self) -> None:
+        """Release what the subclass holds (files, threads); sockets are closed by close()."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.on_close()
+            final = self.metrics()
+            self.publish_metrics(final)
+            if self.final_stats_path:
+                write_json_atomic(self.final_stats_path, final)
+        finally:
+            for sock in self._sockets:
+                sock.close(linger=0)
+            if self._own_context:
+                self.context.term()
+            self.log.info("stopped: %r", self)
+
+    # sockets and metrics -----------------------------------------------------------
+    def socket(self, kind: int, **kwargs: Any) -> zmq.Socket:
+        """A socket that close() will close."""
+        sock = make_socket(self.context, kind, **kwargs)
+        self._sockets.append(sock)
+        return sock
+
+    def metrics(self) -> dict[str, Any]:
+        """This worker's live figures; subclasses extend it."""
+        return {
+            "worker": self.kind,
+            "name": self.name,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "rejected": dict(self.dropped),
+        }
+
+    def maybe_publish_metrics(self) -> None:
+        now = time.monotonic()
+        if now - self._last_metrics >= self.metrics_interval:
+            self._last_metrics = now
+            self.publish_metrics(self.metrics())
+
+    def publish_metrics(self, figures: dict[str, Any]) -> None:
+        if self._metrics_sock is None:
+            return
+        msg = wire.Message("metrics", np.zeros(0, np.float32), stream=self.name, extra={"metrics": figures})
+        try:
+            self._metrics_sock.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a missing or slow monitor must never slow learning
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write to a temporary file, fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

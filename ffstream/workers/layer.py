@@ -1,0 +1,282 @@
+"""Layer worker: owns one FF layer, learns from each positive micro-batch at once, passes activity up."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from ffstream import checkpoint, wire
+from ffstream.ff import FFLayer, LayerConfig, embed_label, neutral_label, rms_normalize
+from ffstream.transport import POLL_MS, Receiver, send
+from ffstream.workers.base import Worker
+from ffstream.workers.stats import Ema, Mean, Rate
+
+
+@dataclass(frozen=True)
+class LayerEndpoints:
+    input: str  # PULL, bound: frames or activity from below
+    output: str  # PUSH, connected: the next layer's input or the sink's
+    negative: str  # PULL, bound: negative updates from the sleep worker
+    snapshot: str  # REP, bound: answers the sleep worker's snapshot requests
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_rows: int = 64  # rows per micro-batch; messages are merged up to this
+    max_wait_ms: float = 0.0  # how long to wait for more messages before a short batch runs
+
+
+class LayerWorker(Worker):
+    kind = "layer"
+
+    def __init__(
+        self,
+        index: int,  # 1-based position in the stack
+        layer_config: LayerConfig,
+        endpoints: LayerEndpoints,
+        *,
+        num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
+        batching: Batching = Batching(),
+        checkpoint_dir: str | None = None,
+        checkpoint_every_s: float = 60.0,
+        max_frames: int | None = None,  # stop after this many learned rows
+        exit_on_end: bool = True,  # stop when the end-of-stream marker has passed through
+        device: str = "cpu",
+        **worker_kwargs: Any,
+    ):
+        super().__init__(f"layer{index}", **worker_kwargs)
+        self.index = index
+        self.endpoints = endpoints
+        self.num_classes = num_classes
+        self.batching = batching
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every_s = checkpoint_every_s
+        self.max_frames = max_frames
+        self.exit_on_end = exit_on_end
+        self.device = torch.device(device)
+        self.layer = FFLayer(layer_config).to(self.device)
+        self.frames = 0
+        self.eval_frames = 0
+        self.updates = 0
+        self.negatives = 0
+        self.fps = Rate(time.monotonic)
+        self.recent = {k: Ema(0.05) for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "latency_ms", "staleness")}
+        self.whole_run = {k: Mean() for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "staleness")}
+        self._last_checkpoint = time.monotonic()
+        if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
+            version = checkpoint.load_layer(checkpoint.layer_path(checkpoint_dir, index), self.layer)
+            self.log.info("resumed from %s at version %d", checkpoint.layer_path(checkpoint_dir, index), version)
+
+    def setup(self) -> None:
+        ep = self.endpoints
+        self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
+        self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4)
+        self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
+        self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
+        self.poller = zmq.Poller()
+        for r in (self.input, self.negative, self.snapshot):
+            self.poller.register(r.sock, zmq.POLLIN)
+
+    # the loop --------------------------------------------------------------------------
+    def step(self) -> None:
+        ready = dict(self.poller.poll(POLL_MS))
+        if self.snapshot.sock in ready:
+            self._answer_snapshot()
+        if self.negative.sock in ready:
+            self._take_negative()
+        if self.input.sock in ready:
+            self._take_batch()
+        if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
+            self.save()
+
+    def _answer_snapshot(self) -> None:
+        request = self.snapshot.recv_ready()
+        if request is None or request.kind != "snapshot_request":
+            # REP must answer every request, even a bad one, or the socket locks up.
+            self.dropped["bad_snapshot_request"] += request is not None
+            reply = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "error"})
+        else:
+            tensors = {k: v.cpu().numpy() for k, v in self.layer.weights().items()}
+            flat, layout = wire.pack_tensors(tensors)
+            extra = {"version": self.layer.version, "tensors": layout, "layer": self.index}
+            reply = wire.Message("snapshot", flat, stream=self.name, extra=extra)
+        send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
+
+    def _take_negative(self) -> None:
+        msg = self.negative.recv_ready()
+        if msg is None:
+            return
+        try:
+            if msg.kind != "negative_update":
+                raise wire.WireError("kind", f"{msg.kind} on the negative socket")
+            parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
+            expected = {k: tuple(v.shape) for k, v in self.layer.weights().items()}
+            if {k: tuple(v.shape) for k, v in parts.items()} != expected:
+                raise wire.WireError("negative_shape", f"negative update shapes do not match {expected}")
+            version = int(msg.extra.get("version", -1))
+        except (wire.WireError, TypeError, ValueError) as exc:
+            self.dropped[getattr(exc, "reason", "negative_update")] += 1
+            return
+        grads = [torch.from_numpy(parts[k].copy()).to(self.device) for k in ("weight", "bias")]
+        self.layer.add_negative(grads)
+        self.negatives += 1
+        staleness = max(0, self.layer.version - version)
+        self.recent["staleness"].add(staleness)
+        self.whole_run["staleness"].add(staleness)
+        for key in ("goodness_neg", "p_neg"):
+            if isinstance(msg.extra.get(key), (int, float)):
+                self.recent[key].add(msg.extra[key])
+                self.whole_run[key].add(msg.extra[key], int(msg.extra.get("rows", 1)))
+        # Negatives must not pile up while the wake path is idle (a paused or phased source).
+        if self.layer.pending_count >= 2:
+            self.layer.apply_gradients()
+            self.updates += 1
+
+    def _gather(self) -> list[wire.Message]:
+        """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms."""
+        first = self.input.recv_ready()
+        batch = [first] if first is not None else []
+        rows = len(first.array) if first is not None else 0
+        deadline = time.monotonic() + self.batching.max_wait_ms / 1000
+        while rows < self.batching.max_rows and not (batch and batch[-1].kind == "control"):
+            wait_ms = max(0.0, (deadline - time.monotonic()) * 1000)
+            msg = self.input.recv(int(wait_ms))
+            if msg is None:
+                if not self.input.sock.poll(0):
+                    break
+                continue
+            batch.append(msg)
+            rows += len(msg.array) if msg.kind != "control" else 0
+        return batch
+
+    def _take_batch(self) -> None:
+        batch = self._gather()
+        data = [m for m in batch if m.kind in ("frames", "activity")]
+        bad = [m for m in batch if m.kind not in ("frames", "activity", "control")]
+        self.dropped["kind"] += len(bad)
+        for msg in [m for m in data if m.mode == "eval"]:
+            self._forward_eval(msg)
+        learn = [m for m in data if m.mode == "learn"]
+        if learn:
+            self._learn(learn)
+        for msg in [m for m in batch if m.kind == "control"]:
+            self._control(msg)
+
+    def _inputs(self, msg: wire.Message, eval_mode: bool) -> torch.Tensor | None:
+        """The message's rows as this layer's input (B, D); None (and counted) when they do not fit."""
+        if msg.extra.get("blocks"):
+            x = np.asarray(msg.array)[:, -self.layer.cfg.in_features :]  # eval: the last block is from the layer below
+        else:
+            x = np.asarray(msg.array).reshape(len(msg.array), -1)
+        if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features:
+            self.dropped["input_shape"] += 1
+            return None
+        x = torch.from_numpy(x.astype(np.float32, copy=False)).to(self.device)
+        if self.num_classes:
+            if eval_mode:
+                return neutral_label(x, self.num_classes)
+            if msg.label is None or max(msg.label, default=0) >= self.num_classes:
+                self.dropped["label"] += 1
+                return None
+            return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes)
+        return x
+
+    def _forward_eval(self, msg: wire.Message) -> None:
+        """Forward only, no update; the sink reads the normalised activity of every layer, so it is carried along."""
+        x = self._inputs(msg, eval_mode=True)
+        if x is None:
+            return
+        with torch.no_grad():
+            h = self.layer(x)
+        act = rms_normalize(h).cpu().numpy()
+        carried = np.asarray(msg.array) if msg.extra.get("blocks") else np.zeros((len(act), 0), np.float32)
+        out = np.concatenate([carried, act], axis=1)
+        blocks = list(msg.extra.get("blocks") or []) + [act.shape[1]]
+        trace = (msg.trace or []) + [[round(float(v), 4) for v in self.layer.goodness(h)]]
+        self.eval_frames += len(act)
+        self._send_on(msg, out, trace, {**msg.extra, "blocks": blocks})
+
+    def _learn(self, messages: list[wire.Message]) -> None:
+        inputs = [self._inputs(m, eval_mode=False) for m in messages]
+        kept = [(m, x) for m, x in zip(messages, inputs) if x is not None]
+        if not kept:
+            return
+        x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
+        h, stats = self.layer.learn(x)
+        g = self.layer.goodness(h)
+        act = rms_normalize(h).cpu().numpy()
+        self.updates += 1
+        self.frames += len(x)
+        self.fps.add(len(x))
+        for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
+            self.recent[key].add(value)
+            self.whole_run[key].add(value, len(x))
+        start = 0
+        for msg, xi in kept:
+            rows = slice(start, start + len(xi))
+            start += len(xi)
+            trace = (msg.trace or []) + [[round(float(v), 4) for v in g[rows]]]
+            self.recent["latency_ms"].add((time.time() - msg.t_src) * 1000)
+            self._send_on(msg, act[rows], trace, msg.extra)
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            self.finished = True
+
+    def _send_on(self, msg: wire.Message, array: np.ndarray, trace: list, extra: dict) -> None:
+        out = wire.Message(
+            "activity", array, stream=msg.stream, seq=msg.seq, t_src=msg.t_src, label=msg.label, mode=msg.mode, trace=trace, extra=extra
+        )
+        if not send(self.output, out, lambda: self.stopping):
+            self.dropped["not_sent"] += 1
+
+    def _control(self, msg: wire.Message) -> None:
+        if msg.extra.get("command") == "end":
+            send(self.output, msg, lambda: self.stopping, timeout_ms=5000)
+            if self.exit_on_end:
+                self.finished = True
+
+    # ending ------------------------------------------------------------------------------
+    def drain(self) -> None:
+        if self.layer.pending_count:
+            self.layer.apply_gradients()
+            self.updates += 1
+
+    def on_close(self) -> None:
+        if self.checkpoint_dir:
+            self.save()
+
+    def save(self) -> None:
+        path = checkpoint.layer_path(self.checkpoint_dir, self.index)
+        extra = {"index": self.index, "num_classes": self.num_classes}
+        checkpoint.save_layer(path, self.layer, extra)
+        self._last_checkpoint = time.monotonic()
+
+    def metrics(self) -> dict[str, Any]:
+        m = super().metrics()
+        m.update(
+            layer=self.index,
+            frames=self.frames,
+            eval_frames=self.eval_frames,
+            updates=self.updates,
+            negative_updates=self.negatives,
+            fps=self.fps.get(),
+            threshold=self.layer.cfg.theta,
+            weights_version=self.layer.version,
+            dropped=self.dropped_total(),
+            **{k: v.get() for k, v in self.recent.items()},
+            **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},
+        )
+        return m
+
+    def dropped_total(self) -> int:
+        receivers = [getattr(self, name, None) for name in ("input", "negative", "snapshot")]
+        return sum(self.dropped.values()) + sum(sum(r.rejected.values()) for r in receivers if r is not None)
+
+    def __repr__(self) -> str:
+        c = self.layer.cfg
+        return f"<LayerWorker {self.index} {c.in_features}->{c.width} frames={self.frames} updates={self.updates} v={self.layer.version}>"

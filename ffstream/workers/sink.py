@@ -1,0 +1,138 @@
+"""Sink worker: the end of the pipeline. Progressive accuracy (predict, then learn), probe, per-frame scores."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from ffstream.readout_store import save_readout
+from ffstream.ff import LinearReadout
+from ffstream.transport import POLL_MS, Receiver
+from ffstream.workers.base import Worker
+from ffstream.workers.stats import Ema, Rate
+
+
+class SinkWorker(Worker):
+    kind = "sink"
+
+    def __init__(
+        self,
+        input_addr: str,  # PULL, bound: the top layer's output
+        *,
+        readout_layers: list[int],  # 0-based layers whose normalised activity feeds the head or probe
+        num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
+        readout_lr: float = 1e-3,  # Adam learning rate of the softmax head / probe
+        scores_path: str | None = None,  # JSONL of per-frame goodness per layer
+        checkpoint_dir: str | None = None,
+        max_frames: int | None = None,  # stop after this many learned frames
+        exit_on_end: bool = True,
+        seed: int = 0,
+        **worker_kwargs: Any,
+    ):
+        super().__init__("sink", **worker_kwargs)
+        self.input_addr = input_addr
+        self.readout_layers = readout_layers
+        self.num_classes = num_classes
+        self.readout_lr = readout_lr
+        self.scores_path = scores_path
+        self.checkpoint_dir = checkpoint_dir
+        self.max_frames = max_frames
+        self.exit_on_end = exit_on_end
+        self.seed = seed
+        self.readout: LinearReadout | None = None
+        self.frames = 0
+        self.evaluated = 0
+        self.correct = 0
+        self.recent_accuracy = Ema(0.02)
+        self.fps = Rate(time.monotonic)
+        self.latencies_ms: deque[float] = deque(maxlen=2000)  # source timestamp -> here, learned frames
+        self.ended = False
+        self._scores_file = None
+
+    def setup(self) -> None:
+        self.input = Receiver(self.socket(zmq.PULL, bind=self.input_addr, hwm=8), name="sink.in")
+        if self.scores_path:
+            Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
+            self._scores_file = open(self.scores_path, "a", buffering=1)
+
+    def step(self) -> None:
+        msg = self.input.recv(POLL_MS)
+        if msg is None:
+            return
+        if msg.kind == "control":
+            if msg.extra.get("command") == "end":
+                self.ended = True
+                self.finished = self.exit_on_end
+            return
+        if msg.kind != "activity":
+            self.dropped["kind"] += 1
+        elif msg.mode == "eval":
+            self._evaluate(msg)
+        else:
+            self._record(msg)
+
+    def _record(self, msg) -> None:
+        now = time.time()
+        rows = len(msg.array)
+        self.frames += rows
+        self.fps.add(rows)
+        self.latencies_ms.append((now - msg.t_src) * 1000)
+        if self._scores_file and msg.trace:
+            for r in range(rows):
+                row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src, "goodness": [layer[r] for layer in msg.trace]}
+                if msg.label is not None:
+                    row["label"] = msg.label[r]
+                self._scores_file.write(json.dumps(row) + "\n")
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            self.finished = True
+
+    def _evaluate(self, msg) -> None:
+        """Predict, then learn: every labelled frame is scored before the head has seen its label."""
+        blocks = msg.extra.get("blocks") or []
+        if sum(blocks) != msg.array.shape[1] or max(self.readout_layers) >= len(blocks):
+            self.dropped["blocks"] += 1
+            return
+        if msg.label is None or not self.num_classes or max(msg.label) >= self.num_classes:
+            return  # nothing to score against
+        edges = np.cumsum([0] + list(blocks))
+        features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1))
+        labels = torch.tensor(msg.label)
+        if self.readout is None:
+            self.readout = LinearReadout(features.shape[1], self.num_classes, lr=self.readout_lr, seed=self.seed)
+        hits = int((self.readout.predict(features) == labels).sum())
+        self.correct += hits
+        self.evaluated += len(labels)
+        self.recent_accuracy.add(hits / len(labels))
+        self.readout.learn(features, labels)
+
+    def on_close(self) -> None:
+        if self._scores_file:
+            self._scores_file.close()
+        if self.checkpoint_dir and self.readout is not None:
+            save_readout(self.checkpoint_dir, self.readout, self.readout_layers, self.num_classes)
+
+    def metrics(self) -> dict[str, Any]:
+        m = super().metrics()
+        lat = np.array(self.latencies_ms) if self.latencies_ms else None
+        m.update(
+            frames=self.frames,
+            fps=self.fps.get(),
+            evaluated=self.evaluated,
+            accuracy=round(self.correct / self.evaluated, 6) if self.evaluated else None,
+            accuracy_recent=self.recent_accuracy.get(),
+            latency_p50_ms=round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
+            latency_p99_ms=round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
+            ended=self.ended,
+            dropped=sum(self.dropped.values()) + (sum(self.input.rejected.values()) if hasattr(self, "input") else 0),
+        )
+        return m
+
+    def __repr__(self) -> str:
+        return f"<SinkWorker frames={self.frames} evaluated={self.evaluated} correct={self.correct}>"

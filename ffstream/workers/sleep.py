@@ -1,0 +1,226 @@
+"""Sleep worker: makes negative data offline and runs the negative pass on snapshots of the layers.
+
+It keeps a bounded reservoir of raw frames (data, never activations), pulls a
+versioned snapshot of every layer every `sleep_every` wake batches, and sends
+each layer the gradient of its own negative loss, tagged with the snapshot's
+version so the layer can measure staleness.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from ffstream import wire
+from ffstream.ff import FFLayer, LayerConfig, embed_label, rms_normalize
+from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
+from ffstream.ff.stack import FFStack
+from ffstream.transport import POLL_MS, Receiver, make_socket, send
+from ffstream.workers.base import Worker
+from ffstream.workers.stats import Ema, Mean, Rate
+
+NEGATIVE_KINDS = ("random", "hard", "hybrid")
+
+
+@dataclass(frozen=True)
+class SleepPlan:
+    negatives: str = "random"  # "random" or "hard" wrong labels (supervised), "hybrid" frames (unsupervised)
+    sleep_every: int = 10  # refresh the snapshot every this many wake batches; 1 is the freshest
+    reservoir: int = 4096  # raw frames kept for hybrids
+    snapshot_timeout_ms: int = 2000  # a layer that does not answer in this time is asked again later
+
+    def __post_init__(self) -> None:
+        if self.negatives not in NEGATIVE_KINDS:
+            raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {self.negatives!r}")
+        if self.sleep_every < 1:
+            raise ValueError(f"sleep_every must be at least 1, got {self.sleep_every}")
+
+
+class Reservoir:
+    """A bounded sample of the frames seen so far (reservoir sampling: every frame equally likely to stay)."""
+
+    def __init__(self, capacity: int, generator: np.random.Generator):
+        self.capacity = capacity
+        self.rng = generator
+        self.frames: np.ndarray | None = None  # (capacity, ...) float32
+        self.size = 0
+        self.seen = 0
+
+    def add(self, batch: np.ndarray) -> None:
+        if self.frames is None:
+            self.frames = np.empty((self.capacity, *batch.shape[1:]), np.float32)
+        for row in batch:
+            if self.size < self.capacity:
+                self.frames[self.size] = row
+                self.size += 1
+            else:
+                slot = self.rng.integers(0, self.seen + 1)
+                if slot < self.capacity:
+                    self.frames[slot] = row
+            self.seen += 1
+
+    def sample(self, n: int) -> np.ndarray:
+        return self.frames[self.rng.integers(0, self.size, n)]
+
+
+class SleepWorker(Worker):
+    kind = "sleep"
+
+    def __init__(
+        self,
+        frames_addr: str,  # SUB, connected: the source's raw frames
+        snapshot_addrs: list[str],  # REQ, connected: each layer's snapshot socket, bottom up
+        negative_addrs: list[str],  # PUSH, connected: each layer's negative-update socket
+        layer_configs: list[LayerConfig],
+        *,
+        plan: SleepPlan = SleepPlan(),
+        num_classes: int | None = None,  # labelled stream: wrong-label negatives
+        seed: int = 0,
+        max_batches: int | None = None,  # stop after this many negative batches
+        exit_on_end: bool = True,
+        **worker_kwargs: Any,
+    ):
+        super().__init__("sleep", **worker_kwargs)
+        if len(snapshot_addrs) != len(layer_configs) or len(negative_addrs) != len(layer_configs):
+            raise ValueError("one snapshot and one negative address per layer")
+        if plan.negatives != "hybrid" and not num_classes:
+            raise ValueError(f"{plan.negatives!r} negatives need a labelled stream; use 'hybrid' for unlabelled video")
+        self.frames_addr = frames_addr
+        self.snapshot_addrs = snapshot_addrs
+        self.negative_addrs = negative_addrs
+        self.plan = plan
+        self.num_classes = num_classes
+        self.max_batches = max_batches
+        self.exit_on_end = exit_on_end
+        self.stack = FFStack(layer_configs)  # the snapshot: weights only, never trained here
+        self.versions: list[int | None] = [None] * len(layer_configs)
+        self.torch_gen = torch.Generator().manual_seed(seed)
+        self.reservoir = Reservoir(plan.reservoir, np.random.default_rng(seed))
+        self.batches = 0
+        self.negatives_made = 0
+        self.since_snapshot = 0
+        self.refreshes = 0
+        self.snapshot_timeouts = 0
+        self.rate = Rate(time.monotonic)
+        self.staleness = Mean()  # wake batches between the snapshot and the negative pass
+        self.goodness_neg = [Ema(0.05) for _ in layer_configs]
+
+    def setup(self) -> None:
+        self.frames = Receiver(self.socket(zmq.SUB, connect=self.frames_addr, hwm=4), name="sleep.frames")
+        self.frames.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.requesters = [self._requester(addr) for addr in self.snapshot_addrs]
+        self.pushers = [self.socket(zmq.PUSH, connect=addr, hwm=4) for addr in self.negative_addrs]
+
+    def _requester(self, addr: str) -> Receiver:
+        return Receiver(make_socket(self.context, zmq.REQ, connect=addr), name="sleep.snapshot")
+
+    # the loop ------------------------------------------------------------------------------
+    def step(self) -> None:
+        msg = self.frames.recv(POLL_MS)
+        if msg is None:
+            return
+        if msg.kind == "control":
+            if msg.extra.get("command") == "end" and self.exit_on_end:
+                self.finished = True
+            return
+        if msg.kind != "frames" or msg.mode != "learn":
+            return
+        batch = np.asarray(msg.array, np.float32)
+        self.reservoir.add(batch)
+        if self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every:
+            if not self.refresh():
+                return  # no snapshot yet: no negatives rather than negatives from random weights
+        self.since_snapshot += 1
+        self.dream(batch, msg.label)
+
+    def refresh(self) -> bool:
+        """Fetch every layer's weights (Lazy Pirate: a silent layer gets a fresh socket and is asked next time)."""
+        ok = True
+        for i, req in enumerate(self.requesters):
+            request = wire.Message("snapshot_request", np.zeros(0, np.float32), stream=self.name)
+            send(req.sock, request, lambda: self.stopping, timeout_ms=self.plan.snapshot_timeout_ms)
+            reply = req.recv(self.plan.snapshot_timeout_ms)
+            if reply is None or reply.kind != "snapshot":
+                self.snapshot_timeouts += 1
+                req.sock.close(linger=0)
+                self.requesters[i] = self._requester(self.snapshot_addrs[i])
+                ok = False
+                continue
+            try:
+                tensors = wire.unpack_tensors(reply.array, reply.extra.get("tensors"))
+                layer = self.stack.layers[i]
+                layer.load_weights({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
+            except (wire.WireError, KeyError, RuntimeError) as exc:
+                self.dropped[getattr(exc, "reason", "snapshot")] += 1
+                ok = False
+                continue
+            self.versions[i] = int(reply.extra.get("version", 0))
+        if ok:
+            self.refreshes += 1
+            self.since_snapshot = 0
+        return ok
+
+    def make_negatives(self, batch: np.ndarray, labels: list[int] | None) -> torch.Tensor:
+        """(B, C, H, W) real frames -> (B, D) negative inputs for layer 1."""
+        x = torch.from_numpy(batch)
+        if self.plan.negatives == "hybrid":
+            partner = torch.from_numpy(self.reservoir.sample(len(batch)))
+            return hybrid(x, partner, self.torch_gen).flatten(1)
+        flat = x.flatten(1)
+        true = torch.tensor(labels)
+        if self.plan.negatives == "hard":
+            scores = self.stack.label_scores(flat, self.num_classes)
+            wrong = hard_wrong_labels(true, scores, self.torch_gen)
+        else:
+            wrong = random_wrong_labels(true, self.num_classes, self.torch_gen)
+        return embed_label(flat, wrong, self.num_classes)
+
+    def dream(self, batch: np.ndarray, labels: list[int] | None) -> None:
+        if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
+            self.dropped["label"] += 1
+            return
+        x = self.make_negatives(batch, labels)
+        self.staleness.add(self.since_snapshot - 1)
+        for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
+            grads, stats, h = layer.local_gradients(x, positive=False)
+            self.goodness_neg[i].add(stats["goodness"])
+            flat, layout = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
+            extra = {"version": self.versions[i], "tensors": layout, "goodness_neg": stats["goodness"], "p_neg": stats["p"], "rows": len(x)}
+            update = wire.Message("negative_update", flat, stream=self.name, seq=self.batches, extra=extra)
+            if not send(pusher, update, lambda: self.stopping, timeout_ms=5000):
+                self.dropped["negative_not_sent"] += 1
+            x = rms_normalize(h)
+        self.batches += 1
+        self.negatives_made += len(batch)
+        self.rate.add(len(batch))
+        if self.max_batches is not None and self.batches >= self.max_batches:
+            self.finished = True
+
+    def on_close(self) -> None:
+        for req in getattr(self, "requesters", []):
+            req.sock.close(linger=0)
+
+    def metrics(self) -> dict[str, Any]:
+        m = super().metrics()
+        m.update(
+            batches=self.batches,
+            negatives=self.negatives_made,
+            negatives_per_s=self.rate.get(),
+            refreshes=self.refreshes,
+            snapshot_timeouts=self.snapshot_timeouts,
+            sleep_every=self.plan.sleep_every,
+            negative_kind=self.plan.negatives,
+            staleness=self.staleness.get(),
+            goodness_neg=[g.get() for g in self.goodness_neg],
+            reservoir=self.reservoir.size,
+            dropped=sum(self.dropped.values()) + (sum(self.frames.rejected.values()) if hasattr(self, "frames") else 0),
+        )
+        return m
+
+    def __repr__(self) -> str:
+        return f"<SleepWorker batches={self.batches} refreshes={self.refreshes} K={self.plan.sleep_every}>"

@@ -1,0 +1,153 @@
+"""Source worker: reads frames, batches them, and feeds layer 1 and the sleep worker."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ffstream import wire
+from ffstream.sources import FrameSource
+from ffstream.transport import POLL_MS, send, try_send
+from ffstream.workers.base import Worker
+from ffstream.workers.stats import Rate
+
+
+class SourceWorker(Worker):
+    """File and dataset sources block on backpressure and lose nothing; live sources drop and count.
+
+    Every batch goes to layer 1 (PUSH) and, as raw frames, to the sleep
+    worker (XPUB). With `eval_every` set on a labelled stream, a forward-only
+    copy of the batch with a neutral label goes first, so the sink can predict
+    each frame before the network learns from it.
+    """
+
+    kind = "source"
+
+    def __init__(
+        self,
+        source: FrameSource,
+        output_addr: str,  # PUSH, connected: layer 1's input
+        publish_addr: str | None,  # XPUB, bound: raw frames for the sleep worker; None without sleep
+        *,
+        batch: int = 64,  # frames per message
+        max_frames: int | None = None,  # stop after this many frames
+        eval_every: int = 1,  # send an eval copy of every n-th batch (labelled streams); 0 never
+        labelled: bool = True,  # send labels (supervised); False hides them from the network
+        wait_for_subscribers: int = 0,  # how many sleep workers to wait for before the first frame
+        subscriber_timeout_s: float = 30.0,  # how long that wait may take before frames flow anyway
+        **worker_kwargs: Any,
+    ):
+        super().__init__("source", **worker_kwargs)
+        self.source = source
+        self.output_addr = output_addr
+        self.publish_addr = publish_addr
+        self.batch = batch
+        self.max_frames = max_frames
+        self.eval_every = eval_every
+        self.labelled = labelled and source.num_classes is not None
+        self.wait_for_subscribers = wait_for_subscribers
+        self.subscriber_timeout_s = subscriber_timeout_s
+        self.frames = 0
+        self.batches = 0
+        self.send_drops = 0
+        self.subscribers = 0
+        self.fps = Rate(time.monotonic)
+        self._iter = iter(source)
+
+    @property
+    def total(self) -> int | None:
+        totals = [t for t in (self.source.total, self.max_frames) if t is not None]
+        return min(totals) if totals else None
+
+    def setup(self) -> None:
+        self.output = self.socket(zmq.PUSH, connect=self.output_addr, hwm=4)
+        self.publisher = None
+        if self.publish_addr:
+            self.publisher = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=4)
+            # A file source waits for a slow sleep worker instead of dropping its frames.
+            self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.source.live else 1)
+            self._await_subscribers()
+
+    def _await_subscribers(self) -> None:
+        """The handshake: XPUB hears each subscription, so the first frames are not lost to a slow joiner."""
+        deadline = time.monotonic() + self.subscriber_timeout_s
+        while self.subscribers < self.wait_for_subscribers and not self.stopping:
+            if time.monotonic() > deadline:
+                self.log.warning("no sleep worker subscribed after %.0f s; starting without it", self.subscriber_timeout_s)
+                return
+            self._count_subscriptions(POLL_MS)
+
+    def _count_subscriptions(self, timeout_ms: int = 0) -> None:
+        while self.publisher is not None and self.publisher.poll(timeout_ms, zmq.POLLIN):
+            event = self.publisher.recv()
+            self.subscribers += 1 if event[:1] == b"\x01" else -1
+            timeout_ms = 0
+
+    def step(self) -> None:
+        frames = self._next_frames()
+        if not frames:
+            self._end()
+            return
+        pixels = np.stack([f.pixels for f in frames])  # (B, C, H, W)
+        labels = [int(f.label) for f in frames] if self.labelled else None
+        t_src = min(f.t_src for f in frames)
+        self._count_subscriptions()
+        if labels is not None and self.eval_every and self.batches % self.eval_every == 0:
+            self._emit(wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels, mode="eval"))
+        learn = wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels)
+        self._emit(learn)
+        if self.publisher is not None:
+            if self.source.live:
+                try_send(self.publisher, learn)
+            else:
+                send(self.publisher, learn, lambda: self.stopping)
+        self.batches += 1
+        self.frames += len(frames)
+        self.fps.add(len(frames))
+
+    def _next_frames(self) -> list:
+        room = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames)
+        frames = []
+        for frame in self._iter:
+            frames.append(frame)
+            if len(frames) >= room:
+                break
+        return frames
+
+    def _emit(self, msg: wire.Message) -> None:
+        if self.source.live:
+            if not try_send(self.output, msg):
+                self.send_drops += len(msg.array)  # the pipeline is busy: the newest frame wins
+        elif not send(self.output, msg, lambda: self.stopping):
+            self.send_drops += len(msg.array)
+
+    def _end(self) -> None:
+        """Tell everyone downstream that the stream is over, then stop."""
+        end = wire.Message("control", np.zeros(0, np.float32), seq=self.batches, extra={"command": "end"})
+        send(self.output, end, lambda: self.stopping, timeout_ms=5000)
+        if self.publisher is not None:
+            send(self.publisher, end, lambda: self.stopping, timeout_ms=5000)
+        self.finished = True
+
+    def on_close(self) -> None:
+        self.source.close()
+
+    def metrics(self) -> dict[str, Any]:
+        m = super().metrics()
+        m.update(
+            frames=self.frames,
+            batches=self.batches,
+            total=self.total,
+            fps=self.fps.get(),
+            live=self.source.live,
+            dropped=self.source.dropped + self.send_drops,
+            bad_frames=self.source.bad_frames,
+            subscribers=self.subscribers,
+        )
+        return m
+
+    def __repr__(self) -> str:
+        return f"<SourceWorker {self.source.name} frames={self.frames}/{self.total}>"
