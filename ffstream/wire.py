@@ -17,6 +17,7 @@ them by reason. Nothing here unpickles, ever.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,13 +110,15 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
         raise WireError("header_size", f"header of {len(raw_header)} bytes")
     try:
         header = json.loads(bytes(raw_header).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError("header_json", str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting recurses
+        raise WireError("header_json", str(exc) or type(exc).__name__) from None
     if not isinstance(header, dict):
         raise WireError("header_json", "header is not a JSON object")
     for key, kind in REQUIRED.items():
         if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
             raise WireError("header_field", f"{key!r} missing or of the wrong type")
+    if not _finite_number(header["t_src"]):  # json.loads accepts NaN and Infinity
+        raise WireError("header_field", "'t_src' is not a finite number")
     if header["v"] != VERSION:
         raise WireError("version", f"wire version {header['v']}, expected {VERSION}")
     if header["kind"] not in KINDS:
@@ -126,7 +129,7 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) or len(shape) > 8:
         raise WireError("shape", f"bad shape {shape!r}")
     dtype = np.dtype(DTYPES[header["dtype"]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: np.prod in int64 overflows or wraps to 0
     if expected > max_payload:
         raise WireError("payload_size", f"{expected} bytes is over the {max_payload}-byte limit")
     if expected != len(payload):
@@ -160,10 +163,17 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
     )
 
 
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _is_trace(trace: Any) -> bool:
-    return isinstance(trace, list) and all(
-        isinstance(row, list) and all(isinstance(v, (int, float)) and np.isfinite(v) for v in row) for row in trace
-    )
+    return isinstance(trace, list) and all(isinstance(row, list) and all(_finite_number(v) for v in row) for row in trace)
 
 
 def pack_tensors(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict]]:
@@ -177,14 +187,18 @@ def unpack_tensors(flat: np.ndarray, layout: Any) -> dict[str, np.ndarray]:
     """The inverse of pack_tensors; WireError when the layout doesn't match the payload."""
     if not isinstance(layout, list) or not all(isinstance(t, dict) for t in layout):
         raise WireError("tensors", "missing or malformed 'tensors' layout")
+    if flat.ndim != 1:
+        raise WireError("tensors", f"payload must be flat, got shape {flat.shape}")
     out, offset = {}, 0
     for entry in layout:
         name, shape = entry.get("name"), entry.get("shape")
         if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
             raise WireError("tensors", f"bad tensor entry {entry!r}")
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
+        if offset + size > flat.size:  # checked before reshape, which would raise a plain ValueError
+            raise WireError("tensors", f"layout needs more than the {flat.size} values in the payload")
         out[name] = flat[offset : offset + size].reshape(shape)
         offset += size
-    if offset != flat.size or flat.ndim != 1:
+    if offset != flat.size:
         raise WireError("tensors", f"layout covers {offset} values, payload has {flat.size}")
     return out

@@ -58,6 +58,8 @@ def temporal_negatives(frames: torch.Tensor, generator: torch.Generator, min_gap
     frames: (T, C, H, W), T > min_gap -> (T − 1, 2C, H, W); half the rows are reversals, half are jumps.
     """
     t = frames.shape[0]
+    if min_gap < 2:  # a gap of 1 is the true order [t, t+1]
+        raise ValueError(f"min_gap must be at least 2, got {min_gap}")
     if t <= min_gap:
         raise ValueError(f"temporal negatives need more than {min_gap} frames, got {t}")
     first = torch.arange(t - 1)

@@ -11,8 +11,10 @@ class LinearReadout(nn.Module):
 
     def __init__(self, in_features: int, num_classes: int, lr: float = 1e-3, seed: int = 0):
         super().__init__()
-        torch.manual_seed(seed)  # nn.Linear draws from the global generator
-        self.linear = nn.Linear(in_features, num_classes)
+        # nn.Linear draws from the global generator; fork it so that the caller's random stream is left alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.linear = nn.Linear(in_features, num_classes)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,8 @@ class LayerWorker(Worker):
         checkpoint_every_s: float = 60.0,
         max_frames: int | None = None,  # stop after this many learned rows
         exit_on_end: bool = True,  # stop when the end-of-stream marker has passed through
-        device: str = "cpu",
+        device: str = "cpu",  # torch device of the weights: cpu, cuda, cuda:N
+        checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
         **worker_kwargs: Any,
     ):
         super().__init__(f"layer{index}", **worker_kwargs)
@@ -60,6 +61,7 @@ class LayerWorker(Worker):
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.device = torch.device(device)
+        self.checkpoint_meta = {"index": index, "num_classes": num_classes, **(checkpoint_meta or {})}
         self.layer = FFLayer(layer_config).to(self.device)
         self.frames = 0
         self.eval_frames = 0
@@ -252,8 +254,7 @@ class LayerWorker(Worker):
 
     def save(self) -> None:
         path = checkpoint.layer_path(self.checkpoint_dir, self.index)
-        extra = {"index": self.index, "num_classes": self.num_classes}
-        checkpoint.save_layer(path, self.layer, extra)
+        checkpoint.save_layer(path, self.layer, self.checkpoint_meta)
         self._last_checkpoint = time.monotonic()
 
     def metrics(self) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""The `ffstream` command: run, worker, monitor, eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from ffstream import __version__
+from ffstream.config import DEFAULT_MONITOR, ConfigError
+
+EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
+
+
+class UserError(Exception):
+    """Anything the user can fix; main() prints it on one line and exits 2."""
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 2000,2000,2000, got {text!r}") from None
+    if not widths or min(widths) <= 0:
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return widths
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 28x28, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return (h, w)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    return 0 if text == "0" else _positive(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffstream", description="Learn from live video with the Forward-Forward algorithm, one process per layer.")
+    parser.add_argument("--version", action="version", version=f"ffstream {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the whole stack locally, one OS process per worker")
+    run.add_argument("--config", help="JSON config file (sections stream, model, sleep, topology); flags override it")
+    run.add_argument("--source", help="synthetic[:N] (default), a video FILE, webcam:N, rtsp://..., idx:DIR[:train|test], fashion-mnist[:train|test]")
+    run.add_argument("--layers", type=_layers, help="units per layer, e.g. 2000,2000,2000,2000 (default 500,500,500)")
+    run.add_argument("--task", choices=("supervised", "unsupervised"), help="default: supervised when the source has labels")
+    run.add_argument("--max-frames", type=_positive, help="stop after N frames")
+    run.add_argument("--epochs", type=_positive, help="passes over a file or dataset (default 1)")
+    run.add_argument("--batch", type=_positive, help="frames per batch (default 64)")
+    run.add_argument("--sleep-every", type=_positive, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
+    run.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="negative data (default: random wrong labels when supervised, hybrid frames otherwise)")
+    run.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only)")
+    run.add_argument("--lr", type=float, help="layer learning rate (default 0.001)")
+    run.add_argument("--optimizer", choices=("adam", "sgd"), help="layer optimiser (default adam)")
+    run.add_argument("--goodness", choices=("sumsq", "meansq"), help="goodness function (default sumsq)")
+    run.add_argument("--variant", choices=("max", "min"), help="positives have high (max, default) or low (min) goodness")
+    run.add_argument("--size", type=_size, help="frame size HxW after resizing (default 28x28)")
+    run.add_argument("--color", action="store_true", default=None, help="keep RGB colour (default grey)")
+    run.add_argument("--checkpoint-dir", help="save layer checkpoints and the softmax head here; resume from them if present")
+    run.add_argument("--scores", help="write per-frame goodness per layer to this JSONL file")
+    run.add_argument("--monitor", help=f"address where the monitor publishes metrics (default {DEFAULT_MONITOR})")
+    run.add_argument("--summary-json", help="write the end-of-run figures to this file")
+    run.add_argument("--seed", type=int, help="seed for weights, shuffling and negatives (default 0)")
+    run.add_argument("--device", help="torch device for the layers: cpu (default), cuda, cuda:N")
+    run.add_argument("--threads", type=_positive, help="torch threads per worker (default: cores / compute workers)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    worker = sub.add_parser("worker", help="run one worker (for docker-compose and Kubernetes)")
+    worker.add_argument("kind", choices=("source", "layer", "sleep", "sink", "monitor"))
+    worker.add_argument("--config", help="JSON config file; FFSTREAM_* environment variables override it")
+    worker.add_argument("--index", type=_positive, help="which layer, 1-based (layer workers)")
+    worker.add_argument("--stats-dir", help="write this worker's final metrics here as <name>.json")
+
+    monitor = sub.add_parser("monitor", help="watch per-layer metrics live")
+    monitor.add_argument("--connect", default=DEFAULT_MONITOR, help=f"the monitor's address (default {DEFAULT_MONITOR})")
+    monitor.add_argument("--json", action="store_true", help="print one JSON object per metrics message")
+    monitor.add_argument("--count", type=_positive, help="exit after N messages")
+    monitor.add_argument("--seconds", type=float, help="exit after this many seconds")
+
+    ev = sub.add_parser("eval", help="accuracy of saved weights on a labelled source")
+    ev.add_argument("--checkpoint-dir", required=True)
+    ev.add_argument("--source", required=True, help="fashion-mnist[:test], idx:DIR[:split] or synthetic:N")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from ffstream.checkpoint import CheckpointError
+    from ffstream.sources import SourceError
+
+    try:
+        if args.command == "run":
+            from ffstream.commands.run import run_command
+
+            return run_command(args)
+        if args.command == "worker":
+            from ffstream.commands.worker import worker_command
+
+            return worker_command(args)
+        if args.command == "monitor":
+            from ffstream.commands.monitor import monitor_command
+
+            return monitor_command(args)
+        if args.command == "eval":
+            from ffstream.commands.evaluate import eval_command
+
+            return eval_command(args)
+    except (UserError, ConfigError, SourceError, CheckpointError, OSError) as exc:
+        print(f"ffstream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE

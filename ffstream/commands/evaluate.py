@@ -1,0 +1,28 @@
+"""`ffstream eval`: accuracy of a checkpoint directory on a labelled split."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ffstream.evaluate import evaluate, load_stack
+from ffstream.sources import Preprocess, dataset_arrays
+
+
+def eval_command(args) -> int:
+    torch.set_num_threads(torch.get_num_threads())
+    _, meta = load_stack(args.checkpoint_dir)
+    channels, height, width = meta.get("frame_shape") or (1, 28, 28)
+    images, labels = dataset_arrays(args.source, Preprocess(size=(height, width), color=channels == 3))
+    result = evaluate(args.checkpoint_dir, images, labels)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    print(f"{result['n']} frames of {args.source}, layers {result['layers']} ({result['task']})")
+    print(f"  accuracy by energy:       {fmt(result['accuracy_energy'])}")
+    print(f"  accuracy by softmax head: {fmt(result['accuracy_softmax'])}")
+    if result.get("readout_error"):
+        print(f"  ({result['readout_error']})")
+    return 0

@@ -1,0 +1,114 @@
+"""`ffstream run`: the whole stack on this machine, with a progress bar and a per-layer table at the end."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ffstream import config
+from ffstream.config import ConfigError, Topology
+from ffstream.runner import RunFailed, Supervisor, summarise
+from ffstream.sources import Preprocess, open_source
+
+
+def config_from_args(args) -> config.RunConfig:
+    overrides = {
+        "stream": {
+            "source": args.source, "task": args.task, "max_frames": args.max_frames, "epochs": args.epochs,
+            "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color,
+        },
+        "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant},
+        "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None},
+        "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device, "threads": args.threads},
+    }
+    if args.batch:
+        overrides["model"]["max_batch"] = args.batch
+    cfg = config.load(args.config, overrides=overrides)
+    resolve_stream(cfg)
+    cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish)
+    cfg.check()
+    return cfg
+
+
+def resolve_stream(cfg: config.RunConfig) -> None:
+    """Open the source once up front: a bad spec fails here with one line, and the labels decide the task."""
+    s = cfg.stream
+    if s.source.startswith(("webcam", "rtsp://", "rtsps://", "http://", "https://")):
+        s.num_classes = None  # a live device is opened once, by the source worker
+    else:
+        with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed) as src:
+            s.num_classes = src.num_classes
+    if s.task is None:
+        s.task = "supervised" if s.num_classes else "unsupervised"
+    if s.task == "supervised" and not s.num_classes:
+        raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
+    if s.supervised and s.num_classes > s.input_size:
+        raise ConfigError(f"{s.num_classes} label slots do not fit in a {s.size[0]}x{s.size[1]} frame")
+
+
+def run_command(args) -> int:
+    cfg = config_from_args(args)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    supervisor = Supervisor(cfg)
+    started = time.time()
+    show_progress = not args.no_progress
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_progress,
+    )
+    task = progress.add_task(f"ffstream {cfg.stream.source}", total=None, rate="")
+    last_plain = [0.0]
+
+    def on_metrics(name: str, m: dict) -> None:
+        if name != "source":
+            return
+        progress.update(task, completed=m.get("frames", 0), total=m.get("total"), rate=f"{m.get('fps', 0):.0f} frames/s")
+        if show_progress and not console.is_terminal and time.monotonic() - last_plain[0] > 10:
+            last_plain[0] = time.monotonic()  # no terminal: a plain progress line every 10 s instead of a bar
+            print(f"progress: {m.get('frames', 0)}/{m.get('total') or '?'} frames, {m.get('fps', 0):.0f} frames/s", file=sys.stderr)
+
+    failure = None
+    try:
+        supervisor.start()
+        with progress:
+            supervisor.watch(on_metrics)
+    except RunFailed as exc:
+        failure = exc
+    finally:
+        exit_codes = supervisor.stop()
+    summary = summarise(cfg, supervisor.final_stats(), time.time() - started, exit_codes)
+    summary["interrupted"] = supervisor.interrupted
+    print_summary(console, summary)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
+    if failure is not None:
+        console.print(f"[red]ffstream run: {failure}[/red]\nworker logs: {supervisor.run_dir / 'logs'}")
+        return 1
+    supervisor.cleanup()
+    return 0
+
+
+def print_summary(console: Console, summary: dict) -> None:
+    table = Table(title=f"ffstream: {summary['source']} ({summary['task']}), {summary['wall_s']:.1f} s")
+    for col in ("layer", "frames", "updates", "neg updates", "G pos", "G neg", "p pos", "p neg", "frames/s", "staleness"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    for layer in summary["layers"]:
+        table.add_row(
+            str(layer["layer"]), fmt(layer["frames"], "d"), fmt(layer["updates"], "d"), fmt(layer["negative_updates"], "d"),
+            fmt(layer["goodness_pos"], ".1f"), fmt(layer["goodness_neg"], ".1f"), fmt(layer["p_pos"]), fmt(layer["p_neg"]),
+            fmt(layer["fps"], ".0f"), fmt(layer["staleness"], ".1f"),
+        )
+    console.print(table)
+    sink = summary.get("sink") or {}
+    if sink.get("accuracy") is not None:
+        console.print(f"progressive accuracy (softmax head, predict then learn): {100 * sink['accuracy']:.2f} % over {sink['evaluated']} frames")
+    if summary.get("sleep"):
+        s = summary["sleep"]
+        console.print(f"sleep: {s.get('negatives')} negatives ({s.get('negative_kind')}), {s.get('refreshes')} snapshots, staleness {fmt(s.get('staleness'), '.1f')} batches")

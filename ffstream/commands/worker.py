@@ -1,0 +1,17 @@
+"""`ffstream worker KIND`: one worker in the foreground, configured by file and FFSTREAM_* variables."""
+
+from __future__ import annotations
+
+import torch
+
+from ffstream import config
+from ffstream.workers.build import build_worker, thread_budget
+
+
+def worker_command(args) -> int:
+    cfg = config.load(args.config)
+    torch.set_num_threads(thread_budget(cfg))
+    worker = build_worker(args.kind, cfg, index=args.index, final_stats_dir=args.stats_dir)
+    worker.handle_signals()
+    worker.run()
+    return 0

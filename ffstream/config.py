@@ -1,0 +1,280 @@
+"""Run configuration: one small dataclass per concept, built from file, environment and CLI in one place.
+
+Precedence, lowest first: dataclass defaults < JSON config file (`--config`) <
+`FFSTREAM_<SECTION>_<FIELD>` environment variables < command-line flags.
+Each worker is handed only the fields it needs (see ffstream.workers.build).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ffstream.ff import LayerConfig
+from ffstream.workers.layer import Batching, LayerEndpoints
+from ffstream.workers.sleep import SleepPlan
+
+DEFAULT_MONITOR = "tcp://127.0.0.1:5570"
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key or flag."""
+
+
+@dataclass
+class StreamConfig:
+    source: str = "synthetic"  # source spec: synthetic[:N], FILE, webcam:N, rtsp://..., idx:DIR[:split], fashion-mnist[:split]
+    size: tuple[int, int] = (28, 28)  # frame (height, width) after resizing, pixels
+    color: bool = False  # False: grey, one channel; True: RGB
+    batch: int = 64  # frames per message from the source
+    max_frames: int | None = None  # stop after this many frames; None runs the source to its end
+    epochs: int = 1  # passes over a file or dataset
+    task: str | None = None  # "supervised" or "unsupervised"; None: supervised when the source has labels
+    num_classes: int | None = None  # labels in the stream; filled in from the source by the runner
+    eval_every: int = 1  # labelled streams: a forward-only neutral-label copy of every n-th batch, for accuracy; 0 never
+    seed: int = 0  # seeds weights, shuffling and negatives
+
+    def check(self) -> None:
+        positive("stream.batch", self.batch)
+        positive("stream.epochs", self.epochs)
+        if self.max_frames is not None:
+            positive("stream.max_frames", self.max_frames)
+        if self.task not in (None, "supervised", "unsupervised"):
+            raise ConfigError(f"stream.task must be 'supervised' or 'unsupervised', got {self.task!r}")
+        if len(self.size) != 2 or min(self.size) <= 0:
+            raise ConfigError(f"stream.size must be HxW with positive numbers, got {self.size}")
+
+    @property
+    def supervised(self) -> bool:
+        return self.task == "supervised"
+
+    @property
+    def input_size(self) -> int:
+        return (3 if self.color else 1) * self.size[0] * self.size[1]
+
+
+@dataclass
+class ModelConfig:
+    layers: tuple[int, ...] = (500, 500, 500)  # units per layer, bottom up
+    goodness: str = "sumsq"  # "sumsq" or "meansq"
+    variant: str = "max"  # "max" or "min"
+    threshold: float | None = None  # None: the width (sumsq) or 2.0 (meansq)
+    optimizer: str = "adam"  # "adam" or "sgd"
+    lr: float = 1e-3  # per optimiser step
+    momentum: float = 0.9  # SGD momentum / Adam beta1
+    weight_decay: float = 0.0  # per step
+    peer_weight: float = 0.03  # peer normalisation λ; 0 is off
+    readout_lr: float = 1e-3  # the sink's softmax head / probe, Adam
+    max_batch: int = 64  # micro-batch rows per layer update
+    max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
+
+    def check(self) -> None:
+        if not self.layers:
+            raise ConfigError("model.layers needs at least one layer, e.g. --layers 500,500,500")
+        for w in self.layers:
+            positive("model.layers", w)
+        positive("model.max_batch", self.max_batch)
+
+    def layer_configs(self, input_size: int, seed: int) -> list[LayerConfig]:
+        sizes = [input_size, *self.layers]
+        try:
+            return [
+                LayerConfig(
+                    in_features=sizes[i],
+                    width=sizes[i + 1],
+                    goodness=self.goodness,
+                    variant=self.variant,
+                    threshold=self.threshold,
+                    optimizer=self.optimizer,
+                    lr=self.lr,
+                    momentum=self.momentum,
+                    weight_decay=self.weight_decay,
+                    peer_weight=self.peer_weight,
+                    seed=seed + i,
+                )
+                for i in range(len(self.layers))
+            ]
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(max_rows=self.max_batch, max_wait_ms=self.max_wait_ms)
+
+
+@dataclass
+class SleepConfig:
+    enabled: bool = True  # run the sleep worker at all; without it there are no negatives
+    negatives: str | None = None  # "random", "hard" or "hybrid"; None: random when supervised, hybrid otherwise
+    sleep_every: int = 10  # wake batches between snapshot refreshes
+    reservoir: int = 4096  # raw frames kept for negatives
+
+    def plan(self, supervised: bool) -> SleepPlan:
+        kind = self.negatives or ("random" if supervised else "hybrid")
+        try:
+            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir)
+        except ValueError as exc:
+            raise ConfigError(f"sleep: {exc}") from None
+
+
+@dataclass
+class Topology:
+    """Where every socket lives. Stable sides bind: each layer its inputs, the sink, the source's publisher, the monitor."""
+
+    source_publish: str = "tcp://127.0.0.1:5560"  # source XPUB of raw frames for the sleep worker
+    layer_inputs: tuple[str, ...] = ()  # per layer, PULL of frames/activity
+    layer_negatives: tuple[str, ...] = ()  # per layer, PULL of negative updates
+    layer_snapshots: tuple[str, ...] = ()  # per layer, REP for snapshots
+    sink_input: str = "tcp://127.0.0.1:5590"  # sink PULL
+    monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
+    monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
+
+    def layer(self, index: int) -> LayerEndpoints:
+        """Endpoints of layer `index` (1-based)."""
+        i = index - 1
+        output = self.layer_inputs[i + 1] if index < len(self.layer_inputs) else self.sink_input
+        return LayerEndpoints(self.layer_inputs[i], output, self.layer_negatives[i], self.layer_snapshots[i])
+
+    def filled(self, num_layers: int, host: str = "127.0.0.1", base_port: int = 5600) -> "Topology":
+        """Missing per-layer addresses on tcp ports base_port + 10·i + {0, 1, 2}."""
+        def ports(offset: int, given: tuple[str, ...]) -> tuple[str, ...]:
+            return given or tuple(f"tcp://{host}:{base_port + 10 * i + offset}" for i in range(num_layers))
+        return dataclasses.replace(
+            self, layer_inputs=ports(0, self.layer_inputs), layer_negatives=ports(1, self.layer_negatives), layer_snapshots=ports(2, self.layer_snapshots)
+        )
+
+    @classmethod
+    def local(cls, num_layers: int, monitor_publish: str, run_dir: str | None = None) -> "Topology":
+        """ipc:// sockets in a private directory for a one-machine run; only the monitor is on tcp."""
+        run_dir = run_dir or tempfile.mkdtemp(prefix="ffs-")
+        ipc = lambda name: f"ipc://{run_dir}/{name}"  # noqa: E731
+        return cls(
+            source_publish=ipc("source.pub"),
+            layer_inputs=tuple(ipc(f"layer{i}.in") for i in range(1, num_layers + 1)),
+            layer_negatives=tuple(ipc(f"layer{i}.neg") for i in range(1, num_layers + 1)),
+            layer_snapshots=tuple(ipc(f"layer{i}.snap") for i in range(1, num_layers + 1)),
+            sink_input=ipc("sink.in"),
+            monitor_collect=ipc("monitor.in"),
+            monitor_publish=monitor_publish,
+        )
+
+
+@dataclass
+class RunConfig:
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sleep: SleepConfig = field(default_factory=SleepConfig)
+    topology: Topology = field(default_factory=Topology)
+    checkpoint_dir: str | None = None  # layer checkpoints and the readout; None keeps nothing
+    checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints
+    scores: str | None = None  # JSONL of per-frame goodness, written by the sink
+    device: str = "cpu"  # torch device of the layer workers: cpu, cuda, cuda:N
+    threads: int | None = None  # torch threads per worker; None: cores shared among the compute workers
+
+    def check(self) -> None:
+        self.stream.check()
+        self.model.check()
+        if self.sleep.enabled:
+            self.sleep.plan(self.stream.supervised)
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    def layer_configs(self) -> list[LayerConfig]:
+        return self.model.layer_configs(self.stream.input_size, self.stream.seed)
+
+
+SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology}
+
+
+def positive(key: str, value: Any) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _coerce(key: str, typ: Any, value: Any) -> Any:
+    """A file or environment value to the field's type, or a ConfigError that names the key."""
+    text = str(typ)
+    try:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if "None" in text:
+                return None
+            raise ValueError("may not be empty")
+        if "tuple[int, int]" in text:
+            parts = value if isinstance(value, (list, tuple)) else str(value).lower().replace("x", ",").split(",")
+            return tuple(int(p) for p in parts)
+        if "tuple[int" in text:
+            parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(int(p) for p in parts)
+        if "tuple[str" in text:
+            return tuple(value if isinstance(value, (list, tuple)) else str(value).split(","))
+        if text.startswith("bool") or text == "<class 'bool'>":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if "float" in text:
+            return float(value)
+        if "int" in text:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected an integer")
+            return int(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: bad value {value!r} ({exc})") from None
+
+
+def _apply(obj: Any, prefix: str, values: dict[str, Any]) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"unknown config key {prefix}{name!r}; known: {', '.join(sorted(fields))}")
+        setattr(obj, name, _coerce(prefix + name, fields[name].type, value))
+
+
+def load(path: str | None = None, environ: dict[str, str] | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Defaults, then the JSON file, then FFSTREAM_* variables, then overrides (from the CLI)."""
+    cfg = RunConfig()
+    if path:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        for key, value in data.items():
+            if key in SECTIONS:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key {key!r} must be an object")
+                _apply(getattr(cfg, key), f"{key}.", value)
+            else:
+                _apply(cfg, "", {key: value})
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if not name.startswith("FFSTREAM_"):
+            continue
+        key = name[len("FFSTREAM_") :].lower()
+        section, _, field_name = key.partition("_")
+        if section in SECTIONS and field_name:
+            _apply(getattr(cfg, section), f"{name} -> {section}.", {field_name: value})
+        elif key in {f.name for f in dataclasses.fields(RunConfig)}:
+            _apply(cfg, f"{name} -> ", {key: value})
+    for section, values in (overrides or {}).items():
+        target = cfg if section == "" else getattr(cfg, section)
+        for name, value in values.items():
+            if value is not None:
+                setattr(target, name, value)
+    cfg.check()
+    return cfg

@@ -1,0 +1,68 @@
+"""Accuracy of saved weights on a labelled split: by energy and by the softmax head (or probe)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ffstream import checkpoint
+from ffstream.ff import FFLayer, FFStack, LinearReadout
+from ffstream.readout_store import load_readout
+
+EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
+
+
+def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
+    """All layer checkpoints in a directory, bottom up, and layer 1's metadata (frame shape, classes, task)."""
+    paths = []
+    while checkpoint.layer_path(directory, len(paths) + 1).exists():
+        paths.append(checkpoint.layer_path(directory, len(paths) + 1))
+    if not paths:
+        raise checkpoint.CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
+    configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
+    stack = FFStack(configs)
+    for layer, path in zip(stack.layers, paths):
+        checkpoint.load_layer(path, layer)
+    return stack, checkpoint.checkpoint_config(paths[0])[1]
+
+
+def energy_accuracy(stack: FFStack, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    correct = 0
+    for start in range(0, len(x), EVAL_BATCH):
+        scores = stack.label_scores(x[start : start + EVAL_BATCH], num_classes)
+        correct += int((scores.argmax(dim=1) == y[start : start + EVAL_BATCH]).sum())
+    return correct / len(x)
+
+
+def readout_accuracy(stack: FFStack, readout: LinearReadout, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> float:
+    """num_classes: the label slots to fill with the neutral label (supervised stacks), None for unsupervised ones."""
+    correct = 0
+    for start in range(0, len(x), EVAL_BATCH):
+        features = stack.readout_features(x[start : start + EVAL_BATCH], num_classes, layers)
+        correct += int((readout.predict(features) == y[start : start + EVAL_BATCH]).sum())
+    return correct / len(x)
+
+
+def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> dict:
+    """images: (N, C, H, W) float32 as the source delivers them; labels: (N,)."""
+    stack, meta = load_stack(directory)
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    if x.shape[1] != stack.layers[0].cfg.in_features:
+        raise checkpoint.CheckpointError(
+            f"frames of {x.shape[1]} values do not fit layer 1, which takes {stack.layers[0].cfg.in_features} (frame shape {meta.get('frame_shape')})"
+        )
+    supervised_classes = meta.get("num_classes")
+    result = {"n": len(x), "layers": [layer.cfg.width for layer in stack.layers], "task": meta.get("task")}
+    with torch.no_grad():
+        result["accuracy_energy"] = energy_accuracy(stack, x, y, supervised_classes) if supervised_classes else None
+        try:
+            readout, layers = load_readout(directory)
+            result["accuracy_softmax"] = readout_accuracy(stack, readout, layers, x, y, supervised_classes)
+        except checkpoint.CheckpointError as exc:
+            result["accuracy_softmax"] = None
+            result["readout_error"] = str(exc)
+    return result

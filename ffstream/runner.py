@@ -1,0 +1,220 @@
+"""`ffstream run`: a supervisor that starts one OS process per worker, watches them, and stops them cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from ffstream import wire
+from ffstream.config import RunConfig
+from ffstream.transport import make_socket
+from ffstream.workers.build import thread_budget
+
+log = logging.getLogger("ffstream.run")
+
+SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
+RESTART_LIMIT = 3  # restarts per worker before the run gives up
+RESTART_BACKOFF_S = (0.5, 2.0, 5.0)  # wait before the 1st, 2nd, 3rd restart
+
+
+class RunFailed(Exception):
+    """The run cannot go on; the message says which worker and why."""
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    restart_at: float | None = None  # when a crashed worker is due to be started again
+    exit_codes: list[int] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+class Supervisor:
+    """Starts the workers of one stack, restarts crashed ones with backoff, and ends when the sink is done."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="ffstream-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.stats_dir = self.run_dir / "final"
+        self.config_path = self.run_dir / "run.json"
+        self.config_path.write_text(cfg.to_json())
+        self.children: dict[str, Child] = {}
+        self.interrupted = False
+        self.latest: dict[str, dict] = {}  # worker name -> last metrics heard from the monitor
+        self.started_at = time.time()
+
+    def _argv(self, kind: str, index: int | None = None) -> list[str]:
+        argv = [sys.executable, "-m", "ffstream", "worker", kind, "--config", str(self.config_path), "--stats-dir", str(self.stats_dir)]
+        return argv + (["--index", str(index)] if index is not None else [])
+
+    def start(self) -> None:
+        specs = [("monitor", None), ("sink", None)]
+        specs += [("layer", i) for i in range(len(self.cfg.model.layers), 0, -1)]
+        specs += [("sleep", None)] if self.cfg.sleep.enabled else []
+        specs += [("source", None)]
+        env = {**os.environ, "FFSTREAM_THREADS": str(thread_budget(self.cfg)), "PYTHONUNBUFFERED": "1"}
+        self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k != "FFSTREAM_THREADS")}
+        for kind, index in specs:
+            name = f"layer{index}" if kind == "layer" else kind
+            child = Child(name, self._argv(kind, index), self.run_dir / "logs" / f"{name}.log")
+            child.start(self.env)
+            self.children[name] = child
+        log.info("started %d workers, logs in %s", len(self.children), self.run_dir / "logs")
+
+    def watch(self, on_metrics=None) -> None:
+        """Until the sink has finished (or Ctrl-C): restart crashed workers and feed metrics to on_metrics."""
+        ctx = zmq.Context()
+        sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self.interrupted:
+                if sub.poll(200):
+                    self._take_metrics(sub, on_metrics)
+                if self._check_children():
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sub.close(linger=0)
+            ctx.term()
+
+    def _interrupt(self, *_: Any) -> None:
+        self.interrupted = True
+
+    def _take_metrics(self, sub: zmq.Socket, on_metrics) -> None:
+        while sub.poll(0):
+            try:
+                msg = wire.decode(sub.recv_multipart(copy=False), max_payload=0)
+            except wire.WireError:
+                continue
+            figures = msg.extra.get("metrics")
+            if msg.kind == "metrics" and isinstance(figures, dict):
+                self.latest[msg.stream] = figures
+                if on_metrics:
+                    on_metrics(msg.stream, figures)
+
+    def _check_children(self) -> bool:
+        """True when the run is over: the sink exited cleanly."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.restart_at is not None and now >= child.restart_at:
+                child.restart_at = None
+                log.warning("restarting %s (restart %d of %d)", child.name, child.restarts, RESTART_LIMIT)
+                child.start(self.env)
+                continue
+            if child.process is None or child.running() or child.restart_at is not None:
+                continue
+            code = child.process.returncode
+            child.exit_codes.append(code)
+            child.process = None
+            if code == 0:
+                if child.name == "sink":
+                    return True
+                continue
+            if child.restarts >= RESTART_LIMIT:
+                raise RunFailed(f"{child.name} crashed {child.restarts + 1} times (last exit {code}); giving up. Last log lines:\n{child.tail()}")
+            if code == 2:  # a usage or input error: restarting cannot fix it
+                raise RunFailed(f"{child.name} exited with an error:\n{child.tail(3)}")
+            child.restarts += 1
+            child.restart_at = now + RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
+            log.warning("%s exited with %s; restart %d in %.1f s", child.name, code, child.restarts, child.restart_at - now)
+        return False
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
+        alive = [c for c in self.children.values() if c.running()]
+        for child in alive:
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for child in alive:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop within %.0f s; killing it", child.name, SHUTDOWN_GRACE_S)
+                child.process.kill()
+                child.process.wait()
+        return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
+
+    def final_stats(self) -> dict[str, dict]:
+        stats = {}
+        for path in sorted(self.stats_dir.glob("*.json")):
+            try:
+                stats[path.stem] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+        return stats
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes: dict) -> dict:
+    """The figures `ffstream run` prints at the end, and writes with --summary-json."""
+    layers = []
+    for i in range(1, len(cfg.model.layers) + 1):
+        s = stats.get(f"layer{i}", {})
+        layers.append(
+            {
+                "layer": i,
+                "width": cfg.model.layers[i - 1],
+                "frames": s.get("frames"),
+                "updates": s.get("updates"),
+                "negative_updates": s.get("negative_updates"),
+                "goodness_pos": s.get("goodness_pos_mean"),
+                "goodness_neg": s.get("goodness_neg_mean"),
+                "p_pos": s.get("p_pos_mean"),
+                "p_neg": s.get("p_neg_mean"),
+                "goodness_pos_recent": s.get("goodness_pos"),
+                "goodness_neg_recent": s.get("goodness_neg"),
+                "threshold": s.get("threshold"),
+                "fps": s.get("fps"),
+                "staleness": s.get("staleness_mean"),
+                "dropped": s.get("dropped"),
+            }
+        )
+    keep = ("frames", "fps", "accuracy", "evaluated", "latency_p50_ms", "latency_p99_ms", "dropped", "bad_frames", "total", "negatives",
+            "negatives_per_s", "refreshes", "staleness", "sleep_every", "negative_kind", "snapshot_timeouts")
+    pick = lambda name: {k: v for k, v in stats.get(name, {}).items() if k in keep}  # noqa: E731
+    return {
+        "source": cfg.stream.source,
+        "task": "supervised" if cfg.stream.supervised else "unsupervised",
+        "wall_s": round(wall_s, 2),
+        "layers": layers,
+        "sleep": pick("sleep") if cfg.sleep.enabled else None,
+        "sink": pick("sink"),
+        "source_stats": pick("source"),
+        "exit_codes": exit_codes,
+        "checkpoint_dir": cfg.checkpoint_dir,
+    }
