@@ -18,6 +18,12 @@ import zmq
 from ffstream import wire
 from ffstream.transport import make_socket
 
+# At close, how long a data output may spend handing over what is queued (inside the 10 s shutdown budget).
+# It is not a delivery guarantee: a PULL peer drops what it had not read when its sender goes away. That is
+# why upstream workers stay up after the end-of-stream marker until the supervisor, having seen the sink
+# finish, stops them.
+FLUSH_MS = 3000
+
 
 class Worker:
     """Base of all workers.
@@ -50,7 +56,7 @@ class Worker:
         self.finished = False
         self.started_at = time.time()
         self.dropped: Counter[str] = Counter()  # malformed or unusable messages, by reason
-        self._sockets: list[zmq.Socket] = []
+        self._sockets: list[tuple[zmq.Socket, bool]] = []  # and whether it is a data output to flush at close
         self._metrics_sock: zmq.Socket | None = None
         self._last_metrics = 0.0
         self._closed = False
@@ -104,17 +110,21 @@ class Worker:
             if self.final_stats_path:
                 write_json_atomic(self.final_stats_path, final)
         finally:
-            for sock in self._sockets:
-                sock.close(linger=0)
+            for sock, is_output in self._sockets:
+                sock.close(linger=FLUSH_MS if is_output else 0)
             if self._own_context:
                 self.context.term()
             self.log.info("stopped: %r", self)
 
     # sockets and metrics -----------------------------------------------------------
-    def socket(self, kind: int, **kwargs: Any) -> zmq.Socket:
-        """A socket that close() will close."""
+    def socket(self, kind: int, *, output: bool = False, **kwargs: Any) -> zmq.Socket:
+        """A socket that close() will close.
+
+        Outputs (data that must not be lost) get a bounded linger at close, so the last
+        batches and the end-of-stream marker reach a live peer; everything else gets 0.
+        """
         sock = make_socket(self.context, kind, **kwargs)
-        self._sockets.append(sock)
+        self._sockets.append((sock, output))
         return sock
 
     def metrics(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class LayerWorker(Worker):
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
         max_frames: int | None = None,  # stop after this many learned rows
-        exit_on_end: bool = True,  # stop when the end-of-stream marker has passed through
+        exit_on_end: bool = False,  # stop once the end-of-stream marker has passed (in-process tests); else wait for stop()
         device: str = "cpu",  # torch device of the weights: cpu, cuda, cuda:N
         checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
         **worker_kwargs: Any,
@@ -78,7 +78,7 @@ class LayerWorker(Worker):
     def setup(self) -> None:
         ep = self.endpoints
         self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
-        self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4)
+        self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True)
         self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
         self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
         self.poller = zmq.Poller()

@@ -32,7 +32,7 @@ class SinkWorker(Worker):
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
         checkpoint_dir: str | None = None,
         max_frames: int | None = None,  # stop after this many learned frames
-        exit_on_end: bool = True,
+        exit_on_end: bool = True,  # the sink's exit is how the supervisor knows that a stream is done
         seed: int = 0,
         **worker_kwargs: Any,
     ):

@@ -82,7 +82,7 @@ class SleepWorker(Worker):
         num_classes: int | None = None,  # labelled stream: wrong-label negatives
         seed: int = 0,
         max_batches: int | None = None,  # stop after this many negative batches
-        exit_on_end: bool = True,
+        exit_on_end: bool = False,  # stop at the end-of-stream marker; by default wait for stop()
         **worker_kwargs: Any,
     ):
         super().__init__("sleep", **worker_kwargs)
@@ -114,7 +114,7 @@ class SleepWorker(Worker):
         self.frames = Receiver(self.socket(zmq.SUB, connect=self.frames_addr, hwm=4), name="sleep.frames")
         self.frames.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.requesters = [self._requester(addr) for addr in self.snapshot_addrs]
-        self.pushers = [self.socket(zmq.PUSH, connect=addr, hwm=4) for addr in self.negative_addrs]
+        self.pushers = [self.socket(zmq.PUSH, connect=addr, hwm=4, output=True) for addr in self.negative_addrs]
 
     def _requester(self, addr: str) -> Receiver:
         return Receiver(make_socket(self.context, zmq.REQ, connect=addr), name="sleep.snapshot")

@@ -38,6 +38,7 @@ class SourceWorker(Worker):
         labelled: bool = True,  # send labels (supervised); False hides them from the network
         wait_for_subscribers: int = 0,  # how many sleep workers to wait for before the first frame
         subscriber_timeout_s: float = 30.0,  # how long that wait may take before frames flow anyway
+        exit_on_end: bool = False,  # stop after the last frame; by default idle until stop(), so nothing queued is lost
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -50,6 +51,8 @@ class SourceWorker(Worker):
         self.labelled = labelled and source.num_classes is not None
         self.wait_for_subscribers = wait_for_subscribers
         self.subscriber_timeout_s = subscriber_timeout_s
+        self.exit_on_end = exit_on_end
+        self.ended = False
         self.frames = 0
         self.batches = 0
         self.send_drops = 0
@@ -63,10 +66,10 @@ class SourceWorker(Worker):
         return min(totals) if totals else None
 
     def setup(self) -> None:
-        self.output = self.socket(zmq.PUSH, connect=self.output_addr, hwm=4)
+        self.output = self.socket(zmq.PUSH, connect=self.output_addr, hwm=4, output=True)
         self.publisher = None
         if self.publish_addr:
-            self.publisher = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=4)
+            self.publisher = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=4, output=True)
             # A file source waits for a slow sleep worker instead of dropping its frames.
             self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.source.live else 1)
             self._await_subscribers()
@@ -87,6 +90,9 @@ class SourceWorker(Worker):
             timeout_ms = 0
 
     def step(self) -> None:
+        if self.ended:
+            self._stop.wait(POLL_MS / 1000)  # idle: what is queued downstream is still being delivered
+            return
         frames = self._next_frames()
         if not frames:
             self._end()
@@ -130,7 +136,9 @@ class SourceWorker(Worker):
         send(self.output, end, lambda: self.stopping, timeout_ms=5000)
         if self.publisher is not None:
             send(self.publisher, end, lambda: self.stopping, timeout_ms=5000)
-        self.finished = True
+        self.ended = True
+        self.finished = self.exit_on_end
+        self.log.info("end of stream after %d frames", self.frames)
 
     def on_close(self) -> None:
         self.source.close()
@@ -146,6 +154,7 @@ class SourceWorker(Worker):
             dropped=self.source.dropped + self.send_drops,
             bad_frames=self.source.bad_frames,
             subscribers=self.subscribers,
+            ended=self.ended,
         )
         return m
 

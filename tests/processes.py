@@ -1,0 +1,55 @@
+"""Starting real ffstream worker processes from tests, and never leaving one behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ffstream.config import RunConfig, Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ipc_topology(directory: Path, num_layers: int) -> Topology:
+    """Private ipc:// sockets, so parallel tests never fight over ports."""
+    return Topology.local(num_layers, monitor_publish=f"ipc://{directory}/monitor.pub", run_dir=str(directory))
+
+
+def write_config(cfg: RunConfig, path: Path) -> Path:
+    path.write_text(json.dumps(dataclasses.asdict(cfg)))
+    return path
+
+
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FFSTREAM_")}
+    clean["PYTHONPATH"] = str(ROOT) + os.pathsep + clean.get("PYTHONPATH", "")
+    clean["FFSTREAM_THREADS"] = "1"
+    return clean
+
+
+def start_worker(kind: str, config_path: Path, log_dir: Path, index: int | None = None, stats_dir: Path | None = None) -> subprocess.Popen:
+    name = f"{kind}{index or ''}"
+    argv = [sys.executable, "-m", "ffstream", "worker", kind, "--config", str(config_path)]
+    argv += ["--index", str(index)] if index else []
+    argv += ["--stats-dir", str(stats_dir)] if stats_dir else []
+    log = open(log_dir / f"{name}.log", "wb")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> list[int]:
+    """Terminate what still runs; kill what ignores it. Returns exit codes."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(p.wait())
+    return codes
