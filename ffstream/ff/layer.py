@@ -37,7 +37,9 @@ class FFLayer(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # optimiser steps taken: the weights' version
         self.optimizer = self._make_optimizer()
         self._pending: Gradients | None = None  # summed negative gradients not yet applied
-        self.pending_count = 0
+        self._pending_inputs: list[torch.Tensor] = []  # negative inputs whose gradient the next step takes
+        self.pending_count = 0  # negative batches waiting for the next step
+        self.last_negative_stats: dict | None = None  # goodness and p of the last negatives applied
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
@@ -94,6 +96,16 @@ class FFLayer(nn.Module):
         self.apply_gradients(grads)
         return h, stats
 
+    def add_negative_inputs(self, x: torch.Tensor) -> None:
+        """Queue negative inputs x: (B, D); the next step takes their gradient on the weights of that moment.
+
+        This is how the sleep worker's negatives arrive by default: made offline
+        and run through a snapshot of the layers below, but judged by this
+        layer's current weights, so a stale snapshot cannot push the wrong way.
+        """
+        self._pending_inputs.append(x.detach())
+        self.pending_count += 1
+
     def add_negative(self, grads: Gradients, scale: float = 1.0) -> None:
         """Queue a negative gradient (computed elsewhere, maybe on older weights) for the next step."""
         if self._pending is None:
@@ -105,6 +117,14 @@ class FFLayer(nn.Module):
 
     def apply_gradients(self, grads: Gradients | None = None) -> None:
         """One optimiser step on grads plus whatever negatives are pending."""
+        if self._pending_inputs:
+            batches = len(self._pending_inputs)
+            neg_grads, self.last_negative_stats, _ = self.local_gradients(torch.cat(self._pending_inputs), positive=False)
+            self._pending_inputs = []
+            self.pending_count -= batches
+            # Each negative batch weighs as much as one positive batch, as in the interleaved reference.
+            self.add_negative([g * batches for g in neg_grads])
+            self.pending_count -= 1
         total = grads
         if self._pending is not None:
             total = self._pending if total is None else [a + b for a, b in zip(total, self._pending)]

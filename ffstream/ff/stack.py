@@ -60,10 +60,11 @@ class FFStack:
         """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer."""
         stats = []
         for layer in self.layers:
-            grads, neg_stats, h_neg = layer.local_gradients(x_neg, positive=False)
-            layer.add_negative(grads)
+            layer.add_negative_inputs(x_neg)
+            with torch.no_grad():
+                h_neg = layer(x_neg)  # before the step, as the sleep worker's snapshot would see it
             h_pos, pos_stats = layer.learn(x_pos)
-            stats.append({"pos": pos_stats, "neg": neg_stats})
+            stats.append({"pos": pos_stats, "neg": layer.last_negative_stats})
             x_pos, x_neg = rms_normalize(h_pos), rms_normalize(h_neg)
         return stats
 

@@ -117,28 +117,54 @@ class LayerWorker(Worker):
         try:
             if msg.kind != "negative_update":
                 raise wire.WireError("kind", f"{msg.kind} on the negative socket")
-            parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
-            expected = {k: tuple(v.shape) for k, v in self.layer.weights().items()}
-            if {k: tuple(v.shape) for k, v in parts.items()} != expected:
-                raise wire.WireError("negative_shape", f"negative update shapes do not match {expected}")
             version = int(msg.extra.get("version", -1))
+            if msg.extra.get("form") == "gradient":
+                self._queue_negative_gradient(msg)
+            else:
+                self._queue_negative_inputs(msg)
         except (wire.WireError, TypeError, ValueError) as exc:
             self.dropped[getattr(exc, "reason", "negative_update")] += 1
             return
-        grads = [torch.from_numpy(parts[k].copy()).to(self.device) for k in ("weight", "bias")]
-        self.layer.add_negative(grads)
         self.negatives += 1
         staleness = max(0, self.layer.version - version)
         self.recent["staleness"].add(staleness)
         self.whole_run["staleness"].add(staleness)
-        for key in ("goodness_neg", "p_neg"):
-            if isinstance(msg.extra.get(key), (int, float)):
-                self.recent[key].add(msg.extra[key])
-                self.whole_run[key].add(msg.extra[key], int(msg.extra.get("rows", 1)))
         # Negatives must not pile up while the wake path is idle (a paused or phased source).
         if self.layer.pending_count >= 2:
-            self.layer.apply_gradients()
-            self.updates += 1
+            self._step_negatives_only()
+
+    def _queue_negative_inputs(self, msg: wire.Message) -> None:
+        x = np.asarray(msg.array)
+        if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features or msg.extra.get("form") != "inputs":
+            raise wire.WireError("negative_shape", f"negative inputs of shape {x.shape}, expected (B, {self.layer.cfg.in_features})")
+        self.layer.add_negative_inputs(torch.from_numpy(x.astype(np.float32)).to(self.device))
+
+    def _queue_negative_gradient(self, msg: wire.Message) -> None:
+        parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
+        expected = {k: tuple(v.shape) for k, v in self.layer.weights().items()}
+        if {k: tuple(v.shape) for k, v in parts.items()} != expected:
+            raise wire.WireError("negative_shape", f"negative update shapes do not match {expected}")
+        self.layer.add_negative([torch.from_numpy(parts[k].copy()).to(self.device) for k in ("weight", "bias")])
+        for key in ("goodness_neg", "p_neg"):
+            if isinstance(msg.extra.get(key), (int, float)):
+                self._record_negative({key: msg.extra[key]}, int(msg.extra.get("rows", 1)))
+
+    def _record_negative(self, figures: dict, rows: int) -> None:
+        for key, value in figures.items():
+            self.recent[key].add(value)
+            self.whole_run[key].add(value, rows)
+
+    def _after_step(self) -> None:
+        """Negatives given as inputs are judged at the step: record how the current weights saw them."""
+        stats = self.layer.last_negative_stats
+        if stats is not None:
+            self._record_negative({"goodness_neg": stats["goodness"], "p_neg": stats["p"]}, 1)
+            self.layer.last_negative_stats = None
+
+    def _step_negatives_only(self) -> None:
+        self.layer.apply_gradients()
+        self.updates += 1
+        self._after_step()
 
     def _gather(self) -> list[wire.Message]:
         """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms."""
@@ -211,6 +237,7 @@ class LayerWorker(Worker):
             return
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         h, stats = self.layer.learn(x)
+        self._after_step()
         g = self.layer.goodness(h)
         act = rms_normalize(h).cpu().numpy()
         self.updates += 1
@@ -245,8 +272,7 @@ class LayerWorker(Worker):
     # ending ------------------------------------------------------------------------------
     def drain(self) -> None:
         if self.layer.pending_count:
-            self.layer.apply_gradients()
-            self.updates += 1
+            self._step_negatives_only()
 
     def on_close(self) -> None:
         if self.checkpoint_dir:

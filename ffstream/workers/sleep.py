@@ -25,6 +25,7 @@ from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Mean, Rate
 
 NEGATIVE_KINDS = ("random", "hard", "hybrid")
+UPDATE_FORMS = ("inputs", "gradient")
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,14 @@ class SleepPlan:
     sleep_every: int = 10  # refresh the snapshot every this many wake batches; 1 is the freshest
     reservoir: int = 4096  # raw frames kept for hybrids
     snapshot_timeout_ms: int = 2000  # a layer that does not answer in this time is asked again later
+    # What each layer is sent: "inputs", its negative inputs from the snapshot of the layers below, whose
+    # gradient the layer takes on its current weights; or "gradient", the gradient taken on the snapshot.
+    # Stale gradients overshoot once the live weights have moved on (see BENCHMARKS.md), so "inputs" is the default.
+    update: str = "inputs"
 
     def __post_init__(self) -> None:
+        if self.update not in UPDATE_FORMS:
+            raise ValueError(f"update must be one of {UPDATE_FORMS}, got {self.update!r}")
         if self.negatives not in NEGATIVE_KINDS:
             raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {self.negatives!r}")
         if self.sleep_every < 1:
@@ -187,11 +194,17 @@ class SleepWorker(Worker):
         x = self.make_negatives(batch, labels)
         self.staleness.add(self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
-            grads, stats, h = layer.local_gradients(x, positive=False)
-            self.goodness_neg[i].add(stats["goodness"])
-            flat, layout = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
-            extra = {"version": self.versions[i], "tensors": layout, "goodness_neg": stats["goodness"], "p_neg": stats["p"], "rows": len(x)}
-            update = wire.Message("negative_update", flat, stream=self.name, seq=self.batches, extra=extra)
+            extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
+            if self.plan.update == "gradient":
+                grads, stats, h = layer.local_gradients(x, positive=False)
+                payload, extra["tensors"] = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
+                extra.update(goodness_neg=stats["goodness"], p_neg=stats["p"])
+            else:
+                payload = x.numpy()  # (B, D_i): layer i's negative inputs
+                with torch.no_grad():
+                    h = layer(x)
+            self.goodness_neg[i].add(float(layer.goodness(h).mean()))
+            update = wire.Message("negative_update", payload, stream=self.name, seq=self.batches, extra=extra)
             if not send(pusher, update, lambda: self.stopping, timeout_ms=5000):
                 self.dropped["negative_not_sent"] += 1
             x = rms_normalize(h)

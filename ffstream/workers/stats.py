@@ -36,16 +36,17 @@ class Mean:
 
 
 class Rate:
-    """Events per second since the first event."""
+    """Events per second since the first event (the first batch only starts the clock)."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
         self.first: float | None = None
-        self.count = 0
+        self.count = 0  # events after the first batch
 
     def add(self, n: int) -> None:
         if self.first is None:
             self.first = self.clock()
+            return
         self.count += n
 
     def get(self) -> float:
