@@ -57,7 +57,8 @@ def save_layer(path: str | os.PathLike, layer: FFLayer, extra: dict | None = Non
     write_atomic(path, save_bytes(tensors, metadata=metadata))
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and string metadata of a safetensors file of ours; CheckpointError for anything else."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -66,11 +67,15 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (SafetensorError, ValueError, json.JSONDecodeError, OSError) as exc:
+    except (SafetensorError, ValueError, json.JSONDecodeError, OSError, AttributeError) as exc:
         raise CheckpointError(f"{path} is not a readable ffstream checkpoint: {str(exc).splitlines()[0]}") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an ffstream layer checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("format") != expected_format:
+        raise CheckpointError(f"{path} is not an ffstream {expected_format} file (format {metadata.get('format')!r})")
     return tensors, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    return read_safetensors(path, FORMAT)
 
 
 def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:

@@ -6,10 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from ffstream.checkpoint import CheckpointError, write_atomic
+from ffstream.checkpoint import CheckpointError, read_safetensors, write_atomic
 from ffstream.ff import LinearReadout
 
 FORMAT = "ffstream-readout-1"
@@ -28,18 +27,13 @@ def save_readout(directory: str | os.PathLike, readout: LinearReadout, layers: l
 def load_readout(directory: str | os.PathLike) -> tuple[LinearReadout, list[int]]:
     """The saved readout and the 0-based layers it reads; CheckpointError when there is none or it is broken."""
     path = readout_path(directory)
+    if not path.exists():
+        raise CheckpointError(f"no softmax head or probe at {path}; did the run see a labelled stream?")
+    tensors, metadata = read_safetensors(path, FORMAT)
     try:
-        data = path.read_bytes()
-        tensors = load_bytes(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"format {metadata.get('format')!r}")
         weight = tensors["linear.weight"]
         readout = LinearReadout(weight.shape[1], weight.shape[0])
         readout.load_state_dict(tensors)
         return readout, json.loads(metadata["layers"])
-    except FileNotFoundError:
-        raise CheckpointError(f"no softmax head at {path}; was the run supervised on a labelled source?") from None
-    except Exception as exc:  # safetensors, JSON and key errors all mean the same to the user
-        raise CheckpointError(f"{path} is not a readable readout: {str(exc).splitlines()[0]}") from None
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a usable readout: {str(exc).splitlines()[0]}") from None
