@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
 
 from ffstream import __version__
 from ffstream.config import DEFAULT_MONITOR, ConfigError

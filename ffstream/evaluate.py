@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ffstream import checkpoint
-from ffstream.ff import FFLayer, FFStack, LinearReadout
+from ffstream.ff import FFStack, LinearReadout
 from ffstream.readout_store import load_readout
 
 EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results

@@ -218,3 +218,20 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
         "exit_codes": exit_codes,
         "checkpoint_dir": cfg.checkpoint_dir,
     }
+
+
+def run_stack(cfg: RunConfig, on_metrics=None) -> tuple[dict, Supervisor, RunFailed | None]:
+    """Start every worker, wait for the stream to end (or Ctrl-C), stop them all; the summary and any failure."""
+    supervisor = Supervisor(cfg)
+    started = time.time()
+    failure = None
+    try:
+        supervisor.start()
+        supervisor.watch(on_metrics)
+    except RunFailed as exc:
+        failure = exc
+    finally:
+        exit_codes = supervisor.stop()
+    summary = summarise(cfg, supervisor.final_stats(), time.time() - started, exit_codes)
+    summary["interrupted"] = supervisor.interrupted
+    return summary, supervisor, failure

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ffstream import config
 from ffstream.config import ConfigError, Topology
-from ffstream.runner import RunFailed, Supervisor, summarise
+from ffstream.runner import run_stack
 from ffstream.sources import Preprocess, open_source
 
 
@@ -55,8 +55,6 @@ def resolve_stream(cfg: config.RunConfig) -> None:
 def run_command(args) -> int:
     cfg = config_from_args(args)
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-    supervisor = Supervisor(cfg)
-    started = time.time()
     show_progress = not args.no_progress
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -73,17 +71,8 @@ def run_command(args) -> int:
             last_plain[0] = time.monotonic()  # no terminal: a plain progress line every 10 s instead of a bar
             print(f"progress: {m.get('frames', 0)}/{m.get('total') or '?'} frames, {m.get('fps', 0):.0f} frames/s", file=sys.stderr)
 
-    failure = None
-    try:
-        supervisor.start()
-        with progress:
-            supervisor.watch(on_metrics)
-    except RunFailed as exc:
-        failure = exc
-    finally:
-        exit_codes = supervisor.stop()
-    summary = summarise(cfg, supervisor.final_stats(), time.time() - started, exit_codes)
-    summary["interrupted"] = supervisor.interrupted
+    with progress:
+        summary, supervisor, failure = run_stack(cfg, on_metrics)
     print_summary(console, summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))

@@ -17,7 +17,7 @@ import torch
 import zmq
 
 from ffstream import wire
-from ffstream.ff import FFLayer, LayerConfig, embed_label, rms_normalize
+from ffstream.ff import LayerConfig, embed_label, rms_normalize
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
 from ffstream.ff.stack import FFStack
 from ffstream.transport import POLL_MS, Receiver, make_socket, send
