@@ -180,7 +180,9 @@ class RunConfig:
         self.stream.check()
         self.model.check()
         if self.sleep.enabled:
-            self.sleep.plan(self.stream.supervised)
+            plan = self.sleep.plan(self.stream.supervised)
+            if plan.negatives != "hybrid" and self.stream.task == "unsupervised":
+                raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -17,14 +17,13 @@ import torch
 import zmq
 
 from ffstream import wire
-from ffstream.ff import LayerConfig, embed_label, rms_normalize
-from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
+from ffstream.ff import LayerConfig, rms_normalize
+from ffstream.ff.dreamer import NEGATIVE_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
 from ffstream.transport import POLL_MS, Receiver, make_socket, send
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Mean, Rate
 
-NEGATIVE_KINDS = ("random", "hard", "hybrid")
 UPDATE_FORMS = ("inputs", "gradient")
 
 
@@ -48,33 +47,6 @@ class SleepPlan:
             raise ValueError(f"sleep_every must be at least 1, got {self.sleep_every}")
 
 
-class Reservoir:
-    """A bounded sample of the frames seen so far (reservoir sampling: every frame equally likely to stay)."""
-
-    def __init__(self, capacity: int, generator: np.random.Generator):
-        self.capacity = capacity
-        self.rng = generator
-        self.frames: np.ndarray | None = None  # (capacity, ...) float32
-        self.size = 0
-        self.seen = 0
-
-    def add(self, batch: np.ndarray) -> None:
-        if self.frames is None:
-            self.frames = np.empty((self.capacity, *batch.shape[1:]), np.float32)
-        for row in batch:
-            if self.size < self.capacity:
-                self.frames[self.size] = row
-                self.size += 1
-            else:
-                slot = self.rng.integers(0, self.seen + 1)
-                if slot < self.capacity:
-                    self.frames[slot] = row
-            self.seen += 1
-
-    def sample(self, n: int) -> np.ndarray:
-        return self.frames[self.rng.integers(0, self.size, n)]
-
-
 class SleepWorker(Worker):
     kind = "sleep"
 
@@ -95,8 +67,6 @@ class SleepWorker(Worker):
         super().__init__("sleep", **worker_kwargs)
         if len(snapshot_addrs) != len(layer_configs) or len(negative_addrs) != len(layer_configs):
             raise ValueError("one snapshot and one negative address per layer")
-        if plan.negatives != "hybrid" and not num_classes:
-            raise ValueError(f"{plan.negatives!r} negatives need a labelled stream; use 'hybrid' for unlabelled video")
         self.frames_addr = frames_addr
         self.snapshot_addrs = snapshot_addrs
         self.negative_addrs = negative_addrs
@@ -106,8 +76,7 @@ class SleepWorker(Worker):
         self.exit_on_end = exit_on_end
         self.stack = FFStack(layer_configs)  # the snapshot: weights only, never trained here
         self.versions: list[int | None] = [None] * len(layer_configs)
-        self.torch_gen = torch.Generator().manual_seed(seed)
-        self.reservoir = Reservoir(plan.reservoir, np.random.default_rng(seed))
+        self.dreamer = Dreamer(plan.negatives, num_classes, plan.reservoir, seed)
         self.batches = 0
         self.negatives_made = 0
         self.since_snapshot = 0
@@ -138,7 +107,7 @@ class SleepWorker(Worker):
         if msg.kind != "frames" or msg.mode != "learn":
             return
         batch = np.asarray(msg.array, np.float32)
-        self.reservoir.add(batch)
+        self.dreamer.observe(batch)
         if self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every:
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
@@ -172,26 +141,11 @@ class SleepWorker(Worker):
             self.since_snapshot = 0
         return ok
 
-    def make_negatives(self, batch: np.ndarray, labels: list[int] | None) -> torch.Tensor:
-        """(B, C, H, W) real frames -> (B, D) negative inputs for layer 1."""
-        x = torch.from_numpy(batch)
-        if self.plan.negatives == "hybrid":
-            partner = torch.from_numpy(self.reservoir.sample(len(batch)))
-            return hybrid(x, partner, self.torch_gen).flatten(1)
-        flat = x.flatten(1)
-        true = torch.tensor(labels)
-        if self.plan.negatives == "hard":
-            scores = self.stack.label_scores(flat, self.num_classes)
-            wrong = hard_wrong_labels(true, scores, self.torch_gen)
-        else:
-            wrong = random_wrong_labels(true, self.num_classes, self.torch_gen)
-        return embed_label(flat, wrong, self.num_classes)
-
     def dream(self, batch: np.ndarray, labels: list[int] | None) -> None:
         if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
-        x = self.make_negatives(batch, labels)
+        x = self.dreamer.negatives(batch, labels, self.stack)
         self.staleness.add(self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
@@ -230,7 +184,7 @@ class SleepWorker(Worker):
             negative_kind=self.plan.negatives,
             staleness=self.staleness.get(),
             goodness_neg=[g.get() for g in self.goodness_neg],
-            reservoir=self.reservoir.size,
+            reservoir=self.dreamer.reservoir.size,
             dropped=sum(self.dropped.values()) + (sum(self.frames.rejected.values()) if hasattr(self, "frames") else 0),
         )
         return m

@@ -1,0 +1,76 @@
+"""Making a batch of negatives from a batch of real frames: what the sleep worker, and the reference, do."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ffstream.ff.labels import embed_label
+from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
+from ffstream.ff.stack import FFStack
+
+NEGATIVE_KINDS = ("random", "hard", "hybrid")
+
+
+class Reservoir:
+    """A bounded sample of the frames seen so far (reservoir sampling: every frame equally likely to stay)."""
+
+    def __init__(self, capacity: int, generator: np.random.Generator):
+        self.capacity = capacity
+        self.rng = generator
+        self.frames: np.ndarray | None = None  # (capacity, C, H, W) float32
+        self.size = 0
+        self.seen = 0
+
+    def add(self, batch: np.ndarray) -> None:
+        if self.frames is None:
+            self.frames = np.empty((self.capacity, *batch.shape[1:]), np.float32)
+        for row in batch:
+            if self.size < self.capacity:
+                self.frames[self.size] = row
+                self.size += 1
+            else:
+                slot = self.rng.integers(0, self.seen + 1)
+                if slot < self.capacity:
+                    self.frames[slot] = row
+            self.seen += 1
+
+    def sample(self, n: int) -> np.ndarray:
+        return self.frames[self.rng.integers(0, self.size, n)]
+
+
+class Dreamer:
+    """Turns real frames into negative inputs for layer 1.
+
+    "random"/"hard": the same frames with a wrong label (hard ones sampled from
+    the snapshot's own confusions); "hybrid": each frame blended with a frame
+    from the reservoir through the paper's blurred mask.
+    """
+
+    def __init__(self, kind: str, num_classes: int | None, reservoir: int = 4096, seed: int = 0):
+        if kind not in NEGATIVE_KINDS:
+            raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {kind!r}")
+        if kind != "hybrid" and not num_classes:
+            raise ValueError(f"{kind!r} negatives need a labelled stream; use 'hybrid' for unlabelled video")
+        self.kind = kind
+        self.num_classes = num_classes
+        self.generator = torch.Generator().manual_seed(seed)
+        self.reservoir = Reservoir(reservoir, np.random.default_rng(seed))
+
+    def observe(self, batch: np.ndarray) -> None:
+        """batch: (B, C, H, W) real frames, remembered for hybrids."""
+        self.reservoir.add(batch)
+
+    def negatives(self, batch: np.ndarray, labels: list[int] | None, stack: FFStack) -> torch.Tensor:
+        """(B, C, H, W) real frames -> (B, D) negative inputs; `stack` (the snapshot) scores hard labels."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        if self.kind == "hybrid":
+            partner = torch.from_numpy(self.reservoir.sample(len(batch)))
+            return hybrid(x, partner, self.generator).flatten(1)
+        flat = x.flatten(1)
+        true = torch.tensor(labels)
+        if self.kind == "hard":
+            wrong = hard_wrong_labels(true, stack.label_scores(flat, self.num_classes), self.generator)
+        else:
+            wrong = random_wrong_labels(true, self.num_classes, self.generator)
+        return embed_label(flat, wrong, self.num_classes)
