@@ -1,3 +1,3 @@
-from ffstream.cli import main
+from ffstream.entry import main
 
 raise SystemExit(main())

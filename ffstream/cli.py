@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ffstream import __version__
+from ffstream.commands.check import add_arguments as check_arguments
 from ffstream.config import DEFAULT_MONITOR, ConfigError
 
 EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
@@ -88,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=_positive, help="which layer, 1-based (layer workers)")
     worker.add_argument("--stats-dir", help="write this worker's final metrics here as <name>.json")
 
+    check = sub.add_parser("check", help="health check: exit 0 only when a worker is alive and connected (docker-compose, Kubernetes)")
+    check_arguments(check)
+
+    keys = sub.add_parser("keys", help="CURVE keys for encrypted, authenticated links between hosts")
+    keys_sub = keys.add_subparsers(dest="keys", required=True, metavar="ACTION")
+    generate = keys_sub.add_parser("generate", help="write the server pair and client pairs into DIR (existing pairs are kept)")
+    generate.add_argument("dir", metavar="DIR")
+    generate.add_argument("--client", action="append", help="a client pair to make; repeatable (default: worker, viewer)")
+
     monitor = sub.add_parser("monitor", help="watch per-layer metrics live")
     monitor.add_argument("--connect", default=DEFAULT_MONITOR, help=f"the monitor's address (default {DEFAULT_MONITOR})")
     monitor.add_argument("--json", action="store_true", help="print one JSON object per metrics message")
@@ -116,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
             from ffstream.commands.worker import worker_command
 
             return worker_command(args)
+        if args.command == "check":
+            from ffstream.commands.check import check_command
+
+            return check_command(args)
+        if args.command == "keys":
+            from ffstream.commands.keys import keys_command
+
+            return keys_command(args)
         if args.command == "monitor":
             from ffstream.commands.monitor import monitor_command
 

@@ -133,12 +133,19 @@ class Topology:
     sink_input: str = "tcp://127.0.0.1:5590"  # sink PULL
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
+    bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
+
+    def bind(self, addr: str) -> str:
+        """The address a binding side binds: tcp://layer1:5710 -> tcp://*:5710 when bind_host is "*"; ipc/inproc as written."""
+        if not self.bind_host or not addr.startswith("tcp://"):
+            return addr
+        return f"tcp://{self.bind_host}:{addr.rsplit(':', 1)[1]}"
 
     def layer(self, index: int) -> LayerEndpoints:
-        """Endpoints of layer `index` (1-based)."""
+        """Endpoints of layer `index` (1-based): the three it binds in bind form, the output it connects as written."""
         i = index - 1
         output = self.layer_inputs[i + 1] if index < len(self.layer_inputs) else self.sink_input
-        return LayerEndpoints(self.layer_inputs[i], output, self.layer_negatives[i], self.layer_snapshots[i])
+        return LayerEndpoints(self.bind(self.layer_inputs[i]), output, self.bind(self.layer_negatives[i]), self.bind(self.layer_snapshots[i]))
 
     def filled(self, num_layers: int, host: str = "127.0.0.1", base_port: int = 5600) -> "Topology":
         """Missing per-layer addresses on tcp ports base_port + 10·i + {0, 1, 2}."""
@@ -165,16 +172,26 @@ class Topology:
 
 
 @dataclass
+class SecurityConfig:
+    """CURVE between hosts (ffstream.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
+
+    curve_dir: str | None = None  # keys from `ffstream keys generate DIR`; None: no CURVE
+    curve_client: str = "worker"  # this process's client key pair, DIR/<name>.key_secret
+
+
+@dataclass
 class RunConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
     topology: Topology = field(default_factory=Topology)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     checkpoint_dir: str | None = None  # layer checkpoints and the readout; None keeps nothing
     checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints
     scores: str | None = None  # JSONL of per-frame goodness, written by the sink
     device: str = "cpu"  # torch device of the layer workers: cpu, cuda, cuda:N
     threads: int | None = None  # torch threads per worker; None: cores shared among the compute workers
+    health_dir: str | None = None  # each worker's heartbeat <name>.json for `ffstream check`; None writes none
 
     def check(self) -> None:
         self.stream.check()
@@ -193,7 +210,7 @@ class RunConfig:
         return self.model.layer_configs(self.stream.input_size, self.stream.seed)
 
 
-SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology}
+SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig}
 
 
 def positive(key: str, value: Any) -> None:

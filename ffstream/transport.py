@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import zmq
 
-from ffstream import wire
+from ffstream import security, wire
 
 log = logging.getLogger("ffstream.transport")
 
@@ -31,6 +31,7 @@ def make_socket(
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message)
     try:
+        security.secure(ctx, sock, bind, connect)  # CURVE, when enabled for ctx and the address is not loopback
         if bind:
             sock.bind(bind)
         for addr in [connect] if isinstance(connect, str) else connect or []:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import zmq
 from rich.live import Live
 from rich.table import Table
 
-from ffstream import wire
+from ffstream import security, wire
 from ffstream.transport import make_socket
 from ffstream.workers.monitor import metrics_line
 
 
 def monitor_command(args) -> int:
     ctx = zmq.Context()
+    if os.environ.get("FFSTREAM_SECURITY_CURVE_DIR"):  # a monitor on another host, over CURVE: the "viewer" pair by default
+        security.enable(ctx, os.environ["FFSTREAM_SECURITY_CURVE_DIR"], os.environ.get("FFSTREAM_SECURITY_CURVE_CLIENT", "viewer"))
     # SUB connects and reconnects by itself, so the monitor survives the stack restarting underneath it.
     sub = make_socket(ctx, zmq.SUB, connect=args.connect, hwm=1000)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -46,6 +49,7 @@ def monitor_command(args) -> int:
         if live:
             live.stop()
         sub.close(linger=0)
+        security.release(ctx)
         ctx.term()
     return 0
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ffstream import wire
+from ffstream import security, wire
+from ffstream.health import Heartbeat
 from ffstream.transport import make_socket
 
 # At close, how long a data output may spend handing over what is queued (inside the 10 s shutdown budget).
@@ -44,6 +45,7 @@ class Worker:
         metrics_addr: str | None = None,  # the monitor's XSUB address; None publishes nothing
         metrics_interval: float = 1.0,  # seconds between metrics messages
         final_stats_path: str | None = None,  # where close() writes the last metrics as JSON
+        health_path: str | None = None,  # heartbeat JSON for `ffstream check`, written every metrics_interval; None: none
     ):
         self.name = name
         self.log = logging.getLogger(f"ffstream.{name}")
@@ -60,6 +62,7 @@ class Worker:
         self._metrics_sock: zmq.Socket | None = None
         self._last_metrics = 0.0
         self._closed = False
+        self.heartbeat = Heartbeat(health_path, name) if health_path else None
 
     # lifecycle -----------------------------------------------------------------
     def handle_signals(self) -> None:
@@ -77,8 +80,10 @@ class Worker:
     def run(self) -> None:
         try:
             if self.metrics_addr:
-                self._metrics_sock = self.socket(zmq.PUB, connect=self.metrics_addr, hwm=100)
+                self._metrics_sock = self.socket(zmq.PUB, connect=self.metrics_addr, hwm=100, watch=False)
             self.setup()
+            if self.heartbeat:
+                self.heartbeat.beat()
             self.log.info("started: %r", self)
             while not self.stopping and not self.finished:
                 self.step()
@@ -110,6 +115,9 @@ class Worker:
             if self.final_stats_path:
                 write_json_atomic(self.final_stats_path, final)
         finally:
+            if self.heartbeat:
+                self.heartbeat.close()
+            security.release(self.context)  # the CURVE authenticator, if any, must stop before the context terminates
             for sock, is_output in self._sockets:
                 sock.close(linger=FLUSH_MS if is_output else 0)
             if self._own_context:
@@ -117,7 +125,7 @@ class Worker:
             self.log.info("stopped: %r", self)
 
     # sockets and metrics -----------------------------------------------------------
-    def socket(self, kind: int, *, output: bool = False, **kwargs: Any) -> zmq.Socket:
+    def socket(self, kind: int, *, output: bool = False, watch: bool = True, **kwargs: Any) -> zmq.Socket:
         """A socket that close() will close.
 
         Outputs (data that must not be lost) get a bounded linger at close, so the last
@@ -125,6 +133,9 @@ class Worker:
         """
         sock = make_socket(self.context, kind, **kwargs)
         self._sockets.append((sock, output))
+        if watch and self.heartbeat and kwargs.get("connect"):  # connecting sockets must reach a peer to be healthy
+            connect = kwargs["connect"]
+            self.heartbeat.watch(sock, [connect] if isinstance(connect, str) else list(connect))
         return sock
 
     def metrics(self) -> dict[str, Any]:
@@ -135,6 +146,7 @@ class Worker:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "rejected": dict(self.dropped),
+            "auth_refused": security.refused(self.context),  # CURVE handshakes this worker's authenticator denied
         }
 
     def maybe_publish_metrics(self) -> None:
@@ -142,6 +154,8 @@ class Worker:
         if now - self._last_metrics >= self.metrics_interval:
             self._last_metrics = now
             self.publish_metrics(self.metrics())
+            if self.heartbeat:
+                self.heartbeat.beat()
 
     def publish_metrics(self, figures: dict[str, Any]) -> None:
         if self._metrics_sock is None:

@@ -39,6 +39,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     common = {
         "metrics_addr": topo.monitor_collect,
         "final_stats_path": str(Path(final_stats_dir) / f"{name}.json") if final_stats_dir else None,
+        "health_path": str(Path(cfg.health_dir) / f"{name}.json") if cfg.health_dir else None,
     }
     num_classes = stream.num_classes if stream.supervised else None
     if kind == "source":
@@ -47,7 +48,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
         return SourceWorker(
             source,
             topo.layer_inputs[0],
-            topo.source_publish if cfg.sleep.enabled else None,
+            topo.bind(topo.source_publish) if cfg.sleep.enabled else None,
             batch=stream.batch,
             max_frames=stream.max_frames,
             eval_every=stream.eval_every,
@@ -83,7 +84,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
         )
     if kind == "sink":
         return SinkWorker(
-            topo.sink_input,
+            topo.bind(topo.sink_input),
             readout_layers=readout_layers(len(cfg.model.layers), stream.supervised),
             num_classes=stream.num_classes,
             readout_lr=cfg.model.readout_lr,
@@ -92,4 +93,4 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             seed=stream.seed,
             **common,
         )
-    return MonitorWorker(topo.monitor_collect, topo.monitor_publish, **common)
+    return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), **common)

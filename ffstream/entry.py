@@ -1,0 +1,16 @@
+"""The `ffstream` console script: `ffstream check` without importing torch (it is a frequent probe), else the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["check"]:
+        from ffstream.commands.check import main as check_main
+
+        return check_main(args[1:])
+    from ffstream.cli import main as cli_main
+
+    return cli_main(argv)

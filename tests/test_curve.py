@@ -1,0 +1,128 @@
+"""CURVE between workers: an authorised peer gets through, one with an unknown key is refused, logged and counted."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from ffstream import security, wire
+from ffstream.transport import make_socket
+from ffstream.workers.monitor import MonitorWorker
+from processes import ROOT, env
+
+DEADLINE_S = 15.0
+
+
+def metrics(name: str) -> list:
+    return wire.encode(wire.Message("metrics", np.zeros(0, np.float32), stream=name, extra={"metrics": {"name": name}}))
+
+
+def wait_for(predicate, timeout: float = DEADLINE_S, what: str = "condition") -> None:
+    """Poll with a deadline (the thing waited for is a worker's setup in another thread, which signals nothing)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        pause.wait(0.02)
+
+
+def test_keys_generate_writes_pairs_with_private_secrets(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ffstream", "keys", "generate", str(tmp_path / "k")], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "k").iterdir())
+    assert names == ["server.key", "server.key_secret", "viewer.key", "viewer.key_secret", "worker.key", "worker.key_secret"]
+    for path in (tmp_path / "k").glob("*.key_secret"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    public, secret = zmq.auth.load_certificate(tmp_path / "k" / "server.key_secret")
+    assert len(public) == 40 and len(secret) == 40  # z85 text of 32-byte keys
+    # A second run keeps the pairs it finds.
+    before = (tmp_path / "k" / "server.key_secret").read_text()
+    security.generate(tmp_path / "k")
+    assert (tmp_path / "k" / "server.key_secret").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "addr, loopback",
+    [("tcp://127.0.0.1:5710", True), ("tcp://localhost:1", True), ("tcp://[::1]:1", True), ("ipc:///tmp/x", True),
+     ("tcp://*:5710", False), ("tcp://layer1:5710", False), ("tcp://10.0.0.7:5710", False)],
+)
+def test_curve_is_off_on_loopback(addr, loopback):
+    assert security.is_loopback(addr) is loopback
+
+
+def test_plain_sockets_without_keys(zmq_context):
+    sock = make_socket(zmq_context, zmq.PULL, bind="tcp://127.0.0.1:*")
+    try:
+        assert sock.getsockopt(zmq.MECHANISM) == zmq.NULL
+    finally:
+        sock.close(linger=0)
+
+
+def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplog):
+    keys, rogue = tmp_path / "keys", tmp_path / "rogue"
+    security.generate(keys)
+    # The rogue knows the server's public key (it is not secret) and has a client pair of its own, unlisted.
+    rogue.mkdir()
+    shutil.copy(keys / "server.key", rogue)
+    shutil.copy(keys / "server.key_secret", rogue)
+    security.generate(rogue, clients=("worker",))
+
+    # A real worker: the monitor binds its XSUB and XPUB, so both are CURVE servers behind the authenticator.
+    worker = MonitorWorker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", metrics_interval=0.2)
+    curve = security.enable(worker.context, keys, loopback=True)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    contexts = {name: zmq.Context() for name in ("viewer", "good", "bad")}
+    sockets = []
+    caplog.set_level(logging.WARNING, logger="ffstream.security")
+    thread.start()
+    try:
+        wait_for(lambda: hasattr(worker, "poller"), what="the monitor's setup")
+        collect = worker.collect.getsockopt_string(zmq.LAST_ENDPOINT)
+        publish = worker.publish.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert worker.collect.getsockopt(zmq.MECHANISM) == zmq.CURVE
+
+        security.enable(contexts["viewer"], keys, client="viewer", loopback=True)
+        security.enable(contexts["good"], keys, client="worker", loopback=True)
+        security.enable(contexts["bad"], rogue, client="worker", loopback=True)
+        sub = make_socket(contexts["viewer"], zmq.SUB, connect=publish)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        good = make_socket(contexts["good"], zmq.PUB, connect=collect)
+        bad = make_socket(contexts["bad"], zmq.PUB, connect=collect)
+        sockets += [sub, good, bad]
+
+        seen: set[str] = set()
+        deadline = time.monotonic() + DEADLINE_S
+        while not ("good" in seen and curve.refused >= 1):
+            assert time.monotonic() < deadline, f"seen {seen}, refused {curve.refused}"
+            good.send_multipart(metrics("good"))
+            bad.send_multipart(metrics("rogue"))
+            if sub.poll(100, zmq.POLLIN):
+                seen.add(wire.decode(sub.recv_multipart(), max_payload=0).stream)
+        # Whatever else arrives, nothing from the rogue does: its handshake never completed.
+        while sub.poll(300, zmq.POLLIN):
+            seen.add(wire.decode(sub.recv_multipart(), max_payload=0).stream)
+        assert "rogue" not in seen
+        assert curve.admitted >= 2  # the viewer and the good publisher
+        assert worker.metrics()["auth_refused"] == curve.refused >= 1
+        assert any("refused a CURVE client" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.stop()
+        for sock in sockets:
+            sock.close(linger=0)
+        for ctx in contexts.values():
+            security.release(ctx)
+            ctx.term()
+        thread.join(10)
+    # close() stopped the authenticator before terminating the context, so the worker did not hang.
+    assert not thread.is_alive()
+    assert security.enabled(worker.context) is None
