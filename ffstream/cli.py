@@ -108,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint-dir", required=True)
     ev.add_argument("--source", required=True, help="fashion-mnist[:test], idx:DIR[:split] or synthetic:N")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    learning = bench_sub.add_parser("learning", help="Fashion-MNIST accuracy through the pipeline and the in-process reference")
+    learning.add_argument("--task", choices=("supervised", "unsupervised"), default="supervised")
+    learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000))
+    learning.add_argument("--epochs", type=_positive, default=1)
+    learning.add_argument("--batch", type=_positive, default=64)
+    learning.add_argument("--sleep-every", type=_positive, default=10)
+    learning.add_argument("--negatives", choices=("random", "hard", "hybrid"))
+    learning.add_argument("--lr", type=float, default=1e-3)
+    learning.add_argument("--seed", type=int, default=0)
+    learning.add_argument("--max-frames", type=_positive, help="train on the first N frames only (a quick check)")
+    learning.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
+    learning.add_argument("--no-pipeline", action="store_true", help="run the in-process reference only")
+    learning.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -138,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             from ffstream.commands.monitor import monitor_command
 
             return monitor_command(args)
+        if args.command == "bench":
+            from ffstream.commands.bench import bench_command
+
+            return bench_command(args)
         if args.command == "eval":
             from ffstream.commands.evaluate import eval_command
 

@@ -66,3 +66,17 @@ def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarra
             result["accuracy_softmax"] = None
             result["readout_error"] = str(exc)
     return result
+
+
+def fit_probe(stack: FFStack, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> LinearReadout:
+    """A linear probe trained after the fact on frozen features (the unsupervised protocol), shuffled minibatches."""
+    with torch.no_grad():
+        features = torch.cat([stack.readout_features(x[i : i + EVAL_BATCH], None, layers) for i in range(0, len(x), EVAL_BATCH)])
+    probe = LinearReadout(features.shape[1], num_classes, lr=lr, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 100):
+            rows = order[i : i + 100]
+            probe.learn(features[rows], y[rows])
+    return probe

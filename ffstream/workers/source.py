@@ -116,7 +116,9 @@ class SourceWorker(Worker):
 
     def _next_frames(self) -> list:
         room = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames)
-        frames = []
+        frames: list = []
+        if room <= 0:
+            return frames
         for frame in self._iter:
             frames.append(frame)
             if len(frames) >= room:

@@ -1,0 +1,1 @@
+"""Benchmarks that print their figures: `ffstream bench learning`, `ffstream bench throughput`."""

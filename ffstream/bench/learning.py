@@ -1,0 +1,96 @@
+"""Learning quality through the real pipeline against the in-process reference, on Fashion-MNIST.
+
+The pipeline: `ffstream run` worker processes with the sleep worker making every
+negative offline. The reference: the same layers, data, seed and negatives in
+one process, interleaved on every batch. Both are scored on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+import torch
+
+from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
+from ffstream.evaluate import evaluate, fit_probe, load_stack, readout_accuracy
+from ffstream.ff.stack import readout_layers
+from ffstream.reference import train_reference
+from ffstream.runner import run_stack
+from ffstream.sources import Preprocess, dataset_arrays
+
+
+def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int, sleep_every: int, negatives: str | None,
+                    lr: float, seed: int, source: str = "fashion-mnist:train", max_frames: int | None = None, **model: object) -> RunConfig:
+    return RunConfig(
+        stream=StreamConfig(source=source, batch=batch, epochs=epochs, task=task, num_classes=10, seed=seed, max_frames=max_frames),
+        model=ModelConfig(layers=layers, lr=lr, max_batch=batch, **model),
+        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives),
+    )
+
+
+def score(checkpoint_dir: str, cfg: RunConfig, test_spec: str) -> dict:
+    """Test accuracy by energy and softmax head (supervised), or of a probe fitted on frozen train features."""
+    images, labels = dataset_arrays(test_spec, Preprocess(size=cfg.stream.size, color=cfg.stream.color))
+    result = evaluate(checkpoint_dir, images, labels)
+    if cfg.stream.supervised:
+        return {k: result[k] for k in ("accuracy_energy", "accuracy_softmax", "n")}
+    stack, _ = load_stack(checkpoint_dir)
+    train_x, train_y = dataset_arrays(cfg.stream.source, Preprocess(size=cfg.stream.size, color=cfg.stream.color))
+    layers = readout_layers(len(stack), supervised=False)
+    probe = fit_probe(stack, layers, torch.from_numpy(train_x).flatten(1), torch.from_numpy(train_y), 10, seed=cfg.stream.seed)
+    x, y = torch.from_numpy(images).flatten(1), torch.from_numpy(labels)
+    return {"accuracy_probe": readout_accuracy(stack, probe, layers, x, y, None), "accuracy_online_probe": result["accuracy_softmax"], "n": result["n"]}
+
+
+def run_pipeline(cfg: RunConfig, test_spec: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ffbench-") as tmp:
+        cfg = dataclasses.replace(cfg, checkpoint_dir=f"{tmp}/ck")
+        cfg.topology = Topology.local(len(cfg.model.layers), monitor_publish=f"ipc://{tmp}/monitor", run_dir=tmp)
+        summary, supervisor, failure = run_stack(cfg)
+        if failure is not None:
+            raise RuntimeError(f"pipeline failed: {failure} (logs in {supervisor.run_dir / 'logs'})")
+        supervisor.cleanup()
+        frames = summary["sink"].get("frames") or 0
+        out = {"frames": frames, "wall_s": summary["wall_s"], "fps": round(frames / summary["wall_s"], 1),
+               "staleness": summary["sleep"].get("staleness") if summary.get("sleep") else None,
+               "progressive_accuracy": summary["sink"].get("accuracy")}
+        out.update(score(cfg.checkpoint_dir, cfg, test_spec))
+        return out
+
+
+def run_reference(cfg: RunConfig, test_spec: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ffref-") as tmp:
+        torch.set_num_threads(torch.get_num_threads())
+        out = train_reference(cfg, tmp)
+        out.update(score(tmp, cfg, test_spec))
+        return out
+
+
+def learning_benchmark(cfg: RunConfig, test_spec: str = "fashion-mnist:test", reference: bool = True, pipeline: bool = True) -> dict:
+    started = time.time()
+    result: dict = {"task": cfg.stream.task, "layers": list(cfg.model.layers), "epochs": cfg.stream.epochs, "batch": cfg.stream.batch,
+                    "sleep_every": cfg.sleep.sleep_every, "negatives": cfg.sleep.plan(cfg.stream.supervised).negatives,
+                    "lr": cfg.model.lr, "seed": cfg.stream.seed}
+    if pipeline:
+        result["pipeline"] = run_pipeline(cfg, test_spec)
+    if reference:
+        result["reference"] = run_reference(cfg, test_spec)
+    if pipeline and reference:
+        key = "accuracy_energy" if cfg.stream.supervised else "accuracy_probe"
+        result["gap_points"] = round(100 * (result["reference"][key] - result["pipeline"][key]), 2)
+    result["wall_s"] = round(time.time() - started, 1)
+    return result
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{r['task']} FF, layers {r['layers']}, {r['epochs']} epoch(s), batch {r['batch']}, negatives {r['negatives']}, sleep every {r['sleep_every']}"]
+    for name in ("pipeline", "reference"):
+        if name in r:
+            m = r[name]
+            acc = ", ".join(f"{k.removeprefix('accuracy_')} {100 * v:.2f} %" for k, v in m.items() if k.startswith("accuracy") and v is not None)
+            lines.append(f"  {name:9s}: {acc}; {m['frames']} frames in {m['wall_s']:.1f} s = {m['fps']:.0f} frames/s")
+    if "gap_points" in r:
+        lines.append(f"  gap to the reference: {r['gap_points']:.2f} points")
+    return "\n".join(lines)

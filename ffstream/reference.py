@@ -1,0 +1,76 @@
+"""The in-process reference: the pipeline's layers, data, negatives and readout in one process, zero staleness.
+
+Every batch: the readout predicts, then learns, on a forward-only pass (as
+the sink does); then each layer takes one step on the positive batch plus a
+negative batch made from it (as the sleep worker does), with the negatives
+judged by the current weights. It shares every line of maths with the workers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ffstream.checkpoint import layer_path, save_layer
+from ffstream.config import RunConfig
+from ffstream.ff import FFStack, LinearReadout, embed_label
+from ffstream.ff.dreamer import Dreamer
+from ffstream.ff.stack import readout_layers
+from ffstream.readout_store import save_readout
+from ffstream.sources import Preprocess, open_source
+
+
+def batches(source, size: int, limit: int | None):
+    """(pixels (B, C, H, W), labels or None) in the order the source worker would send them."""
+    frames, sent = [], 0
+    for frame in source:
+        frames.append(frame)
+        if len(frames) == size or (limit is not None and sent + len(frames) >= limit):
+            yield np.stack([f.pixels for f in frames]), [f.label for f in frames] if frames[0].label is not None else None
+            sent += len(frames)
+            frames = []
+            if limit is not None and sent >= limit:
+                return
+    if frames:
+        yield np.stack([f.pixels for f in frames]), [f.label for f in frames] if frames[0].label is not None else None
+
+
+def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: bool = True) -> dict:
+    """Train in one process and save checkpoints like the pipeline's; returns frames, wall time and accuracy."""
+    s = cfg.stream
+    torch.manual_seed(s.seed)
+    stack = FFStack(cfg.layer_configs())
+    classes = s.num_classes if s.supervised else None
+    dreamer = Dreamer(cfg.sleep.plan(s.supervised).negatives, classes, cfg.sleep.reservoir, s.seed) if with_negatives else None
+    layers = readout_layers(len(stack), s.supervised)
+    readout: LinearReadout | None = None
+    frames = correct = evaluated = 0
+    started = time.time()
+    with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs) as source:
+        for index, (pixels, labels) in enumerate(batches(source, s.batch, s.max_frames)):
+            flat = torch.from_numpy(pixels).flatten(1)
+            y = torch.tensor(labels) if labels is not None else None
+            if y is not None and s.eval_every and index % s.eval_every == 0:
+                features = stack.readout_features(flat, classes, layers)
+                if readout is None:
+                    readout = LinearReadout(features.shape[1], s.num_classes, lr=cfg.model.readout_lr, seed=s.seed)
+                correct += int((readout.predict(features) == y).sum())
+                evaluated += len(y)
+                readout.learn(features, y)
+            x = embed_label(flat, y, classes) if classes else flat
+            if dreamer is None:
+                stack.learn_positive(x)
+            else:
+                dreamer.observe(pixels)
+                stack.learn_interleaved(x, dreamer.negatives(pixels, labels, stack))
+            frames += len(flat)
+    wall = time.time() - started
+    meta = {"num_classes": classes, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}
+    for i, layer in enumerate(stack.layers, start=1):
+        save_layer(layer_path(checkpoint_dir, i), layer, {"index": i, **meta})
+    if readout is not None:
+        save_readout(checkpoint_dir, readout, layers, s.num_classes)
+    return {"frames": frames, "wall_s": round(wall, 2), "fps": round(frames / wall, 1), "progressive_accuracy": correct / evaluated if evaluated else None}
