@@ -69,7 +69,8 @@ class ModelConfig:
     momentum: float = 0.9  # SGD momentum / Adam beta1
     weight_decay: float = 0.0  # per step
     peer_weight: float = 0.03  # peer normalisation λ; 0 is off
-    readout_lr: float = 1e-3  # the sink's softmax head / probe, Adam
+    label_scale: float = 4.0  # value of the one-hot label slot written into the frame (pixels are 0..1)
+    readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
 
@@ -257,7 +258,7 @@ def _apply(obj: Any, prefix: str, values: dict[str, Any]) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for name, value in values.items():
         if name not in fields:
-            raise ConfigError(f"unknown config key {prefix}{name!r}; known: {', '.join(sorted(fields))}")
+            raise ConfigError(f"unknown config key {prefix}{name}; known: {', '.join(sorted(fields))}")
         setattr(obj, name, _coerce(prefix + name, fields[name].type, value))
 
 

@@ -23,10 +23,11 @@ def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
     if not paths:
         raise checkpoint.CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
     configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
-    stack = FFStack(configs)
+    meta = checkpoint.checkpoint_config(paths[0])[1]
+    stack = FFStack(configs, label_scale=float(meta.get("label_scale", 1.0)))
     for layer, path in zip(stack.layers, paths):
         checkpoint.load_layer(path, layer)
-    return stack, checkpoint.checkpoint_config(paths[0])[1]
+    return stack, meta
 
 
 def energy_accuracy(stack: FFStack, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:

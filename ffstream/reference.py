@@ -42,7 +42,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     """Train in one process and save checkpoints like the pipeline's; returns frames, wall time and accuracy."""
     s = cfg.stream
     torch.manual_seed(s.seed)
-    stack = FFStack(cfg.layer_configs())
+    stack = FFStack(cfg.layer_configs(), label_scale=cfg.model.label_scale)
     classes = s.num_classes if s.supervised else None
     dreamer = Dreamer(cfg.sleep.plan(s.supervised).negatives, classes, cfg.sleep.reservoir, s.seed) if with_negatives else None
     layers = readout_layers(len(stack), s.supervised)
@@ -60,7 +60,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 correct += int((readout.predict(features) == y).sum())
                 evaluated += len(y)
                 readout.learn(features, y)
-            x = embed_label(flat, y, classes) if classes else flat
+            x = embed_label(flat, y, classes, stack.label_scale) if classes else flat
             if dreamer is None:
                 stack.learn_positive(x)
             else:
@@ -68,7 +68,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 stack.learn_interleaved(x, dreamer.negatives(pixels, labels, stack))
             frames += len(flat)
     wall = time.time() - started
-    meta = {"num_classes": classes, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}
+    meta = {"num_classes": classes, "label_scale": stack.label_scale, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}
     for i, layer in enumerate(stack.layers, start=1):
         save_layer(layer_path(checkpoint_dir, i), layer, {"index": i, **meta})
     if readout is not None:

@@ -61,7 +61,7 @@ def test_worker_pipeline_equals_in_process_stack(tmp_path, socket, optimizer):
 
     reference = FFStack(cfg.layer_configs())
     for seq, frames, labels in seeded_batches():
-        x = embed_label(torch.from_numpy(frames).flatten(1), torch.tensor(labels), NUM_CLASSES)
+        x = embed_label(torch.from_numpy(frames).flatten(1), torch.tensor(labels), NUM_CLASSES, cfg.model.label_scale)
         reference.learn_positive(x)
     for i, ref_layer in enumerate(reference.layers, start=1):
         tensors, meta = checkpoint.read_metadata(checkpoint.layer_path(cfg.checkpoint_dir, i))

@@ -73,4 +73,4 @@ class Dreamer:
             wrong = hard_wrong_labels(true, stack.label_scores(flat, self.num_classes), self.generator)
         else:
             wrong = random_wrong_labels(true, self.num_classes, self.generator)
-        return embed_label(flat, wrong, self.num_classes)
+        return embed_label(flat, wrong, self.num_classes, stack.label_scale)

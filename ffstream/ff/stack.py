@@ -19,11 +19,12 @@ class FFStack:
     loop. Between layers only the normalised activity is passed on.
     """
 
-    def __init__(self, configs: Sequence[LayerConfig]):
+    def __init__(self, configs: Sequence[LayerConfig], label_scale: float = 1.0):
         for below, above in zip(configs, configs[1:]):
             if below.width != above.in_features:
                 raise ValueError(f"layer widths do not chain: {below.width} -> {above.in_features}")
         self.layers = [FFLayer(c) for c in configs]
+        self.label_scale = label_scale  # the value written into a label slot (supervised stacks)
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -79,14 +80,14 @@ class FFStack:
         labels = torch.empty(x.shape[0], dtype=torch.long)
         scores = []
         for k in range(num_classes):
-            hs = self.activities(embed_label(x, labels.fill_(k), num_classes))
+            hs = self.activities(embed_label(x, labels.fill_(k), num_classes, self.label_scale))
             scores.append(sum(layer.goodness(h) for layer, h in zip(self.layers[first:], hs[first:])))
         return sign * torch.stack(scores, dim=1)
 
     def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
         """Normalised activities of the given layers (0-based) on one pass; with a neutral label if supervised."""
         if num_classes:
-            x = neutral_label(x, num_classes)
+            x = neutral_label(x, num_classes, self.label_scale)
         hs = self.activities(x)
         return torch.cat([rms_normalize(hs[i]) for i in layers], dim=1)
 

@@ -64,6 +64,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             cfg.layer_configs()[index - 1],
             topo.layer(index),
             num_classes=num_classes if index == 1 else None,
+            label_scale=cfg.model.label_scale,
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
@@ -79,6 +80,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             cfg.layer_configs(),
             plan=cfg.sleep.plan(stream.supervised),
             num_classes=num_classes,
+            label_scale=cfg.model.label_scale,
             seed=stream.seed,
             **common,
         )

@@ -41,6 +41,7 @@ class LayerWorker(Worker):
         endpoints: LayerEndpoints,
         *,
         num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
+        label_scale: float = 1.0,  # the value of the label's one-hot slot
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
@@ -54,13 +55,14 @@ class LayerWorker(Worker):
         self.index = index
         self.endpoints = endpoints
         self.num_classes = num_classes
+        self.label_scale = label_scale
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.device = torch.device(device)
-        self.checkpoint_meta = {"index": index, "num_classes": num_classes, **(checkpoint_meta or {})}
+        self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, **(checkpoint_meta or {})}
         self.layer = FFLayer(layer_config).to(self.device)
         self.frames = 0
         self.eval_frames = 0
@@ -207,11 +209,11 @@ class LayerWorker(Worker):
         x = torch.from_numpy(x.astype(np.float32, copy=False)).to(self.device)
         if self.num_classes:
             if eval_mode:
-                return neutral_label(x, self.num_classes)
+                return neutral_label(x, self.num_classes, self.label_scale)
             if msg.label is None or max(msg.label, default=0) >= self.num_classes:
                 self.dropped["label"] += 1
                 return None
-            return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes)
+            return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes, self.label_scale)
         return x
 
     def _forward_eval(self, msg: wire.Message) -> None:

@@ -59,6 +59,7 @@ class SleepWorker(Worker):
         *,
         plan: SleepPlan = SleepPlan(),
         num_classes: int | None = None,  # labelled stream: wrong-label negatives
+        label_scale: float = 1.0,  # value of the label slot, as layer 1 writes it
         seed: int = 0,
         max_batches: int | None = None,  # stop after this many negative batches
         exit_on_end: bool = False,  # stop at the end-of-stream marker; by default wait for stop()
@@ -74,7 +75,7 @@ class SleepWorker(Worker):
         self.num_classes = num_classes
         self.max_batches = max_batches
         self.exit_on_end = exit_on_end
-        self.stack = FFStack(layer_configs)  # the snapshot: weights only, never trained here
+        self.stack = FFStack(layer_configs, label_scale=label_scale)  # the snapshot: weights only, never trained here
         self.versions: list[int | None] = [None] * len(layer_configs)
         self.dreamer = Dreamer(plan.negatives, num_classes, plan.reservoir, seed)
         self.batches = 0
