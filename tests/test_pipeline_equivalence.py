@@ -51,7 +51,7 @@ def test_worker_pipeline_equals_in_process_stack(tmp_path, socket, optimizer):
         for seq, frames, labels in seeded_batches():
             source.send_multipart(wire.encode(wire.Message("frames", frames, seq=seq, label=labels)))
         source.send_multipart(wire.encode(wire.Message("control", np.zeros(0, np.float32), extra={"command": "end"})))
-        received = [wire.decode(recv_multipart(sink, timeout=60)) for _ in range(BATCHES + 1)]
+        received = [wire.decode(recv_multipart(sink, timeout=120)) for _ in range(BATCHES + 1)]
         codes = stop_all(procs)  # SIGTERM: each layer drains and checkpoints
     finally:
         stop_all(procs)
