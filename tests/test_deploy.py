@@ -1,0 +1,308 @@
+"""The deployment files: docker-compose validates and *runs* (as local processes), Kubernetes manifests validate.
+
+The compose test uses the compose file's own ports, 5710-5771 (see docker-compose.yml): nothing else in the
+test suite uses the 57xx range.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from ffstream import wire
+from processes import ROOT, env, stop_all
+
+yaml = pytest.importorskip("yaml")
+
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_GPU = ROOT / "docker-compose.gpu.yml"
+K8S = ROOT / "deploy" / "k8s"
+DEADLINE_S = 240.0  # eight workers import torch on 2 shared cores, then 2000 frames go through
+
+# What the test changes, through the compose file's own variables: a short stream and small layers.
+TEST_VARIABLES = {
+    "FFSTREAM_STREAM_SOURCE": "synthetic:2000",
+    "FFSTREAM_MODEL_LAYERS": "32,32,32,32",
+    "FFSTREAM_STREAM_BATCH": "32",
+    "FFSTREAM_THREADS": "1",
+}
+
+
+# --- compose, read as docker-compose reads it ---------------------------------------------------------------
+_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value, variables: dict[str, str]):
+    """${NAME}, ${NAME:-default} and ${NAME-default}, as docker-compose substitutes them (enough for our file)."""
+    if isinstance(value, str):
+        def sub(m):
+            name, default = m.group(1), m.group(2)
+            given = variables.get(name)
+            if given is None or (given == "" and ":-" in m.group(0)):
+                return default or ""
+            return given
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [interpolate(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, variables) for k, v in value.items()}
+    return value
+
+
+def load_compose(variables: dict[str, str]) -> dict:
+    return interpolate(yaml.safe_load(COMPOSE.read_text()), variables)
+
+
+def default_services(compose: dict) -> dict[str, dict]:
+    """The services `docker-compose up` starts: those in no profile."""
+    return {name: svc for name, svc in compose["services"].items() if not svc.get("profiles")}
+
+
+def start_order(services: dict[str, dict]) -> list[str]:
+    order: list[str] = []
+    def visit(name: str, path: tuple = ()) -> None:
+        assert name not in path, f"depends_on cycle: {path + (name,)}"
+        if name not in order:
+            for dep in services[name].get("depends_on", {}):
+                visit(dep, path + (name,))
+            order.append(name)
+    for name in services:
+        visit(name)
+    return order
+
+
+def local_value(value: str, services: set[str], mounts: dict[str, str]) -> str:
+    """What a container sees, translated for this host: service names -> 127.0.0.1, volume targets -> folders."""
+    value = re.sub(r"tcp://([\w.-]+):", lambda m: f"tcp://127.0.0.1:" if m.group(1) in services else m.group(0), value)
+    for target, source in mounts.items():
+        if value == target or value.startswith(target + "/"):
+            value = source + value[len(target):]
+    return value
+
+
+class Stack:
+    """The compose file's services as local processes."""
+
+    def __init__(self, tmp: Path, variables: dict[str, str]):
+        self.tmp = tmp
+        self.compose = load_compose(variables)
+        self.services = default_services(self.compose)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.health_dir = tmp / "health"
+
+    def mounts(self, svc: dict) -> dict[str, str]:
+        out = {}
+        for vol in svc.get("volumes", []):
+            source, target = vol.split(":")[:2]
+            if source.startswith("."):
+                out[target] = str(ROOT / source)
+            else:
+                assert source in self.compose["volumes"], f"undeclared named volume {source}"
+                (self.tmp / "volumes" / source).mkdir(parents=True, exist_ok=True)
+                out[target] = str(self.tmp / "volumes" / source)
+        return out
+
+    def environment(self, svc: dict) -> dict[str, str]:
+        mounts = self.mounts(svc)
+        names = set(self.compose["services"])
+        e = env()
+        e.update({k: local_value(str(v), names, mounts) for k, v in svc.get("environment", {}).items()})
+        e["FFSTREAM_HEALTH_DIR"] = str(self.health_dir)  # one folder for all, instead of each container's /tmp
+        return e
+
+    def argv(self, svc: dict, args: list[str]) -> list[str]:
+        mounts = self.mounts(svc)
+        names = set(self.compose["services"])
+        return [sys.executable, "-m", "ffstream", *(local_value(str(a), names, mounts) for a in args)]
+
+    def start(self, name: str) -> None:
+        svc = self.services[name]
+        log = open(self.tmp / f"{name}.log", "wb")
+        self.procs[name] = subprocess.Popen(self.argv(svc, svc["command"]), stdout=log, stderr=subprocess.STDOUT, env=self.environment(svc), cwd=ROOT)
+
+    def healthy(self, name: str) -> bool:
+        """The service's own healthcheck command (its `test`, CMD form, with `ffstream` the entry point)."""
+        svc = self.services[name]
+        test = svc["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "ffstream"], test
+        return subprocess.run(self.argv(svc, test[2:]), env=self.environment(svc), cwd=ROOT, capture_output=True, timeout=60).returncode == 0
+
+    def wait_healthy(self, name: str, deadline: float) -> None:
+        pause = threading.Event()
+        while not self.healthy(name):
+            proc = self.procs[name]
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}: {self.log(name)}"
+            assert time.monotonic() < deadline, f"{name} never turned healthy: {self.log(name)}"
+            pause.wait(0.5)
+
+    def up(self, deadline: float) -> None:
+        """Start services in depends_on order, honouring each condition as docker-compose does."""
+        for name in start_order(self.services):
+            for dep, cond in self.services[name].get("depends_on", {}).items():
+                if cond["condition"] == "service_healthy":
+                    self.wait_healthy(dep, deadline)
+            self.start(name)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
+
+    def down(self) -> list[int]:
+        return stop_all(list(self.procs.values()))
+
+
+def test_compose_runs_as_local_processes(tmp_path):
+    stack = Stack(tmp_path, TEST_VARIABLES)
+    assert set(stack.services) == {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"}
+    monitor = stack.services["monitor"]
+    published = [p.split(":") for p in monitor["ports"]]
+    assert all(host == "127.0.0.1" for host, _, _ in published), published
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    # The metrics socket the monitor publishes on the host, as `ffstream monitor` would connect to it.
+    host, port, _ = published[0]
+    sub.connect(f"tcp://{host}:{port}")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        stack.up(deadline)
+        seen: dict[str, dict] = {}
+        while not (seen.get("sink", {}).get("frames", 0) >= 2000 and all(seen.get(f"layer{i}", {}).get("frames", 0) > 0 for i in range(1, 5))):
+            for name, proc in stack.procs.items():
+                # The sink alone ends by itself, with 0, once the end-of-stream marker reaches it.
+                assert proc.poll() is None or (name == "sink" and proc.returncode == 0), f"{name} exited with {proc.returncode}: {stack.log(name)}"
+            assert time.monotonic() < deadline, f"metrics so far: { {k: v.get('frames') for k, v in seen.items()} }"
+            if sub.poll(500, zmq.POLLIN):
+                msg = wire.decode(sub.recv_multipart(), max_payload=0)
+                seen[msg.stream] = msg.extra["metrics"]
+        # Every worker reported to the monitor; every frame reached the sink through four layers.
+        assert {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"} <= set(seen), set(seen)
+        assert seen["sink"]["frames"] == 2000
+        assert stack.procs["sink"].wait(60) == 0, stack.log("sink")
+        # up() saw monitor, sink and layer4..1 pass their healthchecks; source and sleep pass theirs too.
+        for name in ("source", "sleep"):
+            assert stack.healthy(name), f"{name} not healthy: {stack.log(name)}"
+    finally:
+        codes = stack.down()
+        sub.close(linger=0)
+        ctx.term()
+    assert codes == [0] * len(codes), dict(zip(stack.procs, codes))
+    # SIGTERM made the layers checkpoint into the named volume.
+    saved = sorted(p.name for p in (tmp_path / "volumes" / "checkpoints").iterdir())
+    assert [f"layer{i}.safetensors" for i in range(1, 5)] == [n for n in saved if n.startswith("layer")], saved
+
+
+def test_compose_file_shape():
+    compose = load_compose({})
+    services = compose["services"]
+    for name, svc in services.items():
+        assert svc["restart"] == "unless-stopped", name
+        assert svc["command"][0] == "worker", name
+        assert svc["healthcheck"]["test"][:4] == ["CMD", "ffstream", "check", "--worker"], name
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert cond["condition"] in ("service_healthy", "service_started"), (name, dep)
+        if name != "monitor":
+            assert "ports" not in svc, f"{name} publishes ports; only the monitor may"
+    assert "./videos:/videos:ro" in services["source"]["volumes"]
+    assert "checkpoints:/var/lib/ffstream/checkpoints" in services["layer1"]["volumes"]
+    assert services["source-webcam"]["profiles"] == ["webcam"]
+    assert services["source-webcam"]["devices"] == ["/dev/video0:/dev/video0"]
+    # Every binding address is on its own port, so the file runs on one host without Docker.
+    env_ = services["sink"]["environment"]
+    addrs = [env_[k] for k in env_ if k.startswith("FFSTREAM_TOPOLOGY_") and k != "FFSTREAM_TOPOLOGY_BIND_HOST"]
+    all_ports = [int(p) for a in addrs for p in re.findall(r":(\d+)", a)]
+    assert len(all_ports) == len(set(all_ports)) == 3 * 4 + 4, all_ports
+    gpu = yaml.safe_load(COMPOSE_GPU.read_text())["services"]
+    assert sorted(gpu) == ["layer1", "layer2", "layer3", "layer4"]
+    assert gpu["layer1"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed (apt-get install docker-compose)")
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def test_docker_compose_config_validates(files):
+    argv = ["docker-compose", "--profile", "webcam"]
+    for f in files:
+        argv += ["-f", f]
+    out = subprocess.run([*argv, "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------------------
+def kustomize(path: Path) -> list[dict]:
+    """Render a kustomization with kubectl when there is one, else with the small renderer below."""
+    if shutil.which("kubectl"):
+        out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+        if out.returncode == 0:
+            return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return render(path)
+
+
+def render(path: Path) -> list[dict]:
+    """Enough of kustomize for our files: resources, namespace, labels, strategic-merge patches (lists by name)."""
+    k = yaml.safe_load((path / "kustomization.yaml").read_text())
+    docs: list[dict] = []
+    for res in k.get("resources", []):
+        target = path / res
+        docs += render(target) if target.is_dir() else [d for d in yaml.safe_load_all(target.read_text()) if d]
+    for gen in k.get("secretGenerator", []) + k.get("configMapGenerator", []):
+        raise AssertionError("the fallback renderer does not do generators")
+    for patch in k.get("patches", []):
+        for p in yaml.safe_load_all((path / patch["path"]).read_text()):
+            match = [d for d in docs if d["kind"] == p["kind"] and d["metadata"]["name"] == p["metadata"]["name"]]
+            assert match, f"patch for a missing {p['kind']}/{p['metadata']['name']}"
+            merge(match[0], p)
+    for d in docs:
+        if k.get("namespace") and d["kind"] != "Namespace":
+            d["metadata"]["namespace"] = k["namespace"]
+        for key, value in (k.get("commonLabels") or {}).items():
+            d["metadata"].setdefault("labels", {})[key] = value
+    return docs
+
+
+def merge(base, patch):
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list) and all(isinstance(v, dict) and "name" in v for v in value):
+            for item in value:
+                same = [b for b in base[key] if b.get("name") == item["name"]]
+                merge(same[0], item) if same else base[key].append(item)
+        else:
+            base[key] = value
+
+
+OVERLAYS = ["base", "overlays/cpu", "overlays/gpu"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_manifests_validate(overlay, tmp_path):
+    pytest.importorskip("kubernetes_validate")
+    docs = kustomize(K8S / overlay)
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(docs))
+    out = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", str(rendered)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for worker in ("source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"):
+        assert any(kind in ("Deployment", "StatefulSet") and name.endswith(worker) for kind, name in kinds), worker
+        assert any(kind == "Service" and name.endswith(worker) for kind, name in kinds), worker
+    assert any(kind == "Secret" for kind, _ in kinds) and any(kind == "ConfigMap" for kind, _ in kinds)
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    for w in workloads:
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        assert c["livenessProbe"]["exec"]["command"][:2] == ["ffstream", "check"], w["metadata"]["name"]
+        assert c["readinessProbe"]["exec"]["command"][:2] == ["ffstream", "check"], w["metadata"]["name"]
+        assert c["resources"]["requests"] and c["resources"]["limits"], w["metadata"]["name"]
+        gpus = c["resources"]["limits"].get("nvidia.com/gpu")
+        is_layer = w["metadata"]["name"].rstrip("0123456789").endswith("layer")
+        assert (gpus is not None) == (overlay == "overlays/gpu" and is_layer), (overlay, w["metadata"]["name"], gpus)
