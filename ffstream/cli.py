@@ -51,8 +51,15 @@ def _non_negative(text: str) -> int:
     return 0 if text == "0" else _positive(text)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags get one line naming the flag, and exit 2; `--help` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ffstream", description="Learn from live video with the Forward-Forward algorithm, one process per layer.")
+    parser = OneLineParser(prog="ffstream", description="Learn from live video with the Forward-Forward algorithm, one process per layer.")
     parser.add_argument("--version", action="version", version=f"ffstream {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -220,9 +220,9 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
     }
 
 
-def run_stack(cfg: RunConfig, on_metrics=None) -> tuple[dict, Supervisor, RunFailed | None]:
+def run_stack(cfg: RunConfig, on_metrics=None, run_dir: str | None = None) -> tuple[dict, Supervisor, RunFailed | None]:
     """Start every worker, wait for the stream to end (or Ctrl-C), stop them all; the summary and any failure."""
-    supervisor = Supervisor(cfg)
+    supervisor = Supervisor(cfg, run_dir)
     started = time.time()
     failure = None
     try:

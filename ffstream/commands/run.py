@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,6 @@ def config_from_args(args) -> config.RunConfig:
         overrides["model"]["max_batch"] = args.batch
     cfg = config.load(args.config, overrides=overrides)
     resolve_stream(cfg)
-    cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish)
     cfg.check()
     return cfg
 
@@ -71,8 +71,11 @@ def run_command(args) -> int:
             last_plain[0] = time.monotonic()  # no terminal: a plain progress line every 10 s instead of a bar
             print(f"progress: {m.get('frames', 0)}/{m.get('total') or '?'} frames, {m.get('fps', 0):.0f} frames/s", file=sys.stderr)
 
+    # The run directory holds the ipc sockets, worker logs and final stats; it goes when the run succeeds.
+    run_dir = tempfile.mkdtemp(prefix="ffstream-")
+    cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir)
     with progress:
-        summary, supervisor, failure = run_stack(cfg, on_metrics)
+        summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)
     print_summary(console, summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
