@@ -36,6 +36,7 @@ class StreamConfig:
     epochs: int = 1  # passes over a file or dataset
     task: str | None = None  # "supervised" or "unsupervised"; None: supervised when the source has labels
     num_classes: int | None = None  # labels in the stream; filled in from the source by the runner
+    total_frames: int | None = None  # frames the stream will deliver, when known; filled in by the runner
     eval_every: int = 1  # labelled streams: a forward-only neutral-label copy of every n-th batch, for accuracy; 0 never
     seed: int = 0  # seeds weights, shuffling and negatives
 
@@ -70,6 +71,7 @@ class ModelConfig:
     weight_decay: float = 0.0  # per step
     peer_weight: float = 0.03  # peer normalisation λ; 0 is off
     label_scale: float = 4.0  # value of the one-hot label slot written into the frame (pixels are 0..1)
+    lr_decay: bool = True  # decay the layers' learning rate linearly over a stream of known length
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch

@@ -18,7 +18,8 @@ from typing import Any
 import zmq
 
 from ffstream import wire
-from ffstream.config import RunConfig
+from ffstream.config import ConfigError, RunConfig
+from ffstream.sources import Preprocess, open_source
 from ffstream.transport import make_socket
 from ffstream.workers.build import thread_budget
 
@@ -178,6 +179,25 @@ class Supervisor:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def resolve_stream(cfg: RunConfig) -> None:
+    """Open the source once up front: a bad spec fails here with one line, and the labels decide the task."""
+    s = cfg.stream
+    source_total = None
+    if s.source.startswith(("webcam", "rtsp://", "rtsps://", "http://", "https://")):
+        s.num_classes = None  # a live device is opened once, by the source worker
+    else:
+        with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs) as src:
+            s.num_classes, source_total = src.num_classes, src.total
+    known = [t for t in (source_total, s.max_frames) if t is not None]
+    s.total_frames = min(known) if known else None  # the learning rate decays over this many frames
+    if s.task is None:
+        s.task = "supervised" if s.num_classes else "unsupervised"
+    if s.task == "supervised" and not s.num_classes:
+        raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
+    if s.supervised and s.num_classes > s.input_size:
+        raise ConfigError(f"{s.num_classes} label slots do not fit in a {s.size[0]}x{s.size[1]} frame")
 
 
 def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes: dict) -> dict:

@@ -17,7 +17,7 @@ from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, T
 from ffstream.evaluate import evaluate, fit_probe, load_stack, readout_accuracy
 from ffstream.ff.stack import readout_layers
 from ffstream.reference import train_reference
-from ffstream.runner import run_stack
+from ffstream.runner import resolve_stream, run_stack
 from ffstream.sources import Preprocess, dataset_arrays
 
 
@@ -70,6 +70,7 @@ def run_reference(cfg: RunConfig, test_spec: str) -> dict:
 
 def learning_benchmark(cfg: RunConfig, test_spec: str = "fashion-mnist:test", reference: bool = True, pipeline: bool = True) -> dict:
     started = time.time()
+    resolve_stream(cfg)
     result: dict = {"task": cfg.stream.task, "layers": list(cfg.model.layers), "epochs": cfg.stream.epochs, "batch": cfg.stream.batch,
                     "sleep_every": cfg.sleep.sleep_every, "negatives": cfg.sleep.plan(cfg.stream.supervised).negatives,
                     "lr": cfg.model.lr, "seed": cfg.stream.seed}

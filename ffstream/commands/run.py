@@ -13,9 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ffstream import config
-from ffstream.config import ConfigError, Topology
-from ffstream.runner import run_stack
-from ffstream.sources import Preprocess, open_source
+from ffstream.config import Topology
+from ffstream.runner import resolve_stream, run_stack
 
 
 def config_from_args(args) -> config.RunConfig:
@@ -34,22 +33,6 @@ def config_from_args(args) -> config.RunConfig:
     resolve_stream(cfg)
     cfg.check()
     return cfg
-
-
-def resolve_stream(cfg: config.RunConfig) -> None:
-    """Open the source once up front: a bad spec fails here with one line, and the labels decide the task."""
-    s = cfg.stream
-    if s.source.startswith(("webcam", "rtsp://", "rtsps://", "http://", "https://")):
-        s.num_classes = None  # a live device is opened once, by the source worker
-    else:
-        with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed) as src:
-            s.num_classes = src.num_classes
-    if s.task is None:
-        s.task = "supervised" if s.num_classes else "unsupervised"
-    if s.task == "supervised" and not s.num_classes:
-        raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
-    if s.supervised and s.num_classes > s.input_size:
-        raise ConfigError(f"{s.num_classes} label slots do not fit in a {s.size[0]}x{s.size[1]} frame")
 
 
 def run_command(args) -> int:

@@ -7,7 +7,7 @@ same layer code, so the pipeline and the reference cannot drift apart.
 from ffstream.ff.config import LayerConfig
 from ffstream.ff.goodness import goodness, probability_positive
 from ffstream.ff.labels import embed_label, neutral_label
-from ffstream.ff.layer import FFLayer
+from ffstream.ff.layer import FFLayer, linear_decay
 from ffstream.ff.norm import rms_normalize
 from ffstream.ff.readout import LinearReadout
 from ffstream.ff.stack import FFStack
@@ -19,6 +19,7 @@ __all__ = [
     "LinearReadout",
     "embed_label",
     "goodness",
+    "linear_decay",
     "neutral_label",
     "probability_positive",
     "rms_normalize",

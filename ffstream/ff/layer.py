@@ -10,6 +10,12 @@ from ffstream.ff.goodness import ff_loss, goodness, probability_positive
 from ffstream.ff.norm import rms_normalize
 
 Gradients = list[torch.Tensor]  # one tensor per parameter, in `parameters()` order: [weight (N, D), bias (N,)]
+MIN_LR_SCALE = 0.01  # the decay stops here, so that a stream running past its expected end still learns a little
+
+
+def linear_decay(frames_seen: int, decay_frames: int) -> float:
+    """The learning-rate scale after frames_seen of decay_frames: 1 at the start, falling linearly."""
+    return max(MIN_LR_SCALE, 1.0 - frames_seen / decay_frames)
 
 
 class FFLayer(nn.Module):
@@ -136,6 +142,11 @@ class FFLayer(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         self._pending, self.pending_count = None, 0
         self.steps += 1
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Scale the configured learning rate, e.g. by a linear decay over a stream of known length."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * scale
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors a snapshot needs to run this layer elsewhere."""

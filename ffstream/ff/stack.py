@@ -26,6 +26,10 @@ class FFStack:
         self.layers = [FFLayer(c) for c in configs]
         self.label_scale = label_scale  # the value written into a label slot (supervised stacks)
 
+    def set_lr_scale(self, scale: float) -> None:
+        for layer in self.layers:
+            layer.set_lr_scale(scale)
+
     def __len__(self) -> int:
         return len(self.layers)
 

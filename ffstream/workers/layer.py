@@ -11,7 +11,7 @@ import torch
 import zmq
 
 from ffstream import checkpoint, wire
-from ffstream.ff import FFLayer, LayerConfig, embed_label, neutral_label, rms_normalize
+from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label, rms_normalize
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Mean, Rate
@@ -42,6 +42,7 @@ class LayerWorker(Worker):
         *,
         num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
         label_scale: float = 1.0,  # the value of the label's one-hot slot
+        lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
@@ -56,6 +57,7 @@ class LayerWorker(Worker):
         self.endpoints = endpoints
         self.num_classes = num_classes
         self.label_scale = label_scale
+        self.lr_decay_frames = lr_decay_frames
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
@@ -237,6 +239,8 @@ class LayerWorker(Worker):
         if not kept:
             return
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
+        if self.lr_decay_frames:
+            self.layer.set_lr_scale(linear_decay(self.frames, self.lr_decay_frames))
         h, stats = self.layer.learn(x)
         self._after_step()
         g = self.layer.goodness(h)
