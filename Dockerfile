@@ -38,11 +38,11 @@ RUN pip install .
 
 # Not root: the worker needs no privileges. The video group reads /dev/video0 (webcam profile).
 RUN set -eux; \
-    groupadd --system ffstream; \
-    useradd --system --gid ffstream --groups video --home-dir /var/lib/ffstream --create-home --shell /usr/sbin/nologin ffstream; \
+    groupadd --system --gid 10001 ffstream; \
+    useradd --system --uid 10001 --gid ffstream --groups video --home-dir /var/lib/ffstream --create-home --shell /usr/sbin/nologin ffstream; \
     mkdir -p /var/lib/ffstream/checkpoints /tmp/ffstream-health; \
     chown -R ffstream:ffstream /var/lib/ffstream /tmp/ffstream-health
-USER ffstream
+USER 10001:10001
 VOLUME ["/var/lib/ffstream/checkpoints"]
 
 ENTRYPOINT ["ffstream"]

@@ -6,8 +6,7 @@ test suite uses the 57xx range.
 
 from __future__ import annotations
 
-import json
-import os
+import base64
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from ffstream import wire
+from ffstream import security, wire
 from processes import ROOT, env, stop_all
 
 yaml = pytest.importorskip("yaml")
@@ -248,14 +247,17 @@ def kustomize(path: Path) -> list[dict]:
 
 
 def render(path: Path) -> list[dict]:
-    """Enough of kustomize for our files: resources, namespace, labels, strategic-merge patches (lists by name)."""
+    """Enough of kustomize for our files: resources, generators, images, namespace, strategic-merge patches."""
     k = yaml.safe_load((path / "kustomization.yaml").read_text())
     docs: list[dict] = []
     for res in k.get("resources", []):
         target = path / res
         docs += render(target) if target.is_dir() else [d for d in yaml.safe_load_all(target.read_text()) if d]
-    for gen in k.get("secretGenerator", []) + k.get("configMapGenerator", []):
-        raise AssertionError("the fallback renderer does not do generators")
+    for gen in k.get("configMapGenerator", []):
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": dict(x.split("=", 1) for x in gen["literals"])})
+    for gen in k.get("secretGenerator", []):
+        data = {Path(f).name: base64.b64encode((path / f).read_bytes()).decode() for f in gen["files"]}
+        docs.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": gen["name"]}, "data": data})
     for patch in k.get("patches", []):
         for p in yaml.safe_load_all((path / patch["path"]).read_text()):
             match = [d for d in docs if d["kind"] == p["kind"] and d["metadata"]["name"] == p["metadata"]["name"]]
@@ -264,8 +266,10 @@ def render(path: Path) -> list[dict]:
     for d in docs:
         if k.get("namespace") and d["kind"] != "Namespace":
             d["metadata"]["namespace"] = k["namespace"]
-        for key, value in (k.get("commonLabels") or {}).items():
-            d["metadata"].setdefault("labels", {})[key] = value
+        for image in k.get("images", []):
+            for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                if c["image"].split(":")[0] == image["name"]:
+                    c["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
     return docs
 
 
@@ -287,7 +291,11 @@ OVERLAYS = ["base", "overlays/cpu", "overlays/gpu"]
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kubernetes_manifests_validate(overlay, tmp_path):
     pytest.importorskip("kubernetes_validate")
-    docs = kustomize(K8S / overlay)
+    # The kustomization reads the CURVE keys from base/keys, which git never holds: make them, as the README says.
+    k8s = tmp_path / "k8s"
+    shutil.copytree(K8S, k8s, ignore=shutil.ignore_patterns("keys"))
+    security.generate(k8s / "base" / "keys")
+    docs = kustomize(k8s / overlay)
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(yaml.safe_dump_all(docs))
     out = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", str(rendered)], capture_output=True, text=True, timeout=300)
@@ -295,7 +303,8 @@ def test_kubernetes_manifests_validate(overlay, tmp_path):
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for worker in ("source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"):
         assert any(kind in ("Deployment", "StatefulSet") and name.endswith(worker) for kind, name in kinds), worker
-        assert any(kind == "Service" and name.endswith(worker) for kind, name in kinds), worker
+        if worker != "sleep":  # it binds nothing, so it needs no Service
+            assert any(kind == "Service" and name.endswith(worker) for kind, name in kinds), worker
     assert any(kind == "Secret" for kind, _ in kinds) and any(kind == "ConfigMap" for kind, _ in kinds)
     workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     for w in workloads:
