@@ -315,3 +315,16 @@ def test_kubernetes_manifests_validate(overlay, tmp_path):
         gpus = c["resources"]["limits"].get("nvidia.com/gpu")
         is_layer = w["metadata"]["name"].rstrip("0123456789").endswith("layer")
         assert (gpus is not None) == (overlay == "overlays/gpu" and is_layer), (overlay, w["metadata"]["name"], gpus)
+
+
+def test_bind_host_turns_bound_addresses_into_wildcards():
+    from ffstream.config import Topology, load
+
+    topo = load(environ={"FFSTREAM_TOPOLOGY_BIND_HOST": "*", "FFSTREAM_MODEL_LAYERS": "8,8",
+                         "FFSTREAM_TOPOLOGY_LAYER_INPUTS": "tcp://layer1:5710,tcp://layer2:5720"}).topology.filled(2)
+    ep = topo.layer(1)
+    assert ep.input == "tcp://*:5710"  # bound: a wildcard
+    assert ep.output == "tcp://layer2:5720"  # connected: the name as written
+    assert topo.layer(2).output == topo.sink_input
+    assert topo.bind("ipc:///run/x") == "ipc:///run/x"
+    assert Topology().bind("tcp://127.0.0.1:5590") == "tcp://127.0.0.1:5590"  # without bind_host: as written
