@@ -134,6 +134,7 @@ class Topology:
     layer_negatives: tuple[str, ...] = ()  # per layer, PULL of negative updates
     layer_snapshots: tuple[str, ...] = ()  # per layer, REP for snapshots
     sink_input: str = "tcp://127.0.0.1:5590"  # sink PULL
+    sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
     bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
@@ -169,6 +170,7 @@ class Topology:
             layer_negatives=tuple(ipc(f"layer{i}.neg") for i in range(1, num_layers + 1)),
             layer_snapshots=tuple(ipc(f"layer{i}.snap") for i in range(1, num_layers + 1)),
             sink_input=ipc("sink.in"),
+            sink_snapshot=ipc("sink.snap"),
             monitor_collect=ipc("monitor.in"),
             monitor_publish=monitor_publish,
         )

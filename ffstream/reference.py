@@ -68,7 +68,8 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 stack.learn_positive(x)
             else:
                 dreamer.observe(pixels)
-                stack.learn_interleaved(x, dreamer.negatives(pixels, labels, stack))
+                head = (readout, layers) if readout is not None else None
+                stack.learn_interleaved(x, dreamer.negatives(pixels, labels, stack, head))
             frames += len(flat)
     wall = time.time() - started
     meta = {"num_classes": classes, "label_scale": stack.label_scale, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}

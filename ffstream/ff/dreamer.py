@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from ffstream.ff.labels import embed_label
+from ffstream.ff.readout import LinearReadout
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
 from ffstream.ff.stack import FFStack
 
 NEGATIVE_KINDS = ("random", "hard", "hybrid")
+Head = tuple[LinearReadout, Sequence[int]]  # a softmax head and the 0-based layers whose activity it reads
 
 
 class Reservoir:
@@ -42,9 +46,10 @@ class Reservoir:
 class Dreamer:
     """Turns real frames into negative inputs for layer 1.
 
-    "random"/"hard": the same frames with a wrong label (hard ones sampled from
-    the snapshot's own confusions); "hybrid": each frame blended with a frame
-    from the reservoir through the paper's blurred mask.
+    "random"/"hard": the same frames with a wrong label, hard ones sampled from
+    the model's own predictions (the softmax head's, on the snapshot's neutral
+    pass: one forward pass instead of one per label); "hybrid": each frame
+    blended with a frame from the reservoir through the paper's blurred mask.
     """
 
     def __init__(self, kind: str, num_classes: int | None, reservoir: int = 4096, seed: int = 0):
@@ -61,8 +66,12 @@ class Dreamer:
         """batch: (B, C, H, W) real frames, remembered for hybrids."""
         self.reservoir.add(batch)
 
-    def negatives(self, batch: np.ndarray, labels: list[int] | None, stack: FFStack) -> torch.Tensor:
-        """(B, C, H, W) real frames -> (B, D) negative inputs; `stack` (the snapshot) scores hard labels."""
+    def negatives(self, batch: np.ndarray, labels: list[int] | None, stack: FFStack, head: Head | None = None) -> torch.Tensor:
+        """(B, C, H, W) real frames -> (B, D) negative inputs for layer 1.
+
+        stack: the snapshot of the layers; head: the softmax head and the layers it reads. Without
+        a head yet, hard negatives fall back to goodness over all labels (energy), which costs K passes.
+        """
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
         if self.kind == "hybrid":
             partner = torch.from_numpy(self.reservoir.sample(len(batch)))
@@ -70,7 +79,13 @@ class Dreamer:
         flat = x.flatten(1)
         true = torch.tensor(labels)
         if self.kind == "hard":
-            wrong = hard_wrong_labels(true, stack.label_scores(flat, self.num_classes), self.generator)
+            if head is not None:
+                readout, layers = head
+                with torch.no_grad():
+                    scores = readout(stack.readout_features(flat, self.num_classes, layers))
+            else:
+                scores = stack.label_scores(flat, self.num_classes)
+            wrong = hard_wrong_labels(true, scores, self.generator)
         else:
             wrong = random_wrong_labels(true, self.num_classes, self.generator)
         return embed_label(flat, wrong, self.num_classes, stack.label_scale)

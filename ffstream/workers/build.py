@@ -82,12 +82,14 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             plan=cfg.sleep.plan(stream.supervised),
             num_classes=num_classes,
             label_scale=cfg.model.label_scale,
+            head_addr=topo.sink_snapshot,
             seed=stream.seed,
             **common,
         )
     if kind == "sink":
         return SinkWorker(
             topo.bind(topo.sink_input),
+            snapshot_addr=topo.bind(topo.sink_snapshot),
             readout_layers=readout_layers(len(cfg.model.layers), stream.supervised),
             num_classes=stream.num_classes,
             readout_lr=cfg.model.readout_lr,

@@ -14,7 +14,8 @@ import zmq
 
 from ffstream.readout_store import save_readout
 from ffstream.ff import LinearReadout
-from ffstream.transport import POLL_MS, Receiver
+from ffstream import wire
+from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Rate
 
@@ -25,6 +26,7 @@ class SinkWorker(Worker):
     def __init__(
         self,
         input_addr: str,  # PULL, bound: the top layer's output
+        snapshot_addr: str | None = None,  # REP, bound: answers requests for the head's weights (hard negatives)
         *,
         readout_layers: list[int],  # 0-based layers whose normalised activity feeds the head or probe
         num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
@@ -38,6 +40,7 @@ class SinkWorker(Worker):
     ):
         super().__init__("sink", **worker_kwargs)
         self.input_addr = input_addr
+        self.snapshot_addr = snapshot_addr
         self.readout_layers = readout_layers
         self.num_classes = num_classes
         self.readout_lr = readout_lr
@@ -58,12 +61,23 @@ class SinkWorker(Worker):
 
     def setup(self) -> None:
         self.input = Receiver(self.socket(zmq.PULL, bind=self.input_addr, hwm=8), name="sink.in")
+        self.poller = zmq.Poller()
+        self.poller.register(self.input.sock, zmq.POLLIN)
+        self.snapshot = None
+        if self.snapshot_addr:
+            self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
+            self.poller.register(self.snapshot.sock, zmq.POLLIN)
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
 
     def step(self) -> None:
-        msg = self.input.recv(POLL_MS)
+        ready = dict(self.poller.poll(POLL_MS))
+        if self.snapshot is not None and self.snapshot.sock in ready:
+            self._answer_snapshot()
+        if self.input.sock not in ready:
+            return
+        msg = self.input.recv_ready()
         if msg is None:
             return
         if msg.kind == "control":
@@ -77,6 +91,17 @@ class SinkWorker(Worker):
             self._evaluate(msg)
         else:
             self._record(msg)
+
+    def _answer_snapshot(self) -> None:
+        """The head's weights, or an "empty" control reply before it exists (REP must always answer)."""
+        request = self.snapshot.recv_ready()
+        if request is None or request.kind != "snapshot_request" or self.readout is None:
+            self.dropped["bad_snapshot_request"] += request is not None and request.kind != "snapshot_request"
+            reply = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "empty"})
+        else:
+            flat, layout = wire.pack_tensors({k: v.detach().numpy() for k, v in self.readout.state_dict().items()})
+            reply = wire.Message("snapshot", flat, stream=self.name, extra={"tensors": layout, "layers": self.readout_layers})
+        send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
 
     def _record(self, msg) -> None:
         now = time.time()

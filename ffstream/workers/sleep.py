@@ -17,7 +17,7 @@ import torch
 import zmq
 
 from ffstream import wire
-from ffstream.ff import LayerConfig, rms_normalize
+from ffstream.ff import LayerConfig, LinearReadout, rms_normalize
 from ffstream.ff.dreamer import NEGATIVE_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
 from ffstream.transport import POLL_MS, Receiver, make_socket, send
@@ -53,7 +53,7 @@ class SleepWorker(Worker):
     def __init__(
         self,
         frames_addr: str,  # SUB, connected: the source's raw frames
-        snapshot_addrs: list[str],  # REQ, connected: each layer's snapshot socket, bottom up
+        snapshot_addrs: list[str],  # REQ, connected: each layer's snapshot socket, bottom up (then the sink's, see head_addr)
         negative_addrs: list[str],  # PUSH, connected: each layer's negative-update socket
         layer_configs: list[LayerConfig],
         *,
@@ -61,6 +61,7 @@ class SleepWorker(Worker):
         num_classes: int | None = None,  # labelled stream: wrong-label negatives
         label_scale: float = 1.0,  # value of the label slot, as layer 1 writes it
         seed: int = 0,
+        head_addr: str | None = None,  # REQ, connected: the sink's softmax head, which "hard" negatives sample from
         max_batches: int | None = None,  # stop after this many negative batches
         exit_on_end: bool = False,  # stop at the end-of-stream marker; by default wait for stop()
         **worker_kwargs: Any,
@@ -69,7 +70,8 @@ class SleepWorker(Worker):
         if len(snapshot_addrs) != len(layer_configs) or len(negative_addrs) != len(layer_configs):
             raise ValueError("one snapshot and one negative address per layer")
         self.frames_addr = frames_addr
-        self.snapshot_addrs = snapshot_addrs
+        self.snapshot_addrs = list(snapshot_addrs) + ([head_addr] if head_addr and plan.negatives == "hard" else [])
+        self.head: tuple[LinearReadout, list[int]] | None = None
         self.negative_addrs = negative_addrs
         self.plan = plan
         self.num_classes = num_classes
@@ -115,38 +117,63 @@ class SleepWorker(Worker):
         self.since_snapshot += 1
         self.dream(batch, msg.label)
 
+    def _ask(self, slot: int) -> dict[str, torch.Tensor] | None:
+        """One snapshot by Lazy Pirate: a peer that does not answer in time gets a fresh socket next time."""
+        req = self.requesters[slot]
+        request = wire.Message("snapshot_request", np.zeros(0, np.float32), stream=self.name)
+        send(req.sock, request, lambda: self.stopping, timeout_ms=self.plan.snapshot_timeout_ms)
+        reply = req.recv(self.plan.snapshot_timeout_ms)
+        if reply is None:
+            self.snapshot_timeouts += 1
+            req.sock.close(linger=0)
+            self.requesters[slot] = self._requester(self.snapshot_addrs[slot])
+            return None
+        if reply.kind != "snapshot":
+            return None  # e.g. the sink has no head yet
+        try:
+            tensors = wire.unpack_tensors(reply.array, reply.extra.get("tensors"))
+        except wire.WireError as exc:
+            self.dropped[exc.reason] += 1
+            return None
+        self._reply_extra = reply.extra
+        return {k: torch.from_numpy(v.copy()) for k, v in tensors.items()}
+
     def refresh(self) -> bool:
-        """Fetch every layer's weights (Lazy Pirate: a silent layer gets a fresh socket and is asked next time)."""
+        """Fetch every layer's weights, and the sink's head when hard negatives need it."""
         ok = True
-        for i, req in enumerate(self.requesters):
-            request = wire.Message("snapshot_request", np.zeros(0, np.float32), stream=self.name)
-            send(req.sock, request, lambda: self.stopping, timeout_ms=self.plan.snapshot_timeout_ms)
-            reply = req.recv(self.plan.snapshot_timeout_ms)
-            if reply is None or reply.kind != "snapshot":
-                self.snapshot_timeouts += 1
-                req.sock.close(linger=0)
-                self.requesters[i] = self._requester(self.snapshot_addrs[i])
-                ok = False
-                continue
+        for i, layer in enumerate(self.stack.layers):
+            tensors = self._ask(i)
             try:
-                tensors = wire.unpack_tensors(reply.array, reply.extra.get("tensors"))
-                layer = self.stack.layers[i]
-                layer.load_weights({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
-            except (wire.WireError, KeyError, RuntimeError) as exc:
-                self.dropped[getattr(exc, "reason", "snapshot")] += 1
+                layer.load_weights(tensors)
+            except (TypeError, KeyError, RuntimeError):
+                self.dropped["snapshot"] += tensors is not None
                 ok = False
                 continue
-            self.versions[i] = int(reply.extra.get("version", 0))
+            self.versions[i] = int(self._reply_extra.get("version", 0))
+        if len(self.requesters) > len(self.stack.layers):
+            self._refresh_head()
         if ok:
             self.refreshes += 1
             self.since_snapshot = 0
         return ok
 
+    def _refresh_head(self) -> None:
+        tensors = self._ask(len(self.stack.layers))
+        if tensors is None:
+            return
+        try:
+            weight, layers = tensors["linear.weight"], [int(i) for i in self._reply_extra["layers"]]
+            head = LinearReadout(weight.shape[1], weight.shape[0])
+            head.load_state_dict(tensors)
+            self.head = (head, layers)
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            self.dropped["head_snapshot"] += 1
+
     def dream(self, batch: np.ndarray, labels: list[int] | None) -> None:
         if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
-        x = self.dreamer.negatives(batch, labels, self.stack)
+        x = self.dreamer.negatives(batch, labels, self.stack, self.head)
         self.staleness.add(self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
