@@ -116,11 +116,12 @@ class SleepConfig:
     negatives: str | None = None  # "random", "hard" or "hybrid"; None: random when supervised, hybrid otherwise
     sleep_every: int = 10  # wake batches between snapshot refreshes
     reservoir: int = 4096  # raw frames kept for negatives
+    update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)
 
     def plan(self, supervised: bool) -> SleepPlan:
         kind = self.negatives or ("random" if supervised else "hybrid")
         try:
-            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir)
+            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update)
         except ValueError as exc:
             raise ConfigError(f"sleep: {exc}") from None
 

@@ -94,13 +94,21 @@ class FFLayer(nn.Module):
 
     def learn(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """One wake step on positive data x: (B, D). Returns h: (B, N), computed before the step, and stats."""
+        grads, stats, h = self.wake(x)
+        stats["negatives_applied"] = self.pending_count
+        self.apply_gradients(grads)
+        return h, stats
+
+    def wake(self, x: torch.Tensor) -> tuple[Gradients, dict, torch.Tensor]:
+        """The positive half of a step: gradients, stats and h for x: (B, D), and the peer running mean moved.
+
+        `apply_gradients(grads)` takes the step, now or once the matching negatives are in.
+        """
         grads, stats, h = self.local_gradients(x, positive=True)
         if self.cfg.peer_weight > 0:
             ema = self.cfg.peer_ema
             self.running_mean.mul_(ema).add_((1 - ema) * h.mean(dim=0))
-        stats["negatives_applied"] = self.pending_count
-        self.apply_gradients(grads)
-        return h, stats
+        return grads, stats, h
 
     def add_negative_inputs(self, x: torch.Tensor) -> None:
         """Queue negative inputs x: (B, D); the next step takes their gradient on the weights of that moment.

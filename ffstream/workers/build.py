@@ -66,6 +66,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             num_classes=num_classes if index == 1 else None,
             label_scale=cfg.model.label_scale,
             lr_decay_frames=stream.total_frames if cfg.model.lr_decay else None,
+            pair_negatives=cfg.sleep.enabled and cfg.sleep.update == "inputs",
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,

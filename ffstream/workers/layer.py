@@ -14,7 +14,14 @@ from ffstream import checkpoint, wire
 from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label, rms_normalize
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
+from ffstream.workers.pairing import Pairing
 from ffstream.workers.stats import Ema, Mean, Rate
+
+# Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
+# flips the sign of the update and measurably hurts. Only when the wake path has been idle this long,
+# or this many negative batches wait, does a layer step on negatives alone.
+IDLE_WAKE_S = 1.0
+MAX_PENDING_NEGATIVES = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class LayerWorker(Worker):
         num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
         label_scale: float = 1.0,  # the value of the label's one-hot slot
         lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
+        pair_negatives: bool = False,  # hold each positive step until the sleep worker's negatives for the same frames arrive
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
@@ -58,6 +66,7 @@ class LayerWorker(Worker):
         self.num_classes = num_classes
         self.label_scale = label_scale
         self.lr_decay_frames = lr_decay_frames
+        self.pairing = Pairing() if pair_negatives else None
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
@@ -74,6 +83,7 @@ class LayerWorker(Worker):
         self.recent = {k: Ema(0.05) for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "latency_ms", "staleness")}
         self.whole_run = {k: Mean() for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "staleness")}
         self._last_checkpoint = time.monotonic()
+        self._last_wake_step = time.monotonic()
         if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
             version = checkpoint.load_layer(checkpoint.layer_path(checkpoint_dir, index), self.layer)
             self.log.info("resumed from %s at version %d", checkpoint.layer_path(checkpoint_dir, index), version)
@@ -97,6 +107,11 @@ class LayerWorker(Worker):
             self._take_negative()
         if self.input.sock in ready:
             self._take_batch()
+        elif time.monotonic() - self._last_wake_step > IDLE_WAKE_S:
+            if self.pairing is not None:
+                self._step_paired()  # let nothing wait past its deadline
+            if self.layer.pending_count:
+                self._step_negatives_only()  # the wake path is idle (a paused or phased source): sleep alone
         if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
             self.save()
 
@@ -132,15 +147,36 @@ class LayerWorker(Worker):
         staleness = max(0, self.layer.version - version)
         self.recent["staleness"].add(staleness)
         self.whole_run["staleness"].add(staleness)
-        # Negatives must not pile up while the wake path is idle (a paused or phased source).
-        if self.layer.pending_count >= 2:
+        if self.layer.pending_count >= MAX_PENDING_NEGATIVES:
             self._step_negatives_only()
 
     def _queue_negative_inputs(self, msg: wire.Message) -> None:
         x = np.asarray(msg.array)
         if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features or msg.extra.get("form") != "inputs":
             raise wire.WireError("negative_shape", f"negative inputs of shape {x.shape}, expected (B, {self.layer.cfg.in_features})")
-        self.layer.add_negative_inputs(torch.from_numpy(x.astype(np.float32)).to(self.device))
+        inputs = torch.from_numpy(x.astype(np.float32)).to(self.device)
+        if self.pairing is None:
+            self.layer.add_negative_inputs(inputs)
+        else:
+            self.pairing.add_negative(msg.seq, inputs)
+            self._step_paired()
+
+    def _step_paired(self) -> None:
+        """Step every held positive whose negatives are in, then what waited too long, alone."""
+        for grads, negatives in self.pairing.ready():
+            for inputs in negatives:
+                self.layer.add_negative_inputs(inputs)
+            self._apply(grads)
+        late_positives, orphan_negatives = self.pairing.expired()
+        for inputs in orphan_negatives:
+            self.layer.add_negative_inputs(inputs)  # joins the next step
+        for grads in late_positives:
+            self._apply(grads)
+
+    def _apply(self, grads) -> None:
+        self.layer.apply_gradients(grads)
+        self.updates += 1
+        self._after_step()
 
     def _queue_negative_gradient(self, msg: wire.Message) -> None:
         parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
@@ -165,9 +201,7 @@ class LayerWorker(Worker):
             self.layer.last_negative_stats = None
 
     def _step_negatives_only(self) -> None:
-        self.layer.apply_gradients()
-        self.updates += 1
-        self._after_step()
+        self._apply(None)
 
     def _gather(self) -> list[wire.Message]:
         """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms."""
@@ -241,11 +275,15 @@ class LayerWorker(Worker):
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         if self.lr_decay_frames:
             self.layer.set_lr_scale(linear_decay(self.frames, self.lr_decay_frames))
-        h, stats = self.layer.learn(x)
-        self._after_step()
+        grads, stats, h = self.layer.wake(x)
+        if self.pairing is None:
+            self._apply(grads)
+        else:
+            self.pairing.add_positive([m.seq for m, _ in kept], grads)
+            self._step_paired()
+        self._last_wake_step = time.monotonic()
         g = self.layer.goodness(h)
         act = rms_normalize(h).cpu().numpy()
-        self.updates += 1
         self.frames += len(x)
         self.fps.add(len(x))
         for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
@@ -276,6 +314,10 @@ class LayerWorker(Worker):
 
     # ending ------------------------------------------------------------------------------
     def drain(self) -> None:
+        if self.pairing is not None:
+            for grads in [h.grads for h in self.pairing.held]:
+                self._apply(grads)
+            self.pairing.held.clear()
         if self.layer.pending_count:
             self._step_negatives_only()
 
@@ -296,6 +338,9 @@ class LayerWorker(Worker):
             eval_frames=self.eval_frames,
             updates=self.updates,
             negative_updates=self.negatives,
+            paired=self.pairing.paired if self.pairing else None,
+            unpaired_positives=self.pairing.unpaired_positives if self.pairing else None,
+            unpaired_negatives=self.pairing.unpaired_negatives if self.pairing else None,
             fps=self.fps.get(),
             threshold=self.layer.cfg.theta,
             weights_version=self.layer.version,

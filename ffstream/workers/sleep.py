@@ -72,6 +72,7 @@ class SleepWorker(Worker):
         self.frames_addr = frames_addr
         self.snapshot_addrs = list(snapshot_addrs) + ([head_addr] if head_addr and plan.negatives == "hard" else [])
         self.head: tuple[LinearReadout, list[int]] | None = None
+        self.head_refreshes = 0
         self.negative_addrs = negative_addrs
         self.plan = plan
         self.num_classes = num_classes
@@ -115,7 +116,7 @@ class SleepWorker(Worker):
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
         self.since_snapshot += 1
-        self.dream(batch, msg.label)
+        self.dream(batch, msg.label, msg.seq)
 
     def _ask(self, slot: int) -> dict[str, torch.Tensor] | None:
         """One snapshot by Lazy Pirate: a peer that does not answer in time gets a fresh socket next time."""
@@ -166,10 +167,11 @@ class SleepWorker(Worker):
             head = LinearReadout(weight.shape[1], weight.shape[0])
             head.load_state_dict(tensors)
             self.head = (head, layers)
+            self.head_refreshes += 1
         except (KeyError, TypeError, ValueError, RuntimeError):
             self.dropped["head_snapshot"] += 1
 
-    def dream(self, batch: np.ndarray, labels: list[int] | None) -> None:
+    def dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
         if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
@@ -186,7 +188,8 @@ class SleepWorker(Worker):
                 with torch.no_grad():
                     h = layer(x)
             self.goodness_neg[i].add(float(layer.goodness(h).mean()))
-            update = wire.Message("negative_update", payload, stream=self.name, seq=self.batches, extra=extra)
+            # seq is the source batch the negatives were made from, so the layer can pair them with its positives.
+            update = wire.Message("negative_update", payload, stream=self.name, seq=seq, extra=extra)
             if not send(pusher, update, lambda: self.stopping, timeout_ms=5000):
                 self.dropped["negative_not_sent"] += 1
             x = rms_normalize(h)
@@ -208,6 +211,7 @@ class SleepWorker(Worker):
             negatives_per_s=self.rate.get(),
             refreshes=self.refreshes,
             snapshot_timeouts=self.snapshot_timeouts,
+            head_refreshes=self.head_refreshes,
             sleep_every=self.plan.sleep_every,
             negative_kind=self.plan.negatives,
             staleness=self.staleness.get(),

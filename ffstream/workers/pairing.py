@@ -1,0 +1,71 @@
+"""Pairing each positive micro-batch with the negatives made from the same frames.
+
+FF learns the difference between a positive and a negative gradient, and that
+difference is clearest when both come from the same images in one step (the
+interleaved reference). In the pipeline the sleep worker's negatives for batch
+t arrive a few batches after the layer has seen batch t. Stepping on them with
+whatever positive comes next cost 15-20 points of accuracy at 15k frames (see
+BENCHMARKS.md), so a layer computes its positive gradient at once, passes the
+activity on at once, and holds the gradient until the negatives for the same
+source batches arrive. Nothing waits forever: a positive held past `hold_s` is
+stepped alone, and a negative whose positive is gone joins the next step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ffstream.ff.layer import Gradients
+
+
+@dataclass
+class HeldPositive:
+    seqs: frozenset[int]  # the source batches in this micro-batch
+    grads: Gradients
+    since: float
+
+
+@dataclass
+class Pairing:
+    hold_s: float = 2.0  # the longest a positive gradient waits for its negatives
+    max_held: int = 16  # and the most that wait at once
+    clock: Callable[[], float] = time.monotonic
+    held: list[HeldPositive] = field(default_factory=list)
+    negatives: dict[int, tuple[torch.Tensor, float]] = field(default_factory=dict)  # seq -> (inputs (B, D), arrival)
+    paired: int = 0
+    unpaired_positives: int = 0
+    unpaired_negatives: int = 0
+
+    def add_positive(self, seqs: list[int], grads: Gradients) -> None:
+        self.held.append(HeldPositive(frozenset(seqs), grads, self.clock()))
+
+    def add_negative(self, seq: int, inputs: torch.Tensor) -> None:
+        self.negatives[seq] = (inputs, self.clock())
+
+    def ready(self) -> list[tuple[Gradients, list[torch.Tensor]]]:
+        """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
+        out = []
+        for item in list(self.held):
+            if all(s in self.negatives for s in item.seqs):
+                self.held.remove(item)
+                out.append((item.grads, [self.negatives.pop(s)[0] for s in sorted(item.seqs)]))
+                self.paired += 1
+        return out
+
+    def expired(self) -> tuple[list[Gradients], list[torch.Tensor]]:
+        """Positives that waited too long (to step alone) and negatives whose positives are gone."""
+        now = self.clock()
+        late = [h for h in self.held if now - h.since > self.hold_s]
+        late += self.held[: max(0, len(self.held) - len(late) - self.max_held)]
+        for h in late:
+            self.held.remove(h)
+        waiting = set().union(*(h.seqs for h in self.held)) if self.held else set()
+        oldest_wanted = min(waiting) if waiting else None
+        orphans = [s for s, (_, t) in self.negatives.items() if s not in waiting and (now - t > self.hold_s or (oldest_wanted is not None and s < oldest_wanted))]
+        self.unpaired_positives += len(late)
+        self.unpaired_negatives += len(orphans)
+        return [h.grads for h in late], [self.negatives.pop(s)[0] for s in orphans]
