@@ -181,6 +181,9 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+DATASET_PREFIXES = ("fashion-mnist", "idx:")
+
+
 def resolve_stream(cfg: RunConfig) -> None:
     """Open the source once up front: a bad spec fails here with one line, and the labels decide the task."""
     s = cfg.stream
@@ -193,7 +196,10 @@ def resolve_stream(cfg: RunConfig) -> None:
     known = [t for t in (source_total, s.max_frames) if t is not None]
     s.total_frames = min(known) if known else None  # the learning rate decays over this many frames
     if s.task is None:
-        s.task = "supervised" if s.num_classes else "unsupervised"
+        # Labelled datasets train supervised. A video's labels (the synthetic clip's shape classes) feed the
+        # probe only: a label that stays the same for dozens of frames teaches a supervised layer the
+        # recent label rather than the picture (see README), so video trains unsupervised unless asked.
+        s.task = "supervised" if s.num_classes and s.source.startswith(DATASET_PREFIXES) else "unsupervised"
     if s.task == "supervised" and not s.num_classes:
         raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
     if s.supervised and s.num_classes > s.input_size:
@@ -218,6 +224,8 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "p_neg": s.get("p_neg_mean"),
                 "goodness_pos_recent": s.get("goodness_pos"),
                 "goodness_neg_recent": s.get("goodness_neg"),
+                "p_pos_recent": s.get("p_pos"),
+                "p_neg_recent": s.get("p_neg"),
                 "threshold": s.get("threshold"),
                 "fps": s.get("fps"),
                 "staleness": s.get("staleness_mean"),

@@ -141,8 +141,8 @@ class Worker:
     def metrics(self) -> dict[str, Any]:
         """This worker's live figures; subclasses extend it."""
         return {
-            "worker": self.kind,
-            "name": self.name,
+            "worker": self.name,
+            "kind": self.kind,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started_at, 3),
             "rejected": dict(self.dropped),
