@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
     learning.add_argument("--no-pipeline", action="store_true", help="run the in-process reference only")
     learning.add_argument("--json", action="store_true", help="print one JSON object")
+    throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
+    throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000))
+    throughput.add_argument("--batch", type=_positive, default=64)
+    throughput.add_argument("--frames", type=_positive, default=5000, help="frames for each frames/s run (default 5000)")
+    throughput.add_argument("--memory-seconds", type=float, default=600.0, help="length of the memory run, seconds (default 600)")
+    throughput.add_argument("--latency-frames", type=_positive, default=600, help="frames of the 30 frames/s latency run (default 600)")
+    throughput.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 

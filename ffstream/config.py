@@ -39,9 +39,12 @@ class StreamConfig:
     total_frames: int | None = None  # frames the stream will deliver, when known; filled in by the runner
     eval_every: int = 1  # labelled streams: a forward-only neutral-label copy of every n-th batch, for accuracy; 0 never
     seed: int = 0  # seeds weights, shuffling and negatives
+    rate_fps: float | None = None  # pace the source to this many frames/s, a simulated live camera; None: as fast as it can
 
     def check(self) -> None:
         positive("stream.batch", self.batch)
+        if self.rate_fps is not None and not self.rate_fps > 0:
+            raise ConfigError(f"stream.rate_fps must be a positive number of frames/s, got {self.rate_fps!r}")
         positive("stream.epochs", self.epochs)
         if self.max_frames is not None:
             positive("stream.max_frames", self.max_frames)

@@ -248,13 +248,18 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
     }
 
 
-def run_stack(cfg: RunConfig, on_metrics=None, run_dir: str | None = None) -> tuple[dict, Supervisor, RunFailed | None]:
-    """Start every worker, wait for the stream to end (or Ctrl-C), stop them all; the summary and any failure."""
+def run_stack(cfg: RunConfig, on_metrics=None, run_dir: str | None = None, on_start=None) -> tuple[dict, Supervisor, RunFailed | None]:
+    """Start every worker, wait for the stream to end (or Ctrl-C), stop them all; the summary and any failure.
+
+    on_start(supervisor), if given, is called once every worker process is started (benchmarks read their PIDs).
+    """
     supervisor = Supervisor(cfg, run_dir)
     started = time.time()
     failure = None
     try:
         supervisor.start()
+        if on_start is not None:
+            on_start(supervisor)
         supervisor.watch(on_metrics)
     except RunFailed as exc:
         failure = exc

@@ -14,4 +14,11 @@ def bench_command(args) -> int:
         result = learning_benchmark(cfg, reference=not args.no_reference, pipeline=not args.no_pipeline)
         print(json.dumps(result) if args.json else format_result(result), flush=True)
         return 0
+    if args.bench == "throughput":
+        from ffstream.bench.throughput import format_result as format_throughput
+        from ffstream.bench.throughput import throughput_benchmark
+
+        result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames)
+        print(json.dumps(result) if args.json else format_throughput(result), flush=True)
+        return 0
     return 2

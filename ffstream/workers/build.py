@@ -52,6 +52,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             batch=stream.batch,
             max_frames=stream.max_frames,
             eval_every=stream.eval_every,
+            rate_fps=stream.rate_fps,
             labelled=stream.num_classes is not None,
             wait_for_subscribers=1 if cfg.sleep.enabled else 0,
             **common,

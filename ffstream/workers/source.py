@@ -39,6 +39,7 @@ class SourceWorker(Worker):
         wait_for_subscribers: int = 0,  # how many sleep workers to wait for before the first frame
         subscriber_timeout_s: float = 30.0,  # how long that wait may take before frames flow anyway
         exit_on_end: bool = False,  # stop after the last frame; by default idle until stop(), so nothing queued is lost
+        rate_fps: float | None = None,  # pace reads to this many frames/s (a simulated live camera); None: as fast as it can
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -52,6 +53,8 @@ class SourceWorker(Worker):
         self.wait_for_subscribers = wait_for_subscribers
         self.subscriber_timeout_s = subscriber_timeout_s
         self.exit_on_end = exit_on_end
+        self.rate_fps = rate_fps
+        self._paced_from: float | None = None  # monotonic time of the first paced frame
         self.ended = False
         self.frames = 0
         self.batches = 0
@@ -93,6 +96,8 @@ class SourceWorker(Worker):
         if self.ended:
             self._stop.wait(POLL_MS / 1000)  # idle: what is queued downstream is still being delivered
             return
+        if self.rate_fps and not self._pace():
+            return
         frames = self._next_frames()
         if not frames:
             self._end()
@@ -113,6 +118,20 @@ class SourceWorker(Worker):
         self.batches += 1
         self.frames += len(frames)
         self.fps.add(len(frames))
+
+    def _pace(self) -> bool:
+        """Wait (interruptibly) until the next batch's last frame is due at rate_fps; False if stopped meanwhile.
+
+        Frames are read after the wait, so their t_src is the simulated capture time and the sink's
+        latency covers only the pipeline (plus, for batches over one frame, the wait to fill the batch).
+        """
+        now = time.monotonic()
+        if self._paced_from is None:
+            self._paced_from = now
+        due = self._paced_from + (self.frames + self.batch - 1) / self.rate_fps
+        if due > now:
+            self._stop.wait(due - now)
+        return not self.stopping
 
     def _next_frames(self) -> list:
         room = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames)

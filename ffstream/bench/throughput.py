@@ -1,0 +1,181 @@
+"""Throughput, latency and memory of the pipeline against the same layers trained in one process.
+
+One run measures, on the same layers, synthetic 28x28 frames, batch and task (unsupervised, hybrid
+negatives, sleep on in both):
+
+- inprocess_fps: `train_reference` (positive and negative steps interleaved), torch's default threads;
+- pipeline_fps: `run_stack`, one process per layer plus the sleep worker; the sink's own fps metric,
+  which counts from the first batch to reach the sink, so process start-up and model building are excluded;
+- peak_fraction: learning-path FLOP/s at pipeline_fps over a torch.mm peak measured here and now;
+- latency_p50_ms / latency_p99_ms: the sink's source-to-sink latency with the source paced to 30 frames/s, batch 1;
+- rss_growth: per layer worker, VmRSS at the end of a --memory-seconds run over VmRSS at 10 % of it, minus 1.
+
+FLOPs counted per frame and layer of D inputs and N units: forward 2·D·N plus weight gradient 2·D·N,
+for the positive and again for the negative pass, so 8·D·N. The readout/probe, the sleep worker's
+negative making and the goodness/loss element-wise work are not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
+from ffstream.reference import train_reference
+from ffstream.runner import resolve_stream, run_stack
+
+TASK = "unsupervised"  # the synthetic clip is video: unsupervised with hybrid negatives, in both runs
+ENDLESS = 10**9  # synthetic frames for the memory run, which is ended by time instead
+
+
+def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, rate_fps: float | None = None, seed: int = 0) -> RunConfig:
+    return RunConfig(
+        stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps),
+        model=ModelConfig(layers=layers, max_batch=batch),
+        sleep=SleepConfig(enabled=True),
+    )
+
+
+def learning_flops_per_frame(cfg: RunConfig) -> int:
+    """8·D·N per layer: forward and weight gradient (2·D·N each), positive and negative."""
+    sizes = [cfg.stream.input_size, *cfg.model.layers]
+    return sum(8 * d * n for d, n in zip(sizes, sizes[1:]))
+
+
+def matmul_peak_gflops(n: int = 2000, repeats: int = 10) -> float:
+    """Best of `repeats` timed torch.mm of two n x n float32 matrices, in GFLOP/s, with torch's default threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool and caches
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _pipeline(cfg: RunConfig, on_start=None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ffthr-") as tmp:
+        cfg = dataclasses.replace(cfg)
+        cfg.topology = Topology.local(len(cfg.model.layers), monitor_publish=f"ipc://{tmp}/monitor", run_dir=tmp)
+        resolve_stream(cfg)
+        cfg.check()
+        summary, supervisor, failure = run_stack(cfg, on_start=on_start)
+        if failure is not None:
+            raise RuntimeError(f"pipeline failed: {failure} (logs in {supervisor.run_dir / 'logs'})")
+        supervisor.cleanup()
+        return summary
+
+
+def inprocess_fps(cfg: RunConfig) -> dict:
+    cfg = dataclasses.replace(cfg)
+    resolve_stream(cfg)
+    with tempfile.TemporaryDirectory(prefix="ffthr-ref-") as tmp:
+        out = train_reference(cfg, tmp)
+    return {"frames": out["frames"], "wall_s": out["wall_s"], "fps": out["fps"]}
+
+
+def pipeline_fps(cfg: RunConfig) -> dict:
+    summary = _pipeline(cfg)
+    sink = summary["sink"]
+    return {"frames": sink.get("frames"), "wall_s": summary["wall_s"], "fps": sink.get("fps"),
+            "layer_fps": [layer["fps"] for layer in summary["layers"]]}
+
+
+def latency(cfg: RunConfig) -> dict:
+    sink = _pipeline(cfg)["sink"]
+    return {"frames": sink.get("frames"), "p50_ms": sink.get("latency_p50_ms"), "p99_ms": sink.get("latency_p99_ms")}
+
+
+def memory(cfg: RunConfig, seconds: float) -> dict:
+    """VmRSS (KiB) of each layer worker at 10 % of `seconds` and at the end; the run is then interrupted."""
+    samples: dict[str, dict[str, int | None]] = {}
+
+    def watch(supervisor) -> None:
+        done = threading.Event()  # pacing a timed measurement, not waiting on a peer
+
+        def layer_pids() -> dict[str, int]:
+            return {n: c.process.pid for n, c in supervisor.children.items() if n.startswith("layer") and c.process is not None}
+
+        def sample() -> None:
+            done.wait(0.1 * seconds)
+            samples.update({n: {"start_kib": vm_rss_kib(pid)} for n, pid in layer_pids().items()})
+            done.wait(0.9 * seconds)
+            for n, pid in layer_pids().items():
+                samples.setdefault(n, {})["end_kib"] = vm_rss_kib(pid)
+            supervisor.interrupted = True  # ends watch(); stop() then drains every worker
+
+        threading.Thread(target=sample, name="rss-sampler", daemon=True).start()
+
+    summary = _pipeline(cfg, on_start=watch)
+    growth = {}
+    for name in sorted(samples, key=lambda n: int(n.removeprefix("layer"))):
+        s = samples[name]
+        if s.get("start_kib") and s.get("end_kib"):
+            growth[name] = round(s["end_kib"] / s["start_kib"] - 1, 4)
+    return {"seconds": seconds, "frames": summary["sink"].get("frames"), "rss_kib": samples, "rss_growth": growth}
+
+
+def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, frames: int = 5000,
+                         memory_seconds: float = 600.0, latency_rate_fps: float = 30.0, latency_frames: int = 600,
+                         latency_batch: int = 1, seed: int = 0) -> dict:
+    started = time.time()
+    cfg = throughput_config(layers, batch, frames, seed=seed)
+    peak = matmul_peak_gflops()
+    ref = inprocess_fps(cfg)
+    pipe = pipeline_fps(cfg)
+    flops = learning_flops_per_frame(cfg)
+    achieved = flops * (pipe["fps"] or 0) / 1e9
+    lat = latency(throughput_config(layers, latency_batch, latency_frames, rate_fps=latency_rate_fps, seed=seed))
+    mem = memory(throughput_config(layers, batch, None, seed=seed), memory_seconds)
+    return {
+        "layers": list(layers), "batch": batch, "frames": frames, "task": TASK, "size": [28, 28],
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "inprocess_fps": ref["fps"],
+        "pipeline_fps": pipe["fps"],
+        "ratio": round(pipe["fps"] / ref["fps"], 3) if ref["fps"] and pipe["fps"] else None,
+        "matmul_peak_gflops": round(peak, 2),
+        "learning_flops_per_frame": flops,
+        "achieved_gflops": round(achieved, 2),
+        "peak_fraction": round(achieved / peak, 4),
+        "latency_rate_fps": latency_rate_fps, "latency_batch": latency_batch,
+        "latency_p50_ms": lat["p50_ms"], "latency_p99_ms": lat["p99_ms"],
+        "rss_growth": mem["rss_growth"],
+        "inprocess": ref, "pipeline": pipe, "latency": lat, "memory": mem,
+        "wall_s": round(time.time() - started, 1),
+    }
+
+
+def format_result(r: dict) -> str:
+    rows = [
+        ("in-process frames/s", f"{r['inprocess_fps']:.1f}", f"{r['inprocess']['frames']} frames, {r['threads']} torch threads"),
+        ("pipeline frames/s", f"{r['pipeline_fps']:.1f}", f"sink fps from its first batch; layers {r['pipeline']['layer_fps']}"),
+        ("ratio pipeline / in-process", f"{r['ratio']:.3f}", "target >= 0.9"),
+        ("matmul peak GFLOP/s", f"{r['matmul_peak_gflops']:.1f}", "torch.mm 2000x2000 float32, best of 10"),
+        ("learning path GFLOP/s", f"{r['achieved_gflops']:.1f}", f"{r['learning_flops_per_frame'] / 1e6:.1f} MFLOP/frame x pipeline fps"),
+        ("peak fraction", f"{r['peak_fraction']:.3f}", "target >= 0.5"),
+        (f"latency p50 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p50_ms']}", f"batch {r['latency_batch']}, target <= 50"),
+        (f"latency p99 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p99_ms']}", "target <= 150"),
+    ]
+    for name, g in r["rss_growth"].items():
+        kib = r["memory"]["rss_kib"][name]
+        rows.append((f"{name} RSS growth", f"{100 * g:+.2f} %", f"{kib['start_kib'] / 1024:.0f} -> {kib['end_kib'] / 1024:.0f} MiB over {r['memory']['seconds']:g} s, target < 5 %"))
+    head = f"throughput: layers {r['layers']}, batch {r['batch']}, 28x28 synthetic, {r['task']}, sleep on, torch {r['torch']}"
+    width = max(len(n) for n, _, _ in rows)
+    return "\n".join([head, *(f"  {n:<{width}}  {v:>10}  {note}" for n, v, note in rows)])
