@@ -67,9 +67,10 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
             if dreamer is None:
                 stack.learn_positive(x)
             else:
-                dreamer.observe(pixels)
                 head = (readout, layers) if readout is not None else None
-                stack.learn_interleaved(x, dreamer.negatives(pixels, labels, stack, head))
+                negatives = dreamer.negatives(pixels, labels, stack, head)
+                dreamer.observe(pixels)
+                stack.learn_interleaved(x, negatives)
             frames += len(flat)
     wall = time.time() - started
     meta = {"num_classes": classes, "label_scale": stack.label_scale, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}

@@ -63,7 +63,7 @@ class Dreamer:
         self.reservoir = Reservoir(reservoir, np.random.default_rng(seed))
 
     def observe(self, batch: np.ndarray) -> None:
-        """batch: (B, C, H, W) real frames, remembered for hybrids."""
+        """batch: (B, C, H, W) real frames, remembered for hybrids. Call it after `negatives` for that batch."""
         self.reservoir.add(batch)
 
     def negatives(self, batch: np.ndarray, labels: list[int] | None, stack: FFStack, head: Head | None = None) -> torch.Tensor:
@@ -74,7 +74,10 @@ class Dreamer:
         """
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
         if self.kind == "hybrid":
-            partner = torch.from_numpy(self.reservoir.sample(len(batch)))
+            # Partners come from earlier batches: a video frame blended with itself or its neighbour
+            # is nearly real, and teaches the layers nothing. The very first batch pairs its two halves.
+            earlier = self.reservoir.sample(len(batch)) if self.reservoir.size else np.roll(batch, len(batch) // 2, axis=0)
+            partner = torch.from_numpy(np.ascontiguousarray(earlier))
             return hybrid(x, partner, self.generator).flatten(1)
         flat = x.flatten(1)
         true = torch.tensor(labels)

@@ -111,7 +111,6 @@ class SleepWorker(Worker):
         if msg.kind != "frames" or msg.mode != "learn":
             return
         batch = np.asarray(msg.array, np.float32)
-        self.dreamer.observe(batch)
         if self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every:
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
@@ -176,6 +175,7 @@ class SleepWorker(Worker):
             self.dropped["label"] += 1
             return
         x = self.dreamer.negatives(batch, labels, self.stack, self.head)
+        self.dreamer.observe(batch)
         self.staleness.add(self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
