@@ -126,7 +126,7 @@ def _workers_left(tmp_dir) -> list[str]:
 def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     ck = tmp_path / "ck"
     run = subprocess.run(
-        ffstream("run", "--source", "synthetic:600", "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck),
+        ffstream("run", "--source", "synthetic:600", "--task", "supervised", "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck),
                  "--monitor", f"ipc://{tmp_path}/mon", "--no-progress", "--summary-json", str(tmp_path / "summary.json")),
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
     )
