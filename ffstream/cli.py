@@ -118,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     learning = bench_sub.add_parser("learning", help="Fashion-MNIST accuracy through the pipeline and the in-process reference")
+    studies = [
+        bench_sub.add_parser("sleep-gap", help="accuracy as the sleep worker's snapshot ages (K = 1, 10, 100, 1000, phased)"),
+        bench_sub.add_parser("ablations", help="hard vs random negatives, peer normalisation off, mean-of-squares goodness"),
+    ]
+    for study in studies:
+        study.add_argument("--layers", type=_layers, default=(1000, 1000, 1000))
+        study.add_argument("--epochs", type=_positive, default=1)
+        study.add_argument("--batch", type=_positive, default=64)
+        study.add_argument("--sleep-every", type=_positive, default=10, help="the default K (ablations; the phased run's phase length)")
+        study.add_argument("--seed", type=int, default=0)
+        study.add_argument("--max-frames", type=_positive, help="train on the first N frames only (a quick check)")
+        study.add_argument("--json", action="store_true", help="print the rows as one JSON list")
+        study.add_argument("--plot", help="save a PNG plot here (sleep-gap)")
     learning.add_argument("--task", choices=("supervised", "unsupervised"), default="supervised")
     learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000))
     learning.add_argument("--epochs", type=_positive, default=1)

@@ -120,11 +120,12 @@ class SleepConfig:
     sleep_every: int = 10  # wake batches between snapshot refreshes
     reservoir: int = 4096  # raw frames kept for negatives
     update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)
+    phased: bool = False  # sleep in phases: the source pauses after every sleep_every batches while the negatives run
 
     def plan(self, supervised: bool) -> SleepPlan:
         kind = self.negatives or ("random" if supervised else "hybrid")
         try:
-            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update)
+            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update, phased=self.phased)
         except ValueError as exc:
             raise ConfigError(f"sleep: {exc}") from None
 
@@ -134,6 +135,7 @@ class Topology:
     """Where every socket lives. Stable sides bind: each layer its inputs, the sink, the source's publisher, the monitor."""
 
     source_publish: str = "tcp://127.0.0.1:5560"  # source XPUB of raw frames for the sleep worker
+    source_control: str = "tcp://127.0.0.1:5561"  # source PULL: the sleep worker's "resume" in phased mode
     layer_inputs: tuple[str, ...] = ()  # per layer, PULL of frames/activity
     layer_negatives: tuple[str, ...] = ()  # per layer, PULL of negative updates
     layer_snapshots: tuple[str, ...] = ()  # per layer, REP for snapshots
@@ -170,6 +172,7 @@ class Topology:
         ipc = lambda name: f"ipc://{run_dir}/{name}"  # noqa: E731
         return cls(
             source_publish=ipc("source.pub"),
+            source_control=ipc("source.ctl"),
             layer_inputs=tuple(ipc(f"layer{i}.in") for i in range(1, num_layers + 1)),
             layer_negatives=tuple(ipc(f"layer{i}.neg") for i in range(1, num_layers + 1)),
             layer_snapshots=tuple(ipc(f"layer{i}.snap") for i in range(1, num_layers + 1)),

@@ -21,4 +21,15 @@ def bench_command(args) -> int:
         result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0
+    if args.bench in ("sleep-gap", "ablations"):
+        from ffstream.bench import studies
+        from ffstream.bench.learning import learning_config
+
+        cfg = learning_config("supervised", args.layers, args.epochs, args.batch, args.sleep_every, None, 1e-3, args.seed, max_frames=args.max_frames)
+        cfg.check()
+        rows = studies.sleep_gap(cfg) if args.bench == "sleep-gap" else studies.ablations(cfg)
+        print(json.dumps(rows) if args.json else studies.markdown(rows), flush=True)
+        if args.plot and args.bench == "sleep-gap":
+            studies.plot(rows, args.plot)
+        return 0
     return 2

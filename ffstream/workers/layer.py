@@ -51,6 +51,7 @@ class LayerWorker(Worker):
         label_scale: float = 1.0,  # the value of the label's one-hot slot
         lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
         pair_negatives: bool = False,  # hold each positive step until the sleep worker's negatives for the same frames arrive
+        negatives_alone: bool = False,  # phased sleep: each negative batch is a step of its own, on arrival
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
@@ -67,6 +68,7 @@ class LayerWorker(Worker):
         self.label_scale = label_scale
         self.lr_decay_frames = lr_decay_frames
         self.pairing = Pairing() if pair_negatives else None
+        self.negatives_alone = negatives_alone
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
@@ -157,6 +159,8 @@ class LayerWorker(Worker):
         inputs = torch.from_numpy(x.astype(np.float32)).to(self.device)
         if self.pairing is None:
             self.layer.add_negative_inputs(inputs)
+            if self.negatives_alone:
+                self._step_negatives_only()
         else:
             self.pairing.add_negative(msg.seq, inputs)
             self._step_paired()

@@ -37,6 +37,7 @@ class SleepPlan:
     # gradient the layer takes on its current weights; or "gradient", the gradient taken on the snapshot.
     # Stale gradients overshoot once the live weights have moved on (see BENCHMARKS.md), so "inputs" is the default.
     update: str = "inputs"
+    phased: bool = False  # collect sleep_every wake batches while the source runs, then sleep on them while it waits
 
     def __post_init__(self) -> None:
         if self.update not in UPDATE_FORMS:
@@ -62,6 +63,7 @@ class SleepWorker(Worker):
         label_scale: float = 1.0,  # value of the label slot, as layer 1 writes it
         seed: int = 0,
         head_addr: str | None = None,  # REQ, connected: the sink's softmax head, which "hard" negatives sample from
+        source_control_addr: str | None = None,  # PUSH, connected: tells a phased source to resume
         max_batches: int | None = None,  # stop after this many negative batches
         exit_on_end: bool = False,  # stop at the end-of-stream marker; by default wait for stop()
         **worker_kwargs: Any,
@@ -73,6 +75,8 @@ class SleepWorker(Worker):
         self.snapshot_addrs = list(snapshot_addrs) + ([head_addr] if head_addr and plan.negatives == "hard" else [])
         self.head: tuple[LinearReadout, list[int]] | None = None
         self.head_refreshes = 0
+        self.source_control_addr = source_control_addr
+        self.asleep_on: list[tuple[np.ndarray, list[int] | None, int]] = []  # phased: the wake phase's batches
         self.negative_addrs = negative_addrs
         self.plan = plan
         self.num_classes = num_classes
@@ -95,6 +99,9 @@ class SleepWorker(Worker):
         self.frames.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.requesters = [self._requester(addr) for addr in self.snapshot_addrs]
         self.pushers = [self.socket(zmq.PUSH, connect=addr, hwm=4, output=True) for addr in self.negative_addrs]
+        self.resume = None
+        if self.plan.phased and self.source_control_addr:
+            self.resume = self.socket(zmq.PUSH, connect=self.source_control_addr, hwm=4, output=True)
 
     def _requester(self, addr: str) -> Receiver:
         return Receiver(make_socket(self.context, zmq.REQ, connect=addr), name="sleep.snapshot")
@@ -111,11 +118,28 @@ class SleepWorker(Worker):
         if msg.kind != "frames" or msg.mode != "learn":
             return
         batch = np.asarray(msg.array, np.float32)
+        if self.plan.phased:
+            self._phase(batch, msg.label, msg.seq)
+            return
         if self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every:
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
         self.since_snapshot += 1
         self.dream(batch, msg.label, msg.seq)
+
+    def _phase(self, batch: np.ndarray, labels: list[int] | None, seq: int) -> None:
+        """Phased sleep: after sleep_every wake batches, a fresh snapshot, the negatives of them all, then resume."""
+        self.asleep_on.append((batch, labels, seq))
+        if len(self.asleep_on) < self.plan.sleep_every:
+            return
+        if self.refresh():
+            for batch, labels, seq in self.asleep_on:
+                self.since_snapshot = len(self.asleep_on)  # every positive of the phase is this many batches away
+                self.dream(batch, labels, seq)
+        self.asleep_on = []
+        resume = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "resume"})
+        if self.resume is not None and not send(self.resume, resume, lambda: self.stopping, timeout_ms=5000):
+            self.dropped["resume_not_sent"] += 1
 
     def _ask(self, slot: int) -> dict[str, torch.Tensor] | None:
         """One snapshot by Lazy Pirate: a peer that does not answer in time gets a fresh socket next time."""

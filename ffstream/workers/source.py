@@ -10,9 +10,11 @@ import zmq
 
 from ffstream import wire
 from ffstream.sources import FrameSource
-from ffstream.transport import POLL_MS, send, try_send
+from ffstream.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Rate
+
+RESUME_TIMEOUT_S = 60.0  # phased sleep: the longest the source waits for the sleep worker before waking anyway
 
 
 class SourceWorker(Worker):
@@ -39,6 +41,8 @@ class SourceWorker(Worker):
         wait_for_subscribers: int = 0,  # how many sleep workers to wait for before the first frame
         subscriber_timeout_s: float = 30.0,  # how long that wait may take before frames flow anyway
         exit_on_end: bool = False,  # stop after the last frame; by default idle until stop(), so nothing queued is lost
+        phase_length: int | None = None,  # phased sleep: pause after this many batches until the sleep worker says resume
+        control_addr: str | None = None,  # PULL, bound: where that "resume" arrives
         rate_fps: float | None = None,  # pace reads to this many frames/s (a simulated live camera); None: as fast as it can
         **worker_kwargs: Any,
     ):
@@ -54,6 +58,10 @@ class SourceWorker(Worker):
         self.subscriber_timeout_s = subscriber_timeout_s
         self.exit_on_end = exit_on_end
         self.rate_fps = rate_fps
+        self.phase_length = phase_length
+        self.control_addr = control_addr
+        self.pauses = 0
+        self.resume_timeouts = 0
         self._paced_from: float | None = None  # monotonic time of the first paced frame
         self.ended = False
         self.frames = 0
@@ -76,6 +84,9 @@ class SourceWorker(Worker):
             # A file source waits for a slow sleep worker instead of dropping its frames.
             self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.source.live else 1)
             self._await_subscribers()
+        self.control = None
+        if self.phase_length and self.control_addr:
+            self.control = Receiver(self.socket(zmq.PULL, bind=self.control_addr, hwm=4), name="source.control")
 
     def _await_subscribers(self) -> None:
         """The handshake: XPUB hears each subscription, so the first frames are not lost to a slow joiner."""
@@ -118,6 +129,20 @@ class SourceWorker(Worker):
         self.batches += 1
         self.frames += len(frames)
         self.fps.add(len(frames))
+        if self.control is not None and self.batches % self.phase_length == 0:
+            self._await_resume()
+
+    def _await_resume(self) -> None:
+        """Phased sleep: the wake phase is over; wait (bounded) while the network sleeps on it."""
+        self.pauses += 1
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        while not self.stopping and time.monotonic() < deadline:
+            msg = self.control.recv(POLL_MS)
+            if msg is not None and msg.kind == "control" and msg.extra.get("command") == "resume":
+                return
+        if not self.stopping:
+            self.resume_timeouts += 1
+            self.log.warning("no resume from the sleep worker within %.0f s; waking anyway", RESUME_TIMEOUT_S)
 
     def _pace(self) -> bool:
         """Wait (interruptibly) until the next batch's last frame is due at rate_fps; False if stopped meanwhile.
@@ -175,6 +200,8 @@ class SourceWorker(Worker):
             dropped=self.source.dropped + self.send_drops,
             bad_frames=self.source.bad_frames,
             subscribers=self.subscribers,
+            pauses=self.pauses,
+            resume_timeouts=self.resume_timeouts,
             ended=self.ended,
         )
         return m
