@@ -220,7 +220,8 @@ def test_compose_file_shape():
     env_ = services["sink"]["environment"]
     addrs = [env_[k] for k in env_ if k.startswith("FFSTREAM_TOPOLOGY_") and k != "FFSTREAM_TOPOLOGY_BIND_HOST"]
     all_ports = [int(p) for a in addrs for p in re.findall(r":(\d+)", a)]
-    assert len(all_ports) == len(set(all_ports)) == 3 * 4 + 4, all_ports
+    # 3 per layer; source frames and control; sink input and head; monitor collect and publish
+    assert len(all_ports) == len(set(all_ports)) == 3 * 4 + 6, all_ports
     gpu = yaml.safe_load(COMPOSE_GPU.read_text())["services"]
     assert sorted(gpu) == ["layer1", "layer2", "layer3", "layer4"]
     assert gpu["layer1"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
