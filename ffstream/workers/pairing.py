@@ -31,7 +31,7 @@ class HeldPositive:
 
 @dataclass
 class Pairing:
-    hold_s: float = 2.0  # the longest a positive gradient waits for its negatives
+    hold_s: float = 10.0  # the longest a positive gradient waits for its negatives (a dead sleep worker costs this delay)
     max_held: int = 16  # and the most that wait at once
     clock: Callable[[], float] = time.monotonic
     held: list[HeldPositive] = field(default_factory=list)
