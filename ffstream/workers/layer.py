@@ -137,12 +137,12 @@ class LayerWorker(Worker):
         try:
             if msg.kind != "negative_update":
                 raise wire.WireError("kind", f"{msg.kind} on the negative socket")
-            version = int(msg.extra.get("version", -1))
+            version = int(msg.extra.get("version", -1))  # OverflowError: JSON allows Infinity
             if msg.extra.get("form") == "gradient":
                 self._queue_negative_gradient(msg)
             else:
                 self._queue_negative_inputs(msg)
-        except (wire.WireError, TypeError, ValueError) as exc:
+        except (wire.WireError, TypeError, ValueError, OverflowError) as exc:
             self.dropped[getattr(exc, "reason", "negative_update")] += 1
             return
         self.negatives += 1
@@ -211,7 +211,7 @@ class LayerWorker(Worker):
         """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms."""
         first = self.input.recv_ready()
         batch = [first] if first is not None else []
-        rows = len(first.array) if first is not None else 0
+        rows = _rows(first) if first is not None else 0
         deadline = time.monotonic() + self.batching.max_wait_ms / 1000
         while rows < self.batching.max_rows and not (batch and batch[-1].kind == "control"):
             wait_ms = max(0.0, (deadline - time.monotonic()) * 1000)
@@ -221,7 +221,7 @@ class LayerWorker(Worker):
                     break
                 continue
             batch.append(msg)
-            rows += len(msg.array) if msg.kind != "control" else 0
+            rows += _rows(msg) if msg.kind != "control" else 0
         return batch
 
     def _take_batch(self) -> None:
@@ -239,11 +239,15 @@ class LayerWorker(Worker):
 
     def _inputs(self, msg: wire.Message, eval_mode: bool) -> torch.Tensor | None:
         """The message's rows as this layer's input (B, D); None (and counted) when they do not fit."""
-        if msg.extra.get("blocks"):
-            x = np.asarray(msg.array)[:, -self.layer.cfg.in_features :]  # eval: the last block is from the layer below
+        array, blocks = np.asarray(msg.array), msg.extra.get("blocks")
+        if blocks:
+            if not _blocks_fit(blocks, array, self.layer.cfg.in_features):
+                self.dropped["blocks"] += 1
+                return None
+            x = array[:, -self.layer.cfg.in_features :]  # eval: the last block is from the layer below
         else:
-            x = np.asarray(msg.array).reshape(len(msg.array), -1)
-        if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features:
+            x = array.reshape(len(array), -1) if array.ndim and array.size else array
+        if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features or len(x) == 0:
             self.dropped["input_shape"] += 1
             return None
         x = torch.from_numpy(x.astype(np.float32, copy=False)).to(self.device)
@@ -361,3 +365,19 @@ class LayerWorker(Worker):
     def __repr__(self) -> str:
         c = self.layer.cfg
         return f"<LayerWorker {self.index} {c.in_features}->{c.width} frames={self.frames} updates={self.updates} v={self.layer.version}>"
+
+
+def _rows(msg: wire.Message) -> int:
+    """Rows of a data message; a 0-d array (wire-valid, useless here) has none and is refused in _inputs."""
+    return msg.array.shape[0] if msg.array.ndim else 0
+
+
+def _blocks_fit(blocks: object, array: np.ndarray, in_features: int) -> bool:
+    """An eval message's "blocks": the widths of the layers below, the last one this layer's input."""
+    return (
+        isinstance(blocks, list)
+        and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in blocks)
+        and array.ndim == 2
+        and sum(blocks) == array.shape[1]
+        and blocks[-1] == in_features
+    )

@@ -87,6 +87,8 @@ class SinkWorker(Worker):
             return
         if msg.kind != "activity":
             self.dropped["kind"] += 1
+        elif msg.array.ndim != 2 or len(msg.array) == 0:
+            self.dropped["shape"] += 1  # activity is (B, N)
         elif msg.mode == "eval":
             self._evaluate(msg)
         else:
@@ -120,12 +122,16 @@ class SinkWorker(Worker):
 
     def _evaluate(self, msg) -> None:
         """Predict, then learn: every labelled frame is scored before the head has seen its label."""
-        blocks = msg.extra.get("blocks") or []
-        if sum(blocks) != msg.array.shape[1] or max(self.readout_layers) >= len(blocks):
+        blocks = msg.extra.get("blocks")
+        if (not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
+                or sum(blocks) != msg.array.shape[1] or max(self.readout_layers) >= len(blocks)):
             self.dropped["blocks"] += 1
             return
-        if msg.label is None or not self.num_classes or max(msg.label) >= self.num_classes:
-            return  # nothing to score against
+        if not self.num_classes:
+            return  # no probe on this stream
+        if msg.label is None or max(msg.label) >= self.num_classes:
+            self.dropped["label"] += 1  # nothing to score against
+            return
         edges = np.cumsum([0] + list(blocks))
         features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1))
         labels = torch.tensor(msg.label)

@@ -116,8 +116,12 @@ class SleepWorker(Worker):
                 self.finished = True
             return
         if msg.kind != "frames" or msg.mode != "learn":
+            self.dropped["kind"] += msg.kind != "frames"  # eval copies are the layers' business, not a fault
             return
         batch = np.asarray(msg.array, np.float32)
+        if batch.ndim < 2 or len(batch) == 0 or batch[0].size != self.stack.layers[0].cfg.in_features:
+            self.dropped["frame_shape"] += 1  # (B, C, H, W) or (B, D) whose rows fit layer 1
+            return
         if self.plan.phased:
             self._phase(batch, msg.label, msg.seq)
             return

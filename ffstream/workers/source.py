@@ -140,6 +140,7 @@ class SourceWorker(Worker):
             msg = self.control.recv(POLL_MS)
             if msg is not None and msg.kind == "control" and msg.extra.get("command") == "resume":
                 return
+            self.dropped["control"] += msg is not None  # a valid message, but not a resume
         if not self.stopping:
             self.resume_timeouts += 1
             self.log.warning("no resume from the sleep worker within %.0f s; waking anyway", RESUME_TIMEOUT_S)
@@ -202,6 +203,7 @@ class SourceWorker(Worker):
             subscribers=self.subscribers,
             pauses=self.pauses,
             resume_timeouts=self.resume_timeouts,
+            bad_messages=self.dropped["control"] + (sum(self.control.rejected.values()) if getattr(self, "control", None) else 0),
             ended=self.ended,
         )
         return m
