@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,9 @@ class LayerWorker(Worker):
         if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
             version = checkpoint.load_layer(checkpoint.layer_path(checkpoint_dir, index), self.layer)
             self.log.info("resumed from %s at version %d", checkpoint.layer_path(checkpoint_dir, index), version)
+        self.rollbacks = 0  # steps that left non-finite weights and were undone
+        self.lr_factor = 1.0  # halved at each rollback
+        self._remember()
 
     def setup(self) -> None:
         ep = self.endpoints
@@ -114,8 +118,8 @@ class LayerWorker(Worker):
                 self._step_paired()  # let nothing wait past its deadline
             if self.layer.pending_count:
                 self._step_negatives_only()  # the wake path is idle (a paused or phased source): sleep alone
-        if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
-            self.save()
+        if time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
+            self.save() if self.checkpoint_dir else self._remember()
 
     def _answer_snapshot(self) -> None:
         request = self.snapshot.recv_ready()
@@ -179,8 +183,27 @@ class LayerWorker(Worker):
 
     def _apply(self, grads) -> None:
         self.layer.apply_gradients(grads)
+        if not all(bool(torch.isfinite(t).all()) for t in self.layer.weights().values()):
+            self._roll_back()
+            return
         self.updates += 1
         self._after_step()
+
+    def _remember(self) -> None:
+        """The last good state, in memory: what the last checkpoint holds, or would hold without a checkpoint dir."""
+        self._good = (copy.deepcopy(self.layer.state_dict()), copy.deepcopy(self.layer.optimizer.state_dict()))
+        self._last_checkpoint = time.monotonic()
+
+    def _roll_back(self) -> None:
+        """Divergence: weights went non-finite. Back to the last good state, at half the learning rate."""
+        weights, optimizer = self._good
+        self.layer.load_state_dict(weights)
+        self.layer.optimizer.load_state_dict(copy.deepcopy(optimizer))  # Adam's moments may be non-finite too
+        self.rollbacks += 1
+        self.lr_factor *= 0.5
+        self.layer.set_lr_scale(self.lr_factor * (linear_decay(self.frames, self.lr_decay_frames) if self.lr_decay_frames else 1.0))
+        self.log.warning("non-finite weights: rolled back to version %d, learning rate x%g (rollback %d)",
+                         self.layer.version, self.lr_factor, self.rollbacks)
 
     def _queue_negative_gradient(self, msg: wire.Message) -> None:
         parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
@@ -282,7 +305,7 @@ class LayerWorker(Worker):
             return
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         if self.lr_decay_frames:
-            self.layer.set_lr_scale(linear_decay(self.frames, self.lr_decay_frames))
+            self.layer.set_lr_scale(self.lr_factor * linear_decay(self.frames, self.lr_decay_frames))
         grads, stats, h = self.layer.wake(x)
         if self.pairing is None:
             self._apply(grads)
@@ -292,6 +315,9 @@ class LayerWorker(Worker):
         self._last_wake_step = time.monotonic()
         g = self.layer.goodness(h)
         act = rms_normalize(h).cpu().numpy()
+        if not np.isfinite(act).all():  # the weights were non-finite: rolled back above, and nothing is sent on
+            self.dropped["non_finite_activity"] += len(kept)
+            return
         self.frames += len(x)
         self.fps.add(len(x))
         for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
@@ -336,7 +362,7 @@ class LayerWorker(Worker):
     def save(self) -> None:
         path = checkpoint.layer_path(self.checkpoint_dir, self.index)
         checkpoint.save_layer(path, self.layer, self.checkpoint_meta)
-        self._last_checkpoint = time.monotonic()
+        self._remember()
 
     def metrics(self) -> dict[str, Any]:
         m = super().metrics()
@@ -352,6 +378,8 @@ class LayerWorker(Worker):
             fps=self.fps.get(),
             threshold=self.layer.cfg.theta,
             weights_version=self.layer.version,
+            rollbacks=self.rollbacks,
+            lr_factor=self.lr_factor,
             dropped=self.dropped_total(),
             **{k: v.get() for k, v in self.recent.items()},
             **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},
