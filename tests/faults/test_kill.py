@@ -1,0 +1,82 @@
+"""Fault injection on a real `ffstream run`: kill -9 a layer worker mid-run; it is restarted, resumes, and the run completes.
+
+The worker's PID comes from its own metrics (the "pid" field) on the monitor socket.
+Run with -s to see the figures BENCHMARKS.md quotes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from processes import ROOT, env  # noqa: E402
+from ffstream import wire  # noqa: E402
+
+TOTAL = 20_000  # frames of the synthetic stream
+
+
+def _metrics(sub: zmq.Socket, timeout_s: float):
+    if sub.poll(int(timeout_s * 1000)):
+        try:
+            msg = wire.decode(sub.recv_multipart(), max_payload=0)
+        except wire.WireError:
+            return None, None
+        return msg.stream, msg.extra.get("metrics", {})
+    return None, None
+
+
+def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
+    ck, monitor = tmp_path / "ck", f"ipc://{tmp_path}/mon"
+    (tmp_path / "cfg.json").write_text(json.dumps({"checkpoint_every_s": 1}))
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(monitor)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffstream", "run", "--config", str(tmp_path / "cfg.json"), "--source", f"synthetic:{TOTAL}",
+         "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck), "--monitor", monitor, "--no-progress",
+         "--summary-json", str(tmp_path / "summary.json")],
+        cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None:  # layer 2 has learned and checkpointed (every 1 s): kill it
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+            name, m = _metrics(sub, 0.2)
+            if name == "layer2" and (m.get("frames") or 0) > 2000 and (ck / "layer2.safetensors").exists():
+                victim = m
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        recovered_in, resumed = None, None
+        while recovered_in is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before layer 2 came back"
+            name, m = _metrics(sub, 0.2)
+            if name == "layer2" and m.get("pid") != victim["pid"]:
+                recovered_in, resumed = time.monotonic() - killed_at, m
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close(0)
+        ctx.term()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    layer2 = summary["layers"][1]
+    resumed_from = resumed["weights_version"] - resumed["updates"]  # the checkpoint's version
+    print(f"\nlayer kill: recovered (new pid publishing) in {recovered_in:.2f} s; updates lost >= {victim['weights_version'] - resumed_from} "
+          f"(version {victim['weights_version']} at the last metrics before the kill, resumed at {resumed_from}); "
+          f"frames lost end to end {TOTAL - summary['sink']['frames']} (sink {summary['sink']['frames']} of {TOTAL}); "
+          f"layer2 frames after restart {layer2['frames']}; restarts in log: {err.count('restarting layer2')}")
+    assert resumed_from > 0, "the restarted layer did not resume from its checkpoint"
+    assert recovered_in < 30
