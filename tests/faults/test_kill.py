@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +32,66 @@ def _metrics(sub: zmq.Socket, timeout_s: float):
             return None, None
         return msg.stream, msg.extra.get("metrics", {})
     return None, None
+
+
+def _pid_of(tmp_path: Path, kind: str) -> int | None:
+    """The running worker `kind` of this run, found by its command line ("worker sleep ... --config <tmp_path>/...")."""
+    for pid in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"worker" in argv and kind.encode() in argv and any(str(tmp_path).encode() in a for a in argv):
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["sleep", "monitor"])
+def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
+    monitor = f"ipc://{tmp_path}/mon"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(monitor)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffstream", "run", "--source", f"synthetic:{TOTAL}", "--layers", "32,32", "--batch", "32",
+         "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")],
+        cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # learning is under way
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+            name, m = _metrics(sub, 0.2)
+            if name == "layer1" and (m.get("frames") or 0) > 2000:
+                break
+        victim = _pid_of(tmp_path, kind)
+        assert victim is not None, f"no {kind} worker found"
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        recovered_in = None
+        while recovered_in is None and proc.poll() is None:  # the stream may end first: then the log must say restarted
+            assert time.monotonic() < deadline, f"{kind} did not come back"
+            name, m = _metrics(sub, 0.2)
+            again = _pid_of(tmp_path, kind)
+            if again not in (None, victim) and name is not None and (kind == "monitor" or name == kind):
+                recovered_in = time.monotonic() - killed_at
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close(0)
+        ctx.term()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    frames = [layer["frames"] for layer in summary["layers"]]
+    assert f"restarting {kind}" in err, err[-2000:]
+    back = f"{recovered_in:.2f} s" if recovered_in is not None else "(restarted; the stream ended before it published)"
+    print(f"\n{kind} kill: back (new pid publishing) in {back}; layer frames {frames} of {TOTAL}; "
+          f"sink {summary['sink']['frames']}; sleep's final negatives {(summary['sleep'] or {}).get('negatives')}")
+    assert frames == [TOTAL] * len(frames), "learning lost frames while a side worker was down"
 
 
 def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
