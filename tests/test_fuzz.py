@@ -97,7 +97,8 @@ def wire_broken(draw, kind: str = "frames") -> list[bytes]:
         return _parts(_header(kind, shape=draw(NOT_SHAPE)), good.tobytes())
     if how == "length":
         cut = draw(st.integers(0, good.nbytes - 1))
-        return _parts(_header(kind), good.tobytes()[:cut] + draw(st.binary(max_size=3)))
+        longer = good.tobytes() + draw(st.binary(min_size=1, max_size=3))
+        return _parts(_header(kind), longer if draw(st.booleans()) else good.tobytes()[:cut])  # never exactly right
     if how == "nan":
         bad = good.copy()
         bad.flat[draw(st.integers(0, bad.size - 1))] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
