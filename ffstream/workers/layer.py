@@ -171,15 +171,19 @@ class LayerWorker(Worker):
 
     def _step_paired(self) -> None:
         """Step every held positive whose negatives are in, then what waited too long, alone."""
-        for grads, negatives in self.pairing.ready():
+        for positives, negatives in self.pairing.ready():
             for inputs in negatives:
                 self.layer.add_negative_inputs(inputs)
-            self._apply(grads)
+            self._wake_and_apply(positives)
         late_positives, orphan_negatives = self.pairing.expired()
         for inputs in orphan_negatives:
             self.layer.add_negative_inputs(inputs)  # joins the next step
-        for grads in late_positives:
-            self._apply(grads)
+        for positives in late_positives:
+            self._wake_and_apply(positives)
+
+    def _wake_and_apply(self, positives: torch.Tensor) -> None:
+        grads, _, _ = self.layer.wake(positives)
+        self._apply(grads)
 
     def _apply(self, grads) -> None:
         self.layer.apply_gradients(grads)
@@ -306,11 +310,16 @@ class LayerWorker(Worker):
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         if self.lr_decay_frames:
             self.layer.set_lr_scale(self.lr_factor * linear_decay(self.frames, self.lr_decay_frames))
-        grads, stats, h = self.layer.wake(x)
         if self.pairing is None:
+            grads, stats, h = self.layer.wake(x)
             self._apply(grads)
         else:
-            self.pairing.add_positive([m.seq for m, _ in kept], grads)
+            # The activity goes on now; the step waits for the negatives of these frames (see pairing.py).
+            with torch.no_grad():
+                h = self.layer(x)
+            goodness = self.layer.goodness(h)
+            stats = {"goodness": float(goodness.mean()), "p": float(self.layer.probability(goodness).mean())}
+            self.pairing.add_positive([m.seq for m, _ in kept], x)
             self._step_paired()
         self._last_wake_step = time.monotonic()
         g = self.layer.goodness(h)
@@ -349,8 +358,8 @@ class LayerWorker(Worker):
     # ending ------------------------------------------------------------------------------
     def drain(self) -> None:
         if self.pairing is not None:
-            for grads in [h.grads for h in self.pairing.held]:
-                self._apply(grads)
+            for held in list(self.pairing.held):
+                self._wake_and_apply(held.inputs)
             self.pairing.held.clear()
         if self.layer.pending_count:
             self._step_negatives_only()

@@ -5,10 +5,13 @@ difference is clearest when both come from the same images in one step (the
 interleaved reference). In the pipeline the sleep worker's negatives for batch
 t arrive a few batches after the layer has seen batch t. Stepping on them with
 whatever positive comes next cost 15-20 points of accuracy at 15k frames (see
-BENCHMARKS.md), so a layer computes its positive gradient at once, passes the
-activity on at once, and holds the gradient until the negatives for the same
-source batches arrive. Nothing waits forever: a positive held past `hold_s` is
-stepped alone, and a negative whose positive is gone joins the next step.
+BENCHMARKS.md), so a layer passes the activity on at once but holds the batch's
+inputs (B, D) until the negatives for the same source batches arrive, then takes
+both gradients on the weights of that moment, exactly as the reference does.
+(Holding the inputs, not the gradient, keeps a weight-sized tensor per waiting
+batch out of memory, for the price of one more forward pass.) Nothing waits
+forever: a positive held past `hold_s` is stepped alone, and a negative whose
+positive is gone joins the next step.
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ffstream.ff.layer import Gradients
 
 
 @dataclass
 class HeldPositive:
     seqs: frozenset[int]  # the source batches in this micro-batch
-    grads: Gradients
+    inputs: torch.Tensor  # (B, D) the positive micro-batch
     since: float
 
 
@@ -40,23 +42,23 @@ class Pairing:
     unpaired_positives: int = 0
     unpaired_negatives: int = 0
 
-    def add_positive(self, seqs: list[int], grads: Gradients) -> None:
-        self.held.append(HeldPositive(frozenset(seqs), grads, self.clock()))
+    def add_positive(self, seqs: list[int], inputs: torch.Tensor) -> None:
+        self.held.append(HeldPositive(frozenset(seqs), inputs, self.clock()))
 
     def add_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.negatives[seq] = (inputs, self.clock())
 
-    def ready(self) -> list[tuple[Gradients, list[torch.Tensor]]]:
+    def ready(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
         out = []
         for item in list(self.held):
             if all(s in self.negatives for s in item.seqs):
                 self.held.remove(item)
-                out.append((item.grads, [self.negatives.pop(s)[0] for s in sorted(item.seqs)]))
+                out.append((item.inputs, [self.negatives.pop(s)[0] for s in sorted(item.seqs)]))
                 self.paired += 1
         return out
 
-    def expired(self) -> tuple[list[Gradients], list[torch.Tensor]]:
+    def expired(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Positives that waited too long (to step alone) and negatives whose positives are gone."""
         now = self.clock()
         late = [h for h in self.held if now - h.since > self.hold_s]
@@ -68,4 +70,4 @@ class Pairing:
         orphans = [s for s, (_, t) in self.negatives.items() if s not in waiting and (now - t > self.hold_s or (oldest_wanted is not None and s < oldest_wanted))]
         self.unpaired_positives += len(late)
         self.unpaired_negatives += len(orphans)
-        return [h.grads for h in late], [self.negatives.pop(s)[0] for s in orphans]
+        return [h.inputs for h in late], [self.negatives.pop(s)[0] for s in orphans]
