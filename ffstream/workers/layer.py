@@ -1,4 +1,4 @@
-"""Layer worker: owns one FF layer, learns from each positive micro-batch at once, passes activity up."""
+"""Layer worker: owns one FF layer, passes activity up at once, and steps on each positive micro-batch with its negatives."""
 
 from __future__ import annotations
 
