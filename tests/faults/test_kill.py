@@ -6,6 +6,7 @@ Run with -s to see the figures BENCHMARKS.md quotes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from processes import ROOT, env  # noqa: E402
+from processes import env  # noqa: E402
 from ffstream import wire  # noqa: E402
 
 TOTAL = 20_000  # frames of the synthetic stream
@@ -46,8 +47,12 @@ def _pid_of(tmp_path: Path, kind: str) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("kind", ["sleep", "monitor"])
-def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
+@contextlib.contextmanager
+def watched_run(tmp_path: Path, *extra: str):
+    """`ffstream run` of synthetic:TOTAL on 32,32 layers, with a SUB on its monitor; yields (process, sub).
+
+    The process is killed if it still runs on the way out, and the socket and context are closed.
+    """
     monitor = f"ipc://{tmp_path}/mon"
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -55,11 +60,23 @@ def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(monitor)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--source", f"synthetic:{TOTAL}", "--layers", "32,32", "--batch", "32",
+        [sys.executable, "-m", "ffstream", "run", *extra, "--source", f"synthetic:{TOTAL}", "--layers", "32,32", "--batch", "32",
          "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")],
         cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
+        yield proc, sub
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close(0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("kind", ["sleep", "monitor"])
+def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
+    with watched_run(tmp_path) as (proc, sub):
         deadline = time.monotonic() + 120
         while True:  # learning is under way
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
@@ -78,12 +95,6 @@ def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
             if again not in (None, victim) and name is not None and (kind == "monitor" or name == kind):
                 recovered_in = time.monotonic() - killed_at
         out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        sub.close(0)
-        ctx.term()
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     frames = [layer["frames"] for layer in summary["layers"]]
@@ -95,20 +106,9 @@ def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
 
 
 def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
-    ck, monitor = tmp_path / "ck", f"ipc://{tmp_path}/mon"
+    ck = tmp_path / "ck"
     (tmp_path / "cfg.json").write_text(json.dumps({"checkpoint_every_s": 1}))
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(monitor)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--config", str(tmp_path / "cfg.json"), "--source", f"synthetic:{TOTAL}",
-         "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck), "--monitor", monitor, "--no-progress",
-         "--summary-json", str(tmp_path / "summary.json")],
-        cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with watched_run(tmp_path, "--config", str(tmp_path / "cfg.json"), "--checkpoint-dir", str(ck)) as (proc, sub):
         deadline = time.monotonic() + 120
         victim = None
         while victim is None:  # layer 2 has learned and checkpointed (every 1 s): kill it
@@ -125,12 +125,6 @@ def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
             if name == "layer2" and m.get("pid") != victim["pid"]:
                 recovered_in, resumed = time.monotonic() - killed_at, m
         out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        sub.close(0)
-        ctx.term()
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     layer2 = summary["layers"][1]
