@@ -137,8 +137,8 @@ class SleepWorker(Worker):
         if len(self.asleep_on) < self.plan.sleep_every:
             return
         if self.refresh():
+            self.since_snapshot = len(self.asleep_on)  # every positive of the phase is this many batches away
             for batch, labels, seq in self.asleep_on:
-                self.since_snapshot = len(self.asleep_on)  # every positive of the phase is this many batches away
                 self.dream(batch, labels, seq)
         self.asleep_on = []
         resume = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "resume"})
