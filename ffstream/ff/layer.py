@@ -57,6 +57,11 @@ class FFLayer(nn.Module):
     def version(self) -> int:
         return int(self.steps)
 
+    @property
+    def input_width(self) -> int:
+        """The width of the rows that learn(), wake() and add_negative_inputs() take."""
+        return self.cfg.in_features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, D) -> h: (B, N)."""
         return torch.relu(nn.functional.linear(rms_normalize(x), self.weight, self.bias))
@@ -81,7 +86,7 @@ class FFLayer(nn.Module):
             loss = ff_loss(g, positive, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
             if positive and self.cfg.peer_weight > 0:
                 loss = loss + self.cfg.peer_weight * self._peer_loss(h)
-            grads = torch.autograd.grad(loss, [self.weight, self.bias])
+            grads = torch.autograd.grad(loss, list(self.parameters()))
         g = g.detach()
         stats = {"goodness": float(g.mean()), "p": float(self.probability(g).mean()), "loss": float(loss.detach())}
         return list(grads), stats, h.detach()
@@ -144,7 +149,7 @@ class FFLayer(nn.Module):
             total = self._pending if total is None else [a + b for a, b in zip(total, self._pending)]
         if total is None:
             return
-        for param, grad in zip((self.weight, self.bias), total):
+        for param, grad in zip(self.parameters(), total):
             param.grad = grad
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
