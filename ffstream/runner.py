@@ -19,7 +19,7 @@ import zmq
 
 from ffstream import wire
 from ffstream.config import ConfigError, RunConfig
-from ffstream.sources import Preprocess, open_source
+from ffstream.sources import Preprocess, check_live, open_source
 from ffstream.transport import make_socket
 from ffstream.workers.build import thread_budget
 
@@ -30,8 +30,15 @@ RESTART_LIMIT = 3  # restarts per worker before the run gives up
 RESTART_BACKOFF_S = (0.5, 2.0, 5.0)  # wait before the 1st, 2nd, 3rd restart
 
 
+EXIT_USAGE = 2  # a worker's exit code for bad input (a missing device, a bad config): restarting cannot fix it
+
+
 class RunFailed(Exception):
     """The run cannot go on; the message says which worker and why."""
+
+    def __init__(self, message: str, exit_code: int = 1):  # exit_code: what `ffstream run` exits with
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -50,6 +57,13 @@ class Child:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def error_line(self) -> str:
+        """The one-line message a worker prints when it exits 2 ("ffstream worker: error: ..."), without the prefix."""
+        for line in reversed(self.tail(20).splitlines()):
+            if ": error: " in line:
+                return line.split(": error: ", 1)[1]
+        return f"exited with code {EXIT_USAGE} (see {self.log_path})"
 
     def tail(self, lines: int = 5) -> str:
         try:
@@ -144,10 +158,10 @@ class Supervisor:
                 if child.name == "sink":
                     return True
                 continue
+            if code == EXIT_USAGE:  # a usage or input error: restarting cannot fix it; pass on its one line
+                raise RunFailed(f"{child.name}: {child.error_line()}", exit_code=EXIT_USAGE)
             if child.restarts >= RESTART_LIMIT:
                 raise RunFailed(f"{child.name} crashed {child.restarts + 1} times (last exit {code}); giving up. Last log lines:\n{child.tail()}")
-            if code == 2:  # a usage or input error: restarting cannot fix it
-                raise RunFailed(f"{child.name} exited with an error:\n{child.tail(3)}")
             child.restarts += 1
             child.restart_at = now + RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
             log.warning("%s exited with %s; restart %d in %.1f s", child.name, code, child.restarts, child.restart_at - now)
@@ -189,6 +203,7 @@ def resolve_stream(cfg: RunConfig) -> None:
     s = cfg.stream
     source_total = None
     if s.source.startswith(("webcam", "rtsp://", "rtsps://", "http://", "https://")):
+        check_live(s.source)  # a webcam that does not exist fails here, at once
         s.num_classes = None  # a live device is opened once, by the source worker
     else:
         with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs) as src:

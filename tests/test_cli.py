@@ -93,17 +93,39 @@ def test_bad_input_exits_2_with_one_line_naming_it(error_runs, case):
     assert all(line.startswith(("usage:", " ")) for line in others), f"more than the message and usage:\n{result.stderr}"
 
 
-def test_run_with_a_missing_webcam_fails_clearly_without_hanging(tmp_path):
-    """webcam:97 is not opened up front (live devices are opened once, by the source worker): the run must still
-    end, non-zero, saying which device failed, and leave no worker behind."""
-    started = time.monotonic()
+def _one_error_line(result, code: int = 2) -> str:
+    """The run exited `code` with exactly one line on stderr, and no traceback; that line."""
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("ffstream run: error: "), result.stderr[-2000:]
+    assert [line for line in result.stderr.splitlines() if "ffstream.run INFO" not in line] == errors, result.stderr[-2000:]
+    return errors[0]
+
+
+def test_run_with_a_missing_webcam_exits_2_at_once(tmp_path):
+    """There is no /dev/video97 (there is no camera on this machine at all): the run says so before starting a worker."""
     result = subprocess.run(
         ffstream("run", "--source", "webcam:97", "--layers", "16", "--no-sleep", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
     )
-    assert result.returncode != 0, result.stderr
-    assert "Traceback" not in result.stderr.split("worker logs:")[0], result.stderr
-    assert "cannot open webcam:97" in result.stderr, result.stderr[-2000:]
+    line = _one_error_line(result)
+    assert "cannot open webcam:97" in line and "/dev/video97" in line, line
+    assert "started" not in result.stderr, "workers were started for a device that does not exist"
+    assert _workers_left(tmp_path) == [], "workers outlived the run"
+
+
+def test_run_with_an_unreachable_stream_exits_2_without_restarting(tmp_path):
+    """A live stream is opened only by the source worker; its usage error (exit 2) ends the run with its one line, at
+    once: restarting cannot fix a wrong address. Nothing listens on port 1, so the connection is refused."""
+    started = time.monotonic()
+    result = subprocess.run(
+        ffstream("run", "--source", "rtsp://127.0.0.1:1/none", "--layers", "16", "--no-sleep", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
+    )
+    line = _one_error_line(result)
+    assert "source: cannot open rtsp://127.0.0.1:1/none" in line, line
+    assert "restart" not in result.stderr, result.stderr[-2000:]
     assert time.monotonic() - started < CASE_TIMEOUT_S
     assert _workers_left(tmp_path) == [], "workers outlived the run"
 
@@ -133,7 +155,7 @@ def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [layer["frames"] for layer in summary["layers"]] == [600, 600], summary["layers"]
-    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors"]
+    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors", "source.json"]
 
     ev = subprocess.run(
         ffstream("eval", "--checkpoint-dir", str(ck), "--source", "synthetic:200", "--json"),

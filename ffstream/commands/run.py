@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ffstream import config
 from ffstream.config import Topology
-from ffstream.runner import resolve_stream, run_stack
+from ffstream.runner import EXIT_USAGE, resolve_stream, run_stack
 
 
 def config_from_args(args) -> config.RunConfig:
@@ -59,6 +59,11 @@ def run_command(args) -> int:
     cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir)
     with progress:
         summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)
+    if failure is not None and failure.exit_code == EXIT_USAGE:
+        # bad input found by a worker (a camera that cannot be opened): one line, as for bad flags
+        print(f"ffstream run: error: {failure}", file=sys.stderr)
+        supervisor.cleanup()
+        return EXIT_USAGE
     print_summary(console, summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import numpy as np
 
-from ffstream.sources.base import Frame, FrameSource, SourceError
+from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.camera import CameraSource
 from ffstream.sources.idx import FASHION_MNIST_DIR, IdxSource, load_idx, load_split, open_idx
 from ffstream.sources.preprocess import Preprocess
@@ -24,9 +25,11 @@ __all__ = [
     "Frame",
     "FrameSource",
     "IdxSource",
+    "Position",
     "Preprocess",
     "SourceError",
     "SyntheticSource",
+    "check_live",
     "VideoFileSource",
     "dataset_arrays",
     "load_idx",
@@ -67,6 +70,19 @@ def open_source(
     if re.match(r"^[A-Za-z][\w+.-]*:", spec) and not re.match(r"^[A-Za-z]:[\\/]", spec):
         raise SourceError(f"unknown source {spec!r}; expected {SPEC_HELP}")
     raise SourceError(f"video file not found: {spec} (other sources: {SPEC_HELP})")
+
+
+def check_live(spec: str) -> None:
+    """Fail fast, without opening it, on a live source that cannot exist: a webcam index with no device node.
+
+    Opening a camera is left to the one process that uses it (the source worker); this only catches the
+    common mistake up front. On systems without /dev/video* (not Linux) nothing is checked here.
+    """
+    if spec == "webcam" or spec.startswith("webcam:"):
+        index = _count(spec, 0, allow_zero=True)
+        device = f"/dev/video{index}"
+        if sys.platform.startswith("linux") and not os.path.exists(device):
+            raise SourceError(f"cannot open {spec}: no such device {device}")
 
 
 def dataset_arrays(spec: str, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,14 @@ class SourceError(Exception):
     """A source cannot be opened or read; the message is one line a user can act on."""
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where a file or dataset stream stands: the next frame is frame `offset` of pass `epoch`."""
+
+    epoch: int = 0  # 0-based pass over the file or dataset
+    offset: int = 0  # frames of that pass already yielded
+
+
 @dataclass
 class Frame:
     pixels: np.ndarray  # float32 (C, H, W), already preprocessed
@@ -40,6 +48,8 @@ class FrameSource(ABC):
         self.num_classes: int | None = None  # label range; None for unlabelled video
         self.dropped = 0  # live frames replaced before they were consumed
         self.bad_frames = 0  # frames (or packets) that failed to decode and were skipped
+        self.start = Position()  # where the next iteration begins; `seek()` moves it
+        self.position = Position()  # the frame the iterator yields next; it moves as frames are yielded
         self._closed = False
 
     @property
@@ -58,7 +68,18 @@ class FrameSource(ABC):
 
     @abstractmethod
     def _frames(self) -> Iterator[Frame]:
-        """Yield the frames of one full pass (all epochs); stop early once `self._closed` is set."""
+        """Yield the frames of one full pass (all epochs) from `self.start`, keeping `self.position` on the
+        frame after the one yielded; stop early once `self._closed` is set."""
+
+    def identity(self) -> dict | None:
+        """What makes a saved position valid for this source (path, size, mtime, order); None: it cannot resume."""
+        return None
+
+    def seek(self, position: Position) -> None:
+        """Start the next iteration at `position` instead of the beginning (a restarted file stream)."""
+        if self.identity() is None:
+            raise SourceError(f"{self.name} cannot resume from a position")
+        self.start = self.position = position
 
     def _release(self) -> None:
         """Free OS resources (files, devices, threads); called once by `close()`."""

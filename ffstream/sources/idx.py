@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
 
-from ffstream.sources.base import Frame, FrameSource, SourceError
+from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.preprocess import Preprocess
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
@@ -94,6 +95,7 @@ class IdxSource(FrameSource):
         epochs: int = 1,  # passes over the set
         shuffle: bool = True,  # False: file order every epoch
         num_classes: int | None = None,  # None: max label + 1
+        files: tuple[str, ...] = (),  # the IDX files read, for `identity()`; () hashes the arrays instead
     ) -> None:
         if epochs <= 0:
             raise ValueError(f"epochs must be positive, got {epochs}")
@@ -106,15 +108,29 @@ class IdxSource(FrameSource):
         if num_classes is None:
             num_classes = int(labels.max()) + 1 if len(labels) else 0
         self.num_classes = num_classes
+        self.files = files
+
+    def identity(self) -> dict:
+        """The files (or, built from arrays, their contents) and the order: a position means nothing in another order."""
+        if self.files:
+            content = [[os.path.realpath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files]
+        else:
+            content = hashlib.blake2b(self.images.tobytes() + self.labels.tobytes(), digest_size=16).hexdigest()
+        return {"kind": "idx", "content": content, "seed": self.seed, "shuffle": self.shuffle}
 
     def _frames(self) -> Iterator[Frame]:
         rng = np.random.default_rng(self.seed)  # a new pass replays the same orders
-        n, index = len(self.images), 0
-        for _ in range(self.epochs):
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            for i in order:
+        n, start = len(self.images), self.start
+        index = start.epoch * n + start.offset
+        for epoch in range(self.epochs):
+            order = rng.permutation(n) if self.shuffle else np.arange(n)  # drawn for skipped passes too: same orders
+            if epoch < start.epoch:
+                continue
+            for offset in range(start.offset if epoch == start.epoch else 0, n):
                 if self._closed:
                     return
+                i = order[offset]
+                self.position = Position(epoch, offset + 1)
                 yield Frame(self.preprocess(self.images[i]), int(self.labels[i]), index, time.time())
                 index += 1
 
@@ -131,4 +147,5 @@ def open_idx(
 ) -> IdxSource:
     """An `IdxSource` over one split; fashion-mnist always has 10 classes. `kw`: IdxSource's seed/epochs/shuffle."""
     images, labels = load_split(directory, split)
-    return IdxSource(images, labels, preprocess, name=name, num_classes=10 if fashion else None, **kw)
+    files = split_paths(directory, split)
+    return IdxSource(images, labels, preprocess, name=name, num_classes=10 if fashion else None, files=files, **kw)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ffstream.sources.base import Frame, FrameSource
+from ffstream.sources.base import Frame, FrameSource, Position
 from ffstream.sources.preprocess import Preprocess
 
 SHAPES = ("square", "disc", "triangle", "cross")
@@ -82,19 +82,27 @@ class SyntheticSource(FrameSource):
         self.side = max(BASE_SIDE, *preprocess.size)
         self.channels = preprocess.channels
 
+    def identity(self) -> dict:
+        """The clip is a function of these: the same ones replay the same frames."""
+        return {"kind": "synthetic", "frames": self.frames_per_epoch, "seed": self.seed, "segment": list(self.segment), "noise": self.noise}
+
     def _frames(self) -> Iterator[Frame]:
-        index = 0
-        for _ in range(self.epochs):
+        start = self.start
+        index = start.epoch * self.frames_per_epoch + start.offset
+        for epoch in range(start.epoch, self.epochs):
             rng = np.random.default_rng(self.seed)  # same seed every epoch: a replay, like a file
             shape = self._new_shape(rng)
-            for _ in range(self.frames_per_epoch):
+            for offset in range(self.frames_per_epoch):
                 if self._closed:
                     return
                 if shape.frames_left <= 0:
                     shape = self._new_shape(rng)
-                image = self._draw(shape, rng)
-                yield Frame(self.preprocess(image), shape.kind, index, time.time())
+                image = self._draw(shape, rng)  # drawn even when skipped: the noise comes from the same generator
                 shape.step(self.side)
+                if epoch == start.epoch and offset < start.offset:
+                    continue
+                self.position = Position(epoch, offset + 1)
+                yield Frame(self.preprocess(image), shape.kind, index, time.time())
                 index += 1
 
     def _new_shape(self, rng: np.random.Generator) -> _Shape:

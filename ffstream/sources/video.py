@@ -10,7 +10,7 @@ import av
 import cv2
 import numpy as np
 
-from ffstream.sources.base import Frame, FrameSource, SourceError
+from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,23 @@ class VideoFileSource(FrameSource):
             except av.FFmpegError:
                 return None
 
+    def identity(self) -> dict:
+        """The file as it is now: another file, or this one rewritten, does not take this one's position."""
+        st = os.stat(self.path)
+        return {"kind": "video", "path": os.path.realpath(self.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
     def _frames(self) -> Iterator[Frame]:
-        index = 0
-        for _ in range(self.epochs):
+        start = self.start
+        index = start.epoch * (self.frames_per_epoch or 0) + start.offset  # informative: a damaged file may yield fewer
+        for epoch in range(start.epoch, self.epochs):
+            skip = start.offset if epoch == start.epoch else 0
             with self._open() as container:
-                for frame in self._decode(container, container.streams.video[0]):
+                for offset, frame in enumerate(self._decode(container, container.streams.video[0])):
                     if self._closed:
                         return
+                    if offset < skip:
+                        continue  # resuming: decoded (the codec needs the frames before) but not converted
+                    self.position = Position(epoch, offset + 1)
                     image = frame.to_ndarray(format="rgb24") if self.preprocess.color else _grey(frame)
                     yield self._frame(image, None, index)
                     index += 1

@@ -16,6 +16,7 @@ from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
 
 KINDS = ("source", "layer", "sleep", "sink", "monitor")
+SOURCE_POSITION_FILE = "source.json"  # in the checkpoint directory: where a file stream had got to
 
 
 def compute_workers(cfg: RunConfig) -> int:
@@ -57,6 +58,9 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             control_addr=topo.bind(topo.source_control),
             labelled=stream.num_classes is not None,
             wait_for_subscribers=1 if cfg.sleep.enabled else 0,
+            position_path=str(Path(cfg.checkpoint_dir) / SOURCE_POSITION_FILE) if cfg.checkpoint_dir else None,
+            # layer 1's input address names the run: `ffstream run` puts it in a private directory per run
+            run_id=topo.layer_inputs[0],
             **common,
         )
     if kind == "layer":

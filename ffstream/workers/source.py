@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -12,9 +13,14 @@ from ffstream import wire
 from ffstream.sources import FrameSource
 from ffstream.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers.base import Worker
+from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.workers.stats import Rate
 
 RESUME_TIMEOUT_S = 60.0  # phased sleep: the longest the source waits for the sleep worker before waking anyway
+# Batches that may still sit in this process's send queue (high-water mark 4, plus the one being written, plus
+# a spare; an eval copy makes a batch two messages). A kill -9 loses them, so the saved position stays this
+# many batches behind what was sent: a restart replays a few frames rather than losing any.
+IN_FLIGHT_BATCHES = 6
 
 
 class SourceWorker(Worker):
@@ -44,6 +50,9 @@ class SourceWorker(Worker):
         phase_length: int | None = None,  # phased sleep: pause after this many batches until the sleep worker says resume
         control_addr: str | None = None,  # PULL, bound: where that "resume" arrives
         rate_fps: float | None = None,  # pace reads to this many frames/s (a simulated live camera); None: as fast as it can
+        position_path: str | None = None,  # JSON where a file stream's position is kept, to resume after a restart; None: start over
+        position_every_s: float = 0.5,  # seconds between saves of that position (each is a small fsync'd write)
+        run_id: str | None = None,  # names this run, so that a restart within it keeps an ended stream ended
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -69,7 +78,29 @@ class SourceWorker(Worker):
         self.send_drops = 0
         self.subscribers = 0
         self.fps = Rate(time.monotonic)
+        self.resumed_from: int | None = None  # frames already sent before this process, when it resumed
+        self.position_every_s = position_every_s
+        self._sent: deque[SavedPosition] = deque(maxlen=IN_FLIGHT_BATCHES + 1)  # after each of the last batches
+        self._position_saved_at = time.monotonic()
+        identity = None if source.live or position_path is None else source.identity()
+        self.positions = PositionStore(position_path, identity, run_id) if identity is not None else None
         self._iter = iter(source)
+        if self.positions is not None:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Start where the saved position says (a restart), with the counters it had, so seqs and max_frames carry on."""
+        saved = self.positions.load()
+        if saved is None:
+            return
+        self.source.seek(saved.position)
+        self._iter = iter(self.source)
+        self.frames, self.batches, self.resumed_from = saved.frames, saved.batches, saved.frames
+        self._sent.append(saved)
+        self.log.info("resuming %s at frame %d (pass %d, frame %d of it) from %s", self.source.name, saved.frames,
+                      saved.position.epoch, saved.position.offset, self.positions.path)
+        if saved.ended:
+            self._iter = iter(())  # a restart after the end: nothing to replay, the end marker goes again
 
     @property
     def total(self) -> int | None:
@@ -129,6 +160,9 @@ class SourceWorker(Worker):
         self.batches += 1
         self.frames += len(frames)
         self.fps.add(len(frames))
+        self._sent.append(SavedPosition(self.source.position, self.frames, self.batches))
+        if self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
+            self._save_position()
         if self.control is not None and self.batches % self.phase_length == 0:
             self._await_resume()
 
@@ -186,8 +220,18 @@ class SourceWorker(Worker):
         self.ended = True
         self.finished = self.exit_on_end
         self.log.info("end of stream after %d frames", self.frames)
+        if self.positions is not None:
+            self.positions.save(SavedPosition(self.source.position, self.frames, self.batches, ended=True))
+
+    def _save_position(self) -> None:
+        """The oldest of the last batches: everything before it has left this process."""
+        if self._sent:
+            self.positions.save(self._sent[0])
+        self._position_saved_at = time.monotonic()
 
     def on_close(self) -> None:
+        if self.positions is not None and not self.ended:
+            self._save_position()
         self.source.close()
 
     def metrics(self) -> dict[str, Any]:
@@ -205,6 +249,7 @@ class SourceWorker(Worker):
             resume_timeouts=self.resume_timeouts,
             bad_messages=self.dropped["control"] + (sum(self.control.rejected.values()) if getattr(self, "control", None) else 0),
             ended=self.ended,
+            resumed_from=self.resumed_from,
         )
         return m
 

@@ -23,6 +23,8 @@ from processes import env  # noqa: E402
 from ffstream import wire  # noqa: E402
 
 TOTAL = 20_000  # frames of the synthetic stream
+VTEST_AVI = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # 795 frames, MPEG-4 part 2, from opencv-doc
+VIDEO_EPOCHS = 6  # passes over it: long enough to kill the source mid-stream
 
 
 def _metrics(sub: zmq.Socket, timeout_s: float):
@@ -48,8 +50,8 @@ def _pid_of(tmp_path: Path, kind: str) -> int | None:
 
 
 @contextlib.contextmanager
-def watched_run(tmp_path: Path, *extra: str):
-    """`ffstream run` of synthetic:TOTAL on 32,32 layers, with a SUB on its monitor; yields (process, sub).
+def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}"):
+    """`ffstream run` of `source` (synthetic:TOTAL) on 32,32 layers, with a SUB on its monitor; yields (process, sub).
 
     The process is killed if it still runs on the way out, and the socket and context are closed.
     """
@@ -60,7 +62,7 @@ def watched_run(tmp_path: Path, *extra: str):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(monitor)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", *extra, "--source", f"synthetic:{TOTAL}", "--layers", "32,32", "--batch", "32",
+        [sys.executable, "-m", "ffstream", "run", *extra, "--source", source, "--layers", "32,32", "--batch", "32",
          "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")],
         cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -135,3 +137,42 @@ def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
           f"layer2 frames after restart {layer2['frames']}; restarts in log: {err.count('restarting layer2')}")
     assert resumed_from > 0, "the restarted layer did not resume from its checkpoint"
     assert recovered_in < 30
+
+
+@pytest.mark.skipif(not os.path.exists(VTEST_AVI), reason="needs opencv-doc's vtest.avi")
+def test_kill_the_source_of_a_video_it_resumes_where_it_was(tmp_path):
+    """kill -9 the source of a real video mid-stream: the restart resumes from its saved position, not from frame 0.
+
+    The sink's per-frame scores name each frame by (batch seq, row), and a resumed source keeps the seqs, so the
+    frames lost (never delivered) and duplicated (delivered twice, from the replay) are counted exactly.
+    """
+    ck, scores = tmp_path / "ck", tmp_path / "scores.jsonl"
+    with watched_run(tmp_path, "--checkpoint-dir", str(ck), "--scores", str(scores), "--epochs", str(VIDEO_EPOCHS), source=VTEST_AVI) as (proc, sub):
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None:  # a third of the way in: kill it
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+            name, m = _metrics(sub, 0.2)
+            if name == "source" and m.get("total") and m["frames"] > m["total"] // 3:
+                victim = m
+        total = victim["total"]
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        recovered_in, resumed = None, None
+        while resumed is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the source came back"
+            name, m = _metrics(sub, 0.2)
+            if name == "source" and m.get("pid") != victim["pid"]:
+                recovered_in, resumed = time.monotonic() - killed_at, m
+        out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    rows = [(r["seq"], r["row"]) for r in map(json.loads, scores.read_text().splitlines())]
+    delivered = set(rows)
+    lost, duplicated = total - len(delivered), len(rows) - len(delivered)
+    print(f"\nsource kill: back (new pid publishing) in {recovered_in:.2f} s; killed at frame {victim['frames']} of {total}, "
+          f"resumed from frame {resumed['resumed_from']}; the sink got {len(rows)} frames, {len(delivered)} distinct: "
+          f"frames lost {lost}, duplicated {duplicated}")
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"] > 0, "the source started over instead of resuming"
+    assert resumed["resumed_from"] <= victim["frames"]
+    assert lost == 0, f"{lost} frames never reached the sink"
+    assert len(rows) < total * 1.1, f"{len(rows)} frames delivered for a stream of {total}: the replay was not a resume"
