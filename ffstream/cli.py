@@ -47,6 +47,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _window(text: str) -> tuple[int, int]:
+    try:
+        first, last = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST,LAST such as 3,5, got {text!r}") from None
+    return (first, last)
+
+
 def _non_negative(text: str) -> int:
     return 0 if text == "0" else _positive(text)
 
@@ -89,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="torch device for the layers: cpu (default), cuda, cuda:N")
     run.add_argument("--threads", type=_positive, help="torch threads per worker (default: cores / compute workers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--recurrent", action="store_true", default=None, help="the paper's recurrent net: each layer also hears the layer above, one step late")
+    run.add_argument("--iterations", type=_positive, help="recurrent, image datasets: steps per image (default 8); video: a step a frame")
+    run.add_argument("--window", type=_window, help="recurrent, image datasets: steps FIRST,LAST (1-based) that classify (default 3,5)")
 
     worker = sub.add_parser("worker", help="run one worker (for docker-compose and Kubernetes)")
     worker.add_argument("kind", choices=("source", "layer", "sleep", "sink", "monitor"))
@@ -143,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--no-reference", action="store_true", help="skip the in-process reference")
     learning.add_argument("--no-pipeline", action="store_true", help="run the in-process reference only")
     learning.add_argument("--json", action="store_true", help="print one JSON object")
+    rec = bench_sub.add_parser("recurrent", help="the recurrent (top-down) pipeline against the feedforward one: Fashion-MNIST accuracy, video frames/s and goodness")
+    rec.add_argument("--layers", type=_layers, default=(500, 500))
+    rec.add_argument("--epochs", type=_positive, default=1)
+    rec.add_argument("--batch", type=_positive, default=64)
+    rec.add_argument("--max-frames", type=_positive, help="Fashion-MNIST: train on the first N frames only")
+    rec.add_argument("--iterations", type=_positive, default=8)
+    rec.add_argument("--window", type=_window, default=(3, 5))
+    rec.add_argument("--video", default="/usr/share/doc/opencv-doc/examples/data/vtest.avi", help="a video file; 'none' skips the video part")
+    rec.add_argument("--video-batch", type=_positive, default=16)
+    rec.add_argument("--video-frames", type=_positive, help="frames of the video to use (default: all)")
+    rec.add_argument("--no-images", action="store_true", help="skip the Fashion-MNIST part")
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--json", action="store_true", help="print one JSON object")
     throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
     throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000))
     throughput.add_argument("--batch", type=_positive, default=64)

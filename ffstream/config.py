@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ffstream.ff import LayerConfig
+from ffstream.ff.recurrent import RecurrentConfig
 from ffstream.workers.layer import Batching, LayerEndpoints
 from ffstream.workers.sleep import SleepPlan
 
@@ -78,6 +79,15 @@ class ModelConfig:
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
+    recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
+    iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
+    window: tuple[int, int] = (3, 5)  # recurrent, image datasets: 1-based steps whose goodness/activity classify
+
+    def recurrent_config(self) -> RecurrentConfig:
+        try:
+            return RecurrentConfig(iterations=self.iterations, window=tuple(self.window))
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc}") from None
 
     def check(self) -> None:
         if not self.layers:
@@ -85,6 +95,8 @@ class ModelConfig:
         for w in self.layers:
             positive("model.layers", w)
         positive("model.max_batch", self.max_batch)
+        if self.recurrent:
+            self.recurrent_config()
 
     def layer_configs(self, input_size: int, seed: int) -> list[LayerConfig]:
         sizes = [input_size, *self.layers]
@@ -139,6 +151,7 @@ class Topology:
     layer_inputs: tuple[str, ...] = ()  # per layer, PULL of frames/activity
     layer_negatives: tuple[str, ...] = ()  # per layer, PULL of negative updates
     layer_snapshots: tuple[str, ...] = ()  # per layer, REP for snapshots
+    layer_feedbacks: tuple[str, ...] = ()  # per layer, PULL of top-down feedback from the layer above (recurrent runs)
     sink_input: str = "tcp://127.0.0.1:5590"  # sink PULL
     sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
@@ -162,7 +175,8 @@ class Topology:
         def ports(offset: int, given: tuple[str, ...]) -> tuple[str, ...]:
             return given or tuple(f"tcp://{host}:{base_port + 10 * i + offset}" for i in range(num_layers))
         return dataclasses.replace(
-            self, layer_inputs=ports(0, self.layer_inputs), layer_negatives=ports(1, self.layer_negatives), layer_snapshots=ports(2, self.layer_snapshots)
+            self, layer_inputs=ports(0, self.layer_inputs), layer_negatives=ports(1, self.layer_negatives), layer_snapshots=ports(2, self.layer_snapshots),
+            layer_feedbacks=ports(3, self.layer_feedbacks),
         )
 
     @classmethod
@@ -176,6 +190,7 @@ class Topology:
             layer_inputs=tuple(ipc(f"layer{i}.in") for i in range(1, num_layers + 1)),
             layer_negatives=tuple(ipc(f"layer{i}.neg") for i in range(1, num_layers + 1)),
             layer_snapshots=tuple(ipc(f"layer{i}.snap") for i in range(1, num_layers + 1)),
+            layer_feedbacks=tuple(ipc(f"layer{i}.fb") for i in range(1, num_layers + 1)),
             sink_input=ipc("sink.in"),
             sink_snapshot=ipc("sink.snap"),
             monitor_collect=ipc("monitor.in"),
@@ -212,6 +227,8 @@ class RunConfig:
             plan = self.sleep.plan(self.stream.supervised)
             if plan.negatives != "hybrid" and self.stream.task == "unsupervised":
                 raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
+        if self.model.recurrent and self.sleep.enabled and self.sleep.update != "inputs":
+            raise ConfigError("a recurrent run sends the sleep worker's negatives as inputs; sleep.update must be 'inputs'")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -220,6 +237,16 @@ class RunConfig:
 
     def layer_configs(self) -> list[LayerConfig]:
         return self.model.layer_configs(self.stream.input_size, self.stream.seed)
+
+    @property
+    def static_images(self) -> bool:
+        """An image dataset, whose every image a recurrent run repeats for `model.iterations` steps (video: one step a frame)."""
+        return self.stream.source.startswith(("fashion-mnist", "idx:"))
+
+    @property
+    def steps_per_batch(self) -> int:
+        """How many times the source sends each batch: the iterations of a recurrent run on images, else once."""
+        return self.model.iterations if self.model.recurrent and self.static_images else 1
 
 
 SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig}

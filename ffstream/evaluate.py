@@ -11,6 +11,7 @@ import torch
 from ffstream import checkpoint
 from ffstream.ff import FFStack, LinearReadout
 from ffstream.readout_store import load_readout
+from ffstream.recurrent_eval import evaluate_recurrent, is_recurrent
 
 EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
 
@@ -49,6 +50,9 @@ def readout_accuracy(stack: FFStack, readout: LinearReadout, layers: Sequence[in
 
 def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> dict:
     """images: (N, C, H, W) float32 as the source delivers them; labels: (N,)."""
+    if is_recurrent(directory):  # a recurrent run's checkpoints are scored its own way
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)
+        return evaluate_recurrent(directory, x, torch.from_numpy(labels.astype(np.int64)))
     stack, meta = load_stack(directory)
     x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)
     y = torch.from_numpy(labels.astype(np.int64))

@@ -245,6 +245,8 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "fps": s.get("fps"),
                 "staleness": s.get("staleness_mean"),
                 "dropped": s.get("dropped"),
+                "rows_with_feedback": s.get("rows_with_feedback"),  # recurrent runs: rows that heard the layer above
+                "feedback_lag": s.get("feedback_lag"),
             }
         )
     keep = ("frames", "fps", "accuracy", "evaluated", "latency_p50_ms", "latency_p99_ms", "dropped", "bad_frames", "total", "negatives",

@@ -177,3 +177,24 @@ def test_contract_seeded_runs_identical():
     assert all(torch.equal(p, q) for la, lb in zip(a.layers, b.layers) for p, q in zip(la.parameters(), lb.parameters()))
     other = RecurrentFFLayer(dataclasses.replace(layer_cfg(), seed=4), top_down_features=2)
     assert not torch.equal(other.top_down, RecurrentFFLayer(layer_cfg(), top_down_features=2).top_down)
+
+
+def test_unsupervised_top_layer_learns_with_nothing_above():
+    layer = RecurrentFFLayer(layer_cfg(), top_down_features=0)
+    h, _ = layer.learn(layer.pack(torch.randn(3, 6, generator=gen(0)), torch.zeros(3, 0), torch.zeros(3, 5)))
+    assert torch.isfinite(h).all() and layer.version == 1
+
+
+def test_a_shared_context_row_gives_the_same_result_as_repeating_it():
+    """Video: one top-down row for the whole batch is computed once; values and gradients are those of the full matrix."""
+    layer = RecurrentFFLayer(layer_cfg(), top_down_features=3)
+    x, z = torch.randn(4, 6, generator=gen(0)), torch.randn(1, 3, generator=gen(1))
+    shared = layer.pack(x, z.expand(4, 3), torch.zeros(4, 5))
+    g_shared, _, h_shared = layer.local_gradients(shared, positive=True)
+    with torch.enable_grad():
+        full = torch.relu(torch.nn.functional.linear(rms_normalize(x), layer.weight, layer.bias)
+                          + rms_normalize(z.repeat(4, 1)) @ layer.top_down.T) * 0.7
+        loss = torch.nn.functional.softplus(-(full.pow(2).sum(1) - 5)).mean()
+        expected = torch.autograd.grad(loss, [layer.top_down])[0]
+    assert torch.allclose(h_shared, full.detach(), atol=1e-6)
+    assert torch.allclose(g_shared[2], expected, atol=1e-6)

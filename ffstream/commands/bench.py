@@ -14,6 +14,15 @@ def bench_command(args) -> int:
         result = learning_benchmark(cfg, reference=not args.no_reference, pipeline=not args.no_pipeline)
         print(json.dumps(result) if args.json else format_result(result), flush=True)
         return 0
+    if args.bench == "recurrent":
+        from ffstream.bench.recurrent import format_result as format_recurrent
+        from ffstream.bench.recurrent import recurrent_benchmark
+
+        video = None if args.video == "none" else args.video
+        result = recurrent_benchmark(args.layers, args.epochs, args.batch, args.max_frames, args.iterations, args.window, video,
+                                     args.video_batch, args.video_frames, images=not args.no_images, seed=args.seed)
+        print(json.dumps(result) if args.json else format_recurrent(result), flush=True)
+        return 0
     if args.bench == "throughput":
         from ffstream.bench.throughput import format_result as format_throughput
         from ffstream.bench.throughput import throughput_benchmark

@@ -23,7 +23,8 @@ def config_from_args(args) -> config.RunConfig:
             "source": args.source, "task": args.task, "max_frames": args.max_frames, "epochs": args.epochs,
             "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color,
         },
-        "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant},
+        "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
+                  "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window},
         "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None},
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device, "threads": args.threads},
     }

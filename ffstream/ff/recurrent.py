@@ -87,8 +87,11 @@ class RecurrentFFLayer(FFLayer):
         """packed: (B, D+T+N) -> the new state h: (B, N). The old state carries no gradient."""
         x, z, old = self.split(packed)
         pre = nn.functional.linear(rms_normalize(x), self.weight, self.bias)
-        if self.top_down_features:
-            pre = pre + nn.functional.linear(rms_normalize(z), self.top_down)  # an all-zero z (no feedback yet) adds 0
+        # An all-zero z (no feedback yet) adds 0; with T = 0 (an unsupervised top) U is (N, 0) and adds 0 too,
+        # but stays in the graph so that every parameter has a gradient.
+        if len(z) > 1 and torch.equal(z, z[:1].expand_as(z)):
+            z = z[:1]  # video: one context row for the whole batch; U·ẑ once, broadcast (its gradient sums over the rows)
+        pre = pre + nn.functional.linear(rms_normalize(z), self.top_down)
         return self.damping * old.detach() + (1 - self.damping) * torch.relu(pre)
 
     def weights(self) -> dict[str, torch.Tensor]:

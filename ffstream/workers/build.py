@@ -11,6 +11,8 @@ from ffstream.sources import Preprocess, open_source
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import LayerWorker
 from ffstream.workers.monitor import MonitorWorker
+from ffstream.workers.recurrent_layer import RecurrentLayerWorker
+from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
@@ -61,28 +63,52 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             position_path=str(Path(cfg.checkpoint_dir) / SOURCE_POSITION_FILE) if cfg.checkpoint_dir else None,
             # layer 1's input address names the run: `ffstream run` puts it in a private directory per run
             run_id=topo.layer_inputs[0],
+            iterations=cfg.steps_per_batch,
+            eval_steps=cfg.model.window[1] if cfg.steps_per_batch > 1 else None,
             **common,
         )
     if kind == "layer":
         if index is None or not 1 <= index <= len(cfg.model.layers):
             raise ConfigError(f"--index must be between 1 and {len(cfg.model.layers)} for a layer worker, got {index}")
-        return LayerWorker(
+        layer_kwargs = {}
+        if cfg.model.recurrent:
+            layer_kwargs = _recurrent_layer(cfg, index, topo, num_classes)
+        else:
+            layer_kwargs = {"num_classes": num_classes if index == 1 else None}
+        return (RecurrentLayerWorker if cfg.model.recurrent else LayerWorker)(
             index,
             cfg.layer_configs()[index - 1],
             topo.layer(index),
-            num_classes=num_classes if index == 1 else None,
+            **layer_kwargs,
             label_scale=cfg.model.label_scale,
-            lr_decay_frames=stream.total_frames if cfg.model.lr_decay else None,
+            # every step of a recurrent image is a learned row, so the decay spans them all
+            lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
             pair_negatives=cfg.sleep.enabled and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
             negatives_alone=cfg.sleep.enabled and cfg.sleep.phased,
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
             device=cfg.device,
-            checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised"},
+            checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised",
+                             **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {})},
             **common,
         )
     if kind == "sleep":
+        if cfg.model.recurrent:
+            return RecurrentSleepWorker(
+                topo.source_publish,
+                list(topo.layer_snapshots),
+                list(topo.layer_negatives),
+                cfg.layer_configs(),
+                recurrent=cfg.model.recurrent_config(),
+                static_images=cfg.steps_per_batch > 1,
+                plan=cfg.sleep.plan(stream.supervised),
+                num_classes=num_classes,
+                label_scale=cfg.model.label_scale,
+                source_control_addr=topo.source_control,
+                seed=stream.seed,
+                **common,
+            )
         return SleepWorker(
             topo.source_publish,
             list(topo.layer_snapshots),
@@ -106,6 +132,27 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             scores_path=cfg.scores,
             checkpoint_dir=cfg.checkpoint_dir,
             seed=stream.seed,
+            eval_step=cfg.model.window[1] - 1 if cfg.steps_per_batch > 1 else None,
             **common,
         )
     return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), **common)
+
+
+def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) -> dict:
+    """What a recurrent layer worker needs beyond a plain one: its top-down width and feedback sockets."""
+    widths = list(cfg.model.layers)
+    top = index == len(widths)
+    return {
+        "top_down_features": (num_classes or 0) if top else widths[index],
+        "label_classes": num_classes if top else None,
+        "feedback_input": None if top else topo.bind(topo.layer_feedbacks[index - 1]),
+        "feedback_output": topo.layer_feedbacks[index - 2] if index > 1 else None,
+        "iterations": cfg.steps_per_batch,
+        "damping": cfg.model.recurrent_config().damping,
+    }
+
+
+def _recurrent_meta(cfg: RunConfig, num_classes: int | None) -> dict:
+    """What a recurrent checkpoint needs to be rebuilt and scored (ffstream.recurrent_eval)."""
+    r = cfg.model.recurrent_config()
+    return {"label_classes": num_classes, "iterations": r.iterations, "window": list(r.window), "damping": r.damping}

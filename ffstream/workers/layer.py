@@ -77,7 +77,7 @@ class LayerWorker(Worker):
         self.exit_on_end = exit_on_end
         self.device = torch.device(device)
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, **(checkpoint_meta or {})}
-        self.layer = FFLayer(layer_config).to(self.device)
+        self.layer = self.make_layer(layer_config).to(self.device)
         self.frames = 0
         self.eval_frames = 0
         self.updates = 0
@@ -93,6 +93,10 @@ class LayerWorker(Worker):
         self.rollbacks = 0  # steps that left non-finite weights and were undone
         self.lr_factor = 1.0  # halved at each rollback
         self._remember()
+
+    def make_layer(self, layer_config: LayerConfig) -> FFLayer:
+        """The layer this worker owns; a subclass may own another kind (see recurrent_layer.py)."""
+        return FFLayer(layer_config)
 
     def setup(self) -> None:
         ep = self.endpoints
@@ -158,8 +162,8 @@ class LayerWorker(Worker):
 
     def _queue_negative_inputs(self, msg: wire.Message) -> None:
         x = np.asarray(msg.array)
-        if x.ndim != 2 or x.shape[1] != self.layer.cfg.in_features or msg.extra.get("form") != "inputs":
-            raise wire.WireError("negative_shape", f"negative inputs of shape {x.shape}, expected (B, {self.layer.cfg.in_features})")
+        if x.ndim != 2 or x.shape[1] != self.layer.input_width or msg.extra.get("form") != "inputs":
+            raise wire.WireError("negative_shape", f"negative inputs of shape {x.shape}, expected (B, {self.layer.input_width})")
         inputs = torch.from_numpy(x.astype(np.float32)).to(self.device)
         if self.pairing is None:
             self.layer.add_negative_inputs(inputs)
@@ -295,6 +299,7 @@ class LayerWorker(Worker):
         with torch.no_grad():
             h = self.layer(x)
         act = rms_normalize(h).cpu().numpy()
+        self._on_activity([msg], h, act)
         carried = np.asarray(msg.array) if msg.extra.get("blocks") else np.zeros((len(act), 0), np.float32)
         out = np.concatenate([carried, act], axis=1)
         blocks = list(msg.extra.get("blocks") or []) + [act.shape[1]]
@@ -327,6 +332,7 @@ class LayerWorker(Worker):
         if not np.isfinite(act).all():  # the weights were non-finite: rolled back above, and nothing is sent on
             self.dropped["non_finite_activity"] += len(kept)
             return
+        self._on_activity([m for m, _ in kept], h, act)
         self.frames += len(x)
         self.fps.add(len(x))
         for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
@@ -341,6 +347,9 @@ class LayerWorker(Worker):
             self._send_on(msg, act[rows], trace, msg.extra)
         if self.max_frames is not None and self.frames >= self.max_frames:
             self.finished = True
+
+    def _on_activity(self, messages: list[wire.Message], h: torch.Tensor, act: np.ndarray) -> None:
+        """Called with each forward pass's raw activity h (B, N) and normalised act, rows in message order; a hook."""
 
     def _send_on(self, msg: wire.Message, array: np.ndarray, trace: list, extra: dict) -> None:
         out = wire.Message(

@@ -36,6 +36,7 @@ class SinkWorker(Worker):
         max_frames: int | None = None,  # stop after this many learned frames
         exit_on_end: bool = True,  # the sink's exit is how the supervisor knows that a stream is done
         seed: int = 0,
+        eval_step: int | None = None,  # recurrent static images: score the eval copy of this (0-based) step only; None: every one
         **worker_kwargs: Any,
     ):
         super().__init__("sink", **worker_kwargs)
@@ -49,6 +50,7 @@ class SinkWorker(Worker):
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.seed = seed
+        self.eval_step = eval_step
         self.readout: LinearReadout | None = None
         self.frames = 0
         self.evaluated = 0
@@ -90,7 +92,8 @@ class SinkWorker(Worker):
         elif msg.array.ndim != 2 or len(msg.array) == 0:
             self.dropped["shape"] += 1  # activity is (B, N)
         elif msg.mode == "eval":
-            self._evaluate(msg)
+            if self.eval_step is None or msg.extra.get("step", self.eval_step) == self.eval_step:
+                self._evaluate(msg)
         else:
             self._record(msg)
 
@@ -108,12 +111,17 @@ class SinkWorker(Worker):
     def _record(self, msg) -> None:
         now = time.time()
         rows = len(msg.array)
-        self.frames += rows
-        self.fps.add(rows)
-        self.latencies_ms.append((now - msg.t_src) * 1000)
+        step, iterations = msg.extra.get("step"), msg.extra.get("iterations")
+        repeated = isinstance(step, int) and isinstance(iterations, int)
+        if not repeated or step == iterations - 1:  # a recurrent static image counts once, at its last step
+            self.frames += rows
+            self.fps.add(rows)
+            self.latencies_ms.append((now - msg.t_src) * 1000)
         if self._scores_file and msg.trace:
             for r in range(rows):
                 row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src, "goodness": [layer[r] for layer in msg.trace]}
+                if step is not None:
+                    row["step"] = step
                 if msg.label is not None:
                     row["label"] = msg.label[r]
                 self._scores_file.write(json.dumps(row) + "\n")

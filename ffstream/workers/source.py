@@ -53,6 +53,8 @@ class SourceWorker(Worker):
         position_path: str | None = None,  # JSON where a file stream's position is kept, to resume after a restart; None: start over
         position_every_s: float = 0.5,  # seconds between saves of that position (each is a small fsync'd write)
         run_id: str | None = None,  # names this run, so that a restart within it keeps an ended stream ended
+        iterations: int = 1,  # recurrent static images: send each batch this many times, as steps 0..n-1 (seq = batch·n + step)
+        eval_steps: int | None = None,  # with iterations > 1: eval copies of the first this many steps only; None: all
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -68,6 +70,8 @@ class SourceWorker(Worker):
         self.exit_on_end = exit_on_end
         self.rate_fps = rate_fps
         self.phase_length = phase_length
+        self.iterations = iterations
+        self.eval_steps = iterations if eval_steps is None else eval_steps
         self.control_addr = control_addr
         self.pauses = 0
         self.resume_timeouts = 0
@@ -148,10 +152,15 @@ class SourceWorker(Worker):
         labels = [int(f.label) for f in frames] if self.labelled else None
         t_src = min(f.t_src for f in frames)
         self._count_subscriptions()
-        if labels is not None and self.eval_every and self.batches % self.eval_every == 0:
-            self._emit(wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels, mode="eval"))
-        learn = wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels)
-        self._emit(learn)
+        evaluate = labels is not None and self.eval_every and self.batches % self.eval_every == 0
+        for step in range(self.iterations):
+            # Recurrent static images: the header says which batch ("frame") and which iteration of it ("step") this is.
+            n, extra = self.iterations, ({"frame": self.batches, "step": step, "iterations": self.iterations} if self.iterations > 1 else {})
+            if evaluate and step < self.eval_steps:
+                self._emit(wire.Message("frames", pixels, seq=self.batches * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
+            learn = wire.Message("frames", pixels, seq=self.batches * n + step, t_src=t_src, label=labels, extra=extra)
+            self._emit(learn)
+        learn = wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels)  # the sleep worker's copy: once per batch
         if self.publisher is not None:
             if self.source.live:
                 try_send(self.publisher, learn)
