@@ -1,4 +1,4 @@
-"""The `ffstream` command: run, worker, monitor, eval."""
+"""The `ffstream` command: run, worker, monitor, score, eval, ..."""
 
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recurrent", action="store_true", default=None, help="the paper's recurrent net: each layer also hears the layer above, one step late")
     run.add_argument("--iterations", type=_positive, help="recurrent, image datasets: steps per image (default 8); video: a step a frame")
     run.add_argument("--window", type=_window, help="recurrent, image datasets: steps FIRST,LAST (1-based) that classify (default 3,5)")
+    run.add_argument("--tensorboard", metavar="DIR", help="also log every worker's metrics as TensorBoard scalars in DIR (needs the tensorboard package)")
 
     worker = sub.add_parser("worker", help="run one worker (for docker-compose and Kubernetes)")
     worker.add_argument("kind", choices=("source", "layer", "sleep", "sink", "monitor"))
@@ -121,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--json", action="store_true", help="print one JSON object per metrics message")
     monitor.add_argument("--count", type=_positive, help="exit after N messages")
     monitor.add_argument("--seconds", type=float, help="exit after this many seconds")
+    monitor.add_argument("--tensorboard", metavar="DIR", help="also log every metrics message as TensorBoard scalars in DIR (needs the tensorboard package)")
+
+    score = sub.add_parser("score", help="goodness per frame and per layer of a trained stack on a video (a novelty signal)")
+    score.add_argument("--source", required=True, help="a video file")
+    score.add_argument("--checkpoint-dir", required=True, help="the layer checkpoints of a trained stack (ffstream run --checkpoint-dir)")
+    score.add_argument("--out", required=True, help="CSV: frame, time_s, goodness per layer, novelty")
+    score.add_argument("--plot", help="also save a PNG plot here (needs matplotlib)")
+    score.add_argument("--batch", type=_positive, default=256, help="frames per forward pass (default 256); bounds memory, not results")
 
     ev = sub.add_parser("eval", help="accuracy of saved weights on a labelled source")
     ev.add_argument("--checkpoint-dir", required=True)
@@ -182,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     from ffstream.checkpoint import CheckpointError
     from ffstream.sources import SourceError
+    from ffstream.tensorboard_log import TensorBoardMissing
 
     try:
         if args.command == "run":
@@ -208,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
             from ffstream.commands.bench import bench_command
 
             return bench_command(args)
+        if args.command == "score":
+            from ffstream.commands.score import score_command
+
+            return score_command(args)
         if args.command == "eval":
             from ffstream.commands.evaluate import eval_command
 
             return eval_command(args)
-    except (UserError, ConfigError, SourceError, CheckpointError, OSError) as exc:
+    except (UserError, ConfigError, SourceError, CheckpointError, TensorBoardMissing, OSError) as exc:
         print(f"ffstream {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -38,6 +38,11 @@ def config_from_args(args) -> config.RunConfig:
 
 def run_command(args) -> int:
     cfg = config_from_args(args)
+    tensorboard = None
+    if getattr(args, "tensorboard", None):
+        from ffstream.tensorboard_log import TensorBoardLog
+
+        tensorboard = TensorBoardLog(args.tensorboard)  # before any worker starts: no package, one line, exit 2
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     show_progress = not args.no_progress
     progress = Progress(
@@ -48,6 +53,8 @@ def run_command(args) -> int:
     last_plain = [0.0]
 
     def on_metrics(name: str, m: dict) -> None:
+        if tensorboard:
+            tensorboard.add(name, m)
         if name != "source":
             return
         progress.update(task, completed=m.get("frames", 0), total=m.get("total"), rate=f"{m.get('fps', 0):.0f} frames/s")
@@ -58,8 +65,12 @@ def run_command(args) -> int:
     # The run directory holds the ipc sockets, worker logs and final stats; it goes when the run succeeds.
     run_dir = tempfile.mkdtemp(prefix="ffstream-")
     cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir)
-    with progress:
-        summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)
+    try:
+        with progress:
+            summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)
+    finally:
+        if tensorboard:
+            tensorboard.close()
     if failure is not None and failure.exit_code == EXIT_USAGE:
         # bad input found by a worker (a camera that cannot be opened): one line, as for bad flags
         print(f"ffstream run: error: {failure}", file=sys.stderr)

@@ -69,6 +69,7 @@ class VideoFileSource(FrameSource):
         """Check that the file opens and decodes; return its frame count (header, estimate or a packet count)."""
         with self._open() as container:
             stream = container.streams.video[0]
+            self.frame_rate = float(stream.average_rate) if stream.average_rate else None  # frames/s; None if unknown
             if not any(True for _ in self._decode(container, stream, limit_frames=1)):
                 raise SourceError(f"no decodable video frame in {self.path}")
             if stream.frames > 0:

@@ -1,0 +1,23 @@
+"""`ffstream score`: goodness per frame and per layer of a trained stack on a video, as CSV and an optional plot."""
+
+from __future__ import annotations
+
+from ffstream.cli import UserError
+from ffstream.score import plot, require_matplotlib, score_video, write_csv
+
+
+def score_command(args) -> int:
+    if args.plot:
+        try:
+            require_matplotlib()  # before the work, so a missing package costs nothing
+        except ImportError as exc:
+            raise UserError(str(exc)) from None
+    scores = score_video(args.source, args.checkpoint_dir, batch=args.batch)
+    write_csv(scores, args.out)
+    if args.plot:
+        plot(scores, args.plot)
+    print(
+        f"{len(scores.frames)} frames of {args.source} scored by {len(scores.thresholds)} layers: {args.out}"
+        + (f", plot {args.plot}" if args.plot else "")
+    )
+    return 0

@@ -1,0 +1,162 @@
+"""Per-frame goodness of a trained stack on a video: a novelty signal (`ffstream score`).
+
+A layer trained on a stream gives its frames high goodness (the "max" variant); frames unlike
+anything it learned get less. `novelty` puts the layers on one scale: each layer's goodness
+relative to its threshold θ, averaged over layers, sign flipped so that higher means more novel:
+
+    novelty = mean_l (θ_l − G_l) / θ_l          ("min" variant: mean_l (G_l − θ_l) / θ_l)
+
+0 is a frame at the threshold of every layer; a frame with twice the threshold's goodness scores −1.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ffstream.checkpoint import CheckpointError
+from ffstream.evaluate import load_stack
+from ffstream.ff import FFStack
+from ffstream.ff.labels import neutral_label
+from ffstream.sources import Preprocess, VideoFileSource
+
+
+@dataclass
+class Scores:
+    frames: np.ndarray  # int64 (N,): frame index in the video, 0-based
+    times: np.ndarray  # float64 (N,): seconds from the start (index / frame rate; the index when the rate is unknown)
+    goodness: np.ndarray  # float64 (N, L): goodness of every frame at every layer
+    thresholds: list[float]  # θ of each layer, the goodness a layer was trained to push positives above
+    novelty: np.ndarray  # float64 (N,): see the module docstring
+    frame_rate: float | None  # the video's frames/s; None when its header does not say
+    source: str  # the video's path
+    checkpoint_dir: str
+
+
+def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack, dict, Preprocess]:
+    """The stack in `directory`, its metadata and the preprocessing it was trained with; CheckpointError if unusable."""
+    try:
+        stack, meta = load_stack(directory)
+    except ValueError as exc:  # layers that do not chain, configs that do not parse
+        raise CheckpointError(f"{directory}: {exc}") from None
+    shape = meta.get("frame_shape") or [1, 28, 28]
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise CheckpointError(f"{directory}: layer 1 was saved with frame shape {shape}, expected [channels, height, width]")
+    channels, height, width = (int(v) for v in shape)
+    if channels * height * width != stack.layers[0].cfg.in_features:
+        raise CheckpointError(
+            f"{directory}: layer 1 takes {stack.layers[0].cfg.in_features} values, but its frames are {channels}x{height}x{width}"
+        )
+    return stack, meta, Preprocess(size=(height, width), color=channels == 3)
+
+
+def frame_goodness(stack: FFStack, pixels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """pixels: float32 (B, C, H, W) -> goodness (B, L). Supervised stacks see the neutral label, as when predicting."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels, np.float32)).flatten(1)  # (B, D)
+    if num_classes:
+        x = neutral_label(x, num_classes, stack.label_scale)
+    with torch.no_grad():
+        hs = stack.activities(x)
+        return torch.stack([layer.goodness(h) for layer, h in zip(stack.layers, hs)], dim=1).double().numpy()
+
+
+def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max") -> np.ndarray:
+    """goodness (N, L) -> (N,); see the module docstring."""
+    theta = np.asarray(thresholds, np.float64)  # (L,)
+    relative = (theta - goodness) / theta if variant == "max" else (goodness - theta) / theta
+    return relative.mean(axis=1)
+
+
+def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256) -> Scores:
+    stack, meta, preprocess = load_scoring_stack(directory)
+    num_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
+    source = VideoFileSource(video, preprocess)
+    indices: list[int] = []
+    rows: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            rows.append(frame_goodness(stack, np.stack(pending), num_classes))
+            pending.clear()
+
+    with source:
+        for frame in source:
+            indices.append(frame.index)
+            pending.append(frame.pixels)
+            if len(pending) >= batch:
+                flush()
+        flush()
+    if not indices:
+        raise CheckpointError(f"no frames decoded from {video}")  # pragma: no cover - VideoFileSource refuses such files first
+    goodness = np.concatenate(rows)
+    frames = np.asarray(indices, np.int64)
+    rate = source.frame_rate
+    thresholds = [float(layer.cfg.theta) for layer in stack.layers]
+    return Scores(
+        frames=frames,
+        times=frames / rate if rate else frames.astype(np.float64),
+        goodness=goodness,
+        thresholds=thresholds,
+        novelty=novelty(goodness, thresholds, stack.layers[0].cfg.variant),
+        frame_rate=rate,
+        source=os.fspath(video),
+        checkpoint_dir=os.fspath(directory),
+    )
+
+
+def write_csv(scores: Scores, path: str | os.PathLike) -> None:
+    """Columns: frame, time_s, goodness_layer1..L, novelty; one row per frame."""
+    layers = scores.goodness.shape[1]
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["frame", "time_s", *(f"goodness_layer{i}" for i in range(1, layers + 1)), "novelty"])
+        for i in range(len(scores.frames)):
+            out.writerow([int(scores.frames[i]), f"{scores.times[i]:.4f}", *(f"{g:.4f}" for g in scores.goodness[i]), f"{scores.novelty[i]:.5f}"])
+
+
+def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A scores CSV back as columns (tests, notebooks)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {key: np.array([float(r[key]) for r in rows]) for key in (rows[0].keys() if rows else [])}
+
+
+def require_matplotlib() -> None:
+    """Raises ImportError with a one-line hint when matplotlib is missing (checked before any scoring work)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"--plot needs matplotlib (pip install matplotlib, or pip install 'ffstream[plot]'): {exc}") from None
+
+
+def plot(scores: Scores, path: str | os.PathLike) -> None:
+    """Two panels over video time: each layer's goodness relative to its threshold, and the novelty score."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    for i, theta in enumerate(scores.thresholds):
+        top.plot(scores.times, scores.goodness[:, i] / theta, linewidth=1.2, label=f"layer {i + 1} (θ = {theta:g})")
+    top.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="threshold θ")
+    top.set_ylabel("goodness / threshold θ")
+    top.legend(loc="best", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom.plot(scores.times, scores.novelty, color="tab:red", linewidth=1.2)
+    bottom.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+    bottom.set_ylabel("novelty\n(higher: less like training)")
+    bottom.set_xlabel("time in the video (s)" if scores.frame_rate else "frame")
+    bottom.grid(alpha=0.3)
+    fig.suptitle(
+        f"ffstream score: {os.path.basename(scores.source)}, {len(scores.frames)} frames, "
+        f"{len(scores.thresholds)} layers from {os.path.basename(os.path.normpath(scores.checkpoint_dir))}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
