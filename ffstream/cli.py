@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tensorboard", metavar="DIR", help="also log every worker's metrics as TensorBoard scalars in DIR (needs the tensorboard package)")
 
     worker = sub.add_parser("worker", help="run one worker (for docker-compose and Kubernetes)")
-    worker.add_argument("kind", choices=("source", "layer", "sleep", "sink", "monitor"))
+    worker.add_argument("kind", choices=("source", "layer", "sleep", "sink", "monitor", "standby"),
+                        help="standby: a warm spare that `ffstream run` hands a crashed worker's place to")
     worker.add_argument("--config", help="JSON config file; FFSTREAM_* environment variables override it")
     worker.add_argument("--index", type=_positive, help="which layer, 1-based (layer workers)")
     worker.add_argument("--stats-dir", help="write this worker's final metrics here as <name>.json")

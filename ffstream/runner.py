@@ -27,7 +27,13 @@ log = logging.getLogger("ffstream.run")
 
 SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
 RESTART_LIMIT = 3  # restarts per worker before the run gives up
-RESTART_BACKOFF_S = (0.5, 2.0, 5.0)  # wait before the 1st, 2nd, 3rd restart
+RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before the 1st, 2nd, 3rd restart: the first at once, repeats slower
+WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
+# A warm spare (`ffstream worker standby`, torch already imported) takes a crashed worker's place at once:
+# a fresh process spends 2-3 s importing torch on an idle machine, far more on a loaded one. It costs one
+# idle process (about 350 MB). The spare is started this long after the run starts, and after the last one
+# was used, so that its imports compete neither with the workers' start-up nor with a recovering worker.
+SPARE_DELAY_S = 5.0
 
 
 EXIT_USAGE = 2  # a worker's exit code for bad input (a missing device, a bad config): restarting cannot fix it
@@ -51,9 +57,21 @@ class Child:
     restart_at: float | None = None  # when a crashed worker is due to be started again
     exit_codes: list[int] = field(default_factory=list)
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], spare: subprocess.Popen | None = None) -> bool:
+        """A fresh process, or the warm `spare` told to become this worker; True if the spare took it."""
+        if spare is not None and spare.poll() is None:
+            index = self.argv[self.argv.index("--index") + 1] if "--index" in self.argv else None
+            assignment = {"kind": self.argv[self.argv.index("worker") + 1], "index": int(index) if index else None, "log": str(self.log_path)}
+            try:
+                spare.stdin.write(json.dumps(assignment).encode() + b"\n")
+                spare.stdin.close()
+                self.process = spare
+                return True
+            except (BrokenPipeError, OSError):
+                log.warning("the warm spare is gone; starting %s afresh", self.name)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return False
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -88,6 +106,9 @@ class Supervisor:
         self.interrupted = False
         self.latest: dict[str, dict] = {}  # worker name -> last metrics heard from the monitor
         self.started_at = time.time()
+        self.spare: subprocess.Popen | None = None  # the warm standby worker, if one is up
+        self.spare_due: float | None = None  # monotonic time to start the next spare
+        self.spares_started = 0
 
     def _argv(self, kind: str, index: int | None = None) -> list[str]:
         argv = [sys.executable, "-m", "ffstream", "worker", kind, "--config", str(self.config_path), "--stats-dir", str(self.stats_dir)]
@@ -105,7 +126,21 @@ class Supervisor:
             child = Child(name, self._argv(kind, index), self.run_dir / "logs" / f"{name}.log")
             child.start(self.env)
             self.children[name] = child
+        self.spare_due = time.monotonic() + SPARE_DELAY_S  # after the workers' own start-up, not competing with it
         log.info("started %d workers, logs in %s", len(self.children), self.run_dir / "logs")
+
+    def _start_spare(self) -> None:
+        self.spare_due = None
+        self.spares_started += 1
+        with open(self.run_dir / "logs" / f"standby{self.spares_started}.log", "ab") as out:
+            self.spare = subprocess.Popen(
+                self._argv("standby"), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+
+    def _take_spare(self) -> subprocess.Popen | None:
+        spare, self.spare = self.spare, None
+        self.spare_due = time.monotonic() + SPARE_DELAY_S
+        return spare if spare is not None and spare.poll() is None else None
 
     def watch(self, on_metrics=None) -> None:
         """Until the sink has finished (or Ctrl-C): restart crashed workers and feed metrics to on_metrics."""
@@ -115,7 +150,7 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self.interrupted:
-                if sub.poll(200):
+                if sub.poll(WATCH_POLL_MS):
                     self._take_metrics(sub, on_metrics)
                 if self._check_children():
                     break
@@ -143,11 +178,13 @@ class Supervisor:
     def _check_children(self) -> bool:
         """True when the run is over: the sink exited cleanly."""
         now = time.monotonic()
+        if self.spare_due is not None and now >= self.spare_due:
+            self._start_spare()
         for child in self.children.values():
             if child.restart_at is not None and now >= child.restart_at:
                 child.restart_at = None
-                log.warning("restarting %s (restart %d of %d)", child.name, child.restarts, RESTART_LIMIT)
-                child.start(self.env)
+                warm = child.start(self.env, self._take_spare())
+                log.warning("restarting %s (restart %d of %d)%s", child.name, child.restarts, RESTART_LIMIT, " on the warm spare" if warm else "")
                 continue
             if child.process is None or child.running() or child.restart_at is not None:
                 continue
@@ -169,6 +206,7 @@ class Supervisor:
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
+        self._stop_spare()  # first: a spare still importing torch must not take CPU from the workers' shutdown
         alive = [c for c in self.children.values() if c.running()]
         for child in alive:
             child.process.send_signal(signal.SIGTERM)
@@ -181,6 +219,15 @@ class Supervisor:
                 child.process.kill()
                 child.process.wait()
         return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
+
+    def _stop_spare(self) -> None:
+        """The idle spare holds nothing: SIGTERM ends it at once, even half-way through its imports."""
+        if self.spare is None:
+            return
+        self.spare.terminate()
+        self.spare.wait()
+        self.spare.stdin.close()
+        self.spare = None
 
     def final_stats(self) -> dict[str, dict]:
         stats = {}

@@ -205,6 +205,7 @@ def test_sigint_stops_a_run_cleanly_with_checkpoints(tmp_path, socket):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-3000:]
+    print(f"\nclean shutdown: SIGINT to exit of `ffstream run` in {stopped_in:.2f} s")
     assert stopped_in < 15
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] is True

@@ -37,18 +37,6 @@ def _metrics(sub: zmq.Socket, timeout_s: float):
     return None, None
 
 
-def _pid_of(tmp_path: Path, kind: str) -> int | None:
-    """The running worker `kind` of this run, found by its command line ("worker sleep ... --config <tmp_path>/...")."""
-    for pid in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in argv and kind.encode() in argv and any(str(tmp_path).encode() in a for a in argv):
-            return int(pid)
-    return None
-
-
 @contextlib.contextmanager
 def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}"):
     """`ffstream run` of `source` (synthetic:TOTAL) on 32,32 layers, with a SUB on its monitor; yields (process, sub).
@@ -78,33 +66,50 @@ def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}")
 
 @pytest.mark.parametrize("kind", ["sleep", "monitor"])
 def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
+    """The wake path loses no frame while the side worker is down; a new process takes over, and a new sleep
+    worker makes negatives again (sleep resumes), which the layers go on pairing with their positives."""
     with watched_run(tmp_path) as (proc, sub):
         deadline = time.monotonic() + 120
-        while True:  # learning is under way
+        latest: dict[str, dict] = {}
+        while True:  # learning is under way, and the victim has published (its pid)
             assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
             name, m = _metrics(sub, 0.2)
-            if name == "layer1" and (m.get("frames") or 0) > 2000:
+            if name is not None:
+                latest[name] = m
+            if kind in latest and (latest.get("layer1", {}).get("frames") or 0) > 2000:
                 break
-        victim = _pid_of(tmp_path, kind)
-        assert victim is not None, f"no {kind} worker found"
+        victim = latest[kind]
         killed_at = time.monotonic()
-        os.kill(victim, signal.SIGKILL)
-        recovered_in = None
-        while recovered_in is None and proc.poll() is None:  # the stream may end first: then the log must say restarted
-            assert time.monotonic() < deadline, f"{kind} did not come back"
+        os.kill(victim["pid"], signal.SIGKILL)
+        recovered_in, first, resumed_in, resumed = None, None, None, None
+        while resumed is None:  # the new process publishes; for sleep, until it has made negatives
+            assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before the new {kind} worker was seen at work"
             name, m = _metrics(sub, 0.2)
-            again = _pid_of(tmp_path, kind)
-            if again not in (None, victim) and name is not None and (kind == "monitor" or name == kind):
-                recovered_in = time.monotonic() - killed_at
+            if name != kind or m.get("pid") == victim["pid"]:
+                continue
+            if recovered_in is None:
+                recovered_in, first = time.monotonic() - killed_at, m
+            if kind == "monitor" or (m.get("negatives") or 0) > 0:
+                resumed_in, resumed = time.monotonic() - killed_at, m
+        paired_at_restart = paired_later = None  # layer 1's paired steps, from its metrics after the new sleep worker's
+        while kind == "sleep" and (paired_later is None or paired_later <= paired_at_restart) and proc.poll() is None:
+            name, m = _metrics(sub, 0.2)  # and layer 1 pairs the new negatives with its positives
+            if name == "layer1":
+                paired_at_restart = (m.get("paired") or 0) if paired_at_restart is None else paired_at_restart
+                paired_later = m.get("paired") or 0
         out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     frames = [layer["frames"] for layer in summary["layers"]]
     assert f"restarting {kind}" in err, err[-2000:]
-    back = f"{recovered_in:.2f} s" if recovered_in is not None else "(restarted; the stream ended before it published)"
-    print(f"\n{kind} kill: back (new pid publishing) in {back}; layer frames {frames} of {TOTAL}; "
-          f"sink {summary['sink']['frames']}; sleep's final negatives {(summary['sleep'] or {}).get('negatives')}")
+    print(f"\n{kind} kill: back (new pid publishing) in {recovered_in:.2f} s, at work in {resumed_in:.2f} s; layer frames {frames} "
+          f"of {TOTAL}; sink {summary['sink']['frames']}; the new sleep worker's negatives {(summary['sleep'] or {}).get('negatives')} "
+          f"(the killed one had made {victim.get('negatives')}); layer1 paired steps {paired_at_restart} after it came back, "
+          f"{paired_later} later")
     assert frames == [TOTAL] * len(frames), "learning lost frames while a side worker was down"
+    if kind == "sleep":
+        assert first["pid"] != victim["pid"] and resumed["negatives"] > 0, "the new sleep worker made no negatives"
+        assert paired_later is not None and paired_later > paired_at_restart, "layer 1 paired no step with the new sleep worker's negatives"
 
 
 def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
