@@ -8,7 +8,7 @@ import sys
 
 from ffstream import __version__
 from ffstream.commands.check import add_arguments as check_arguments
-from ffstream.config import DEFAULT_MONITOR, ConfigError
+from ffstream.config import DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, ConfigError
 
 EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
 
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-dir", help="save layer checkpoints and the softmax head here; resume from them if present")
     run.add_argument("--scores", help="write per-frame goodness per layer to this JSONL file")
     run.add_argument("--monitor", help=f"address where the monitor publishes metrics (default {DEFAULT_MONITOR})")
+    run.add_argument("--http", help=f"where the monitor serves the web dashboard and Prometheus /metrics (default {DEFAULT_MONITOR_HTTP}; port 0: any free port; none: off)")
     run.add_argument("--summary-json", help="write the end-of-run figures to this file")
     run.add_argument("--seed", type=int, help="seed for weights, shuffling and negatives (default 0)")
     run.add_argument("--device", help="torch device for the layers: cpu (default), cuda, cuda:N")

@@ -21,6 +21,7 @@ from ffstream.workers.layer import Batching, LayerEndpoints
 from ffstream.workers.sleep import SleepPlan
 
 DEFAULT_MONITOR = "tcp://127.0.0.1:5570"
+DEFAULT_MONITOR_HTTP = "http://127.0.0.1:5572"
 
 
 class ConfigError(ValueError):
@@ -156,13 +157,15 @@ class Topology:
     sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
+    monitor_http: str | None = DEFAULT_MONITOR_HTTP  # the monitor's web dashboard and Prometheus /metrics; port 0: any free port; None: off
     bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
 
     def bind(self, addr: str) -> str:
-        """The address a binding side binds: tcp://layer1:5710 -> tcp://*:5710 when bind_host is "*"; ipc/inproc as written."""
-        if not self.bind_host or not addr.startswith("tcp://"):
+        """The address a binding side binds: tcp://layer1:5710 -> tcp://*:5710 when bind_host is "*" (http:// alike); ipc/inproc as written."""
+        scheme = addr.split("://", 1)[0]
+        if not self.bind_host or scheme not in ("tcp", "http"):
             return addr
-        return f"tcp://{self.bind_host}:{addr.rsplit(':', 1)[1]}"
+        return f"{scheme}://{self.bind_host}:{addr.rsplit(':', 1)[1]}"
 
     def layer(self, index: int) -> LayerEndpoints:
         """Endpoints of layer `index` (1-based): the three it binds in bind form, the output it connects as written."""
@@ -180,8 +183,8 @@ class Topology:
         )
 
     @classmethod
-    def local(cls, num_layers: int, monitor_publish: str, run_dir: str | None = None) -> "Topology":
-        """ipc:// sockets in a private directory for a one-machine run; only the monitor is on tcp."""
+    def local(cls, num_layers: int, monitor_publish: str, run_dir: str | None = None, monitor_http: str | None = None) -> "Topology":
+        """ipc:// sockets in a private directory for a one-machine run; only the monitor is on tcp (and HTTP, if given)."""
         run_dir = run_dir or tempfile.mkdtemp(prefix="ffs-")
         ipc = lambda name: f"ipc://{run_dir}/{name}"  # noqa: E731
         return cls(
@@ -195,6 +198,7 @@ class Topology:
             sink_snapshot=ipc("sink.snap"),
             monitor_collect=ipc("monitor.in"),
             monitor_publish=monitor_publish,
+            monitor_http=monitor_http,
         )
 
 

@@ -38,6 +38,7 @@ KINDS = frozenset(
         "snapshot",  # layer -> sleep: the weights, flattened, with "tensors" naming the parts
         "negative_update",  # sleep -> layer: a negative gradient, flattened like a snapshot
         "metrics",  # any worker -> monitor: a "metrics" dict in the header, empty payload
+        "preview",  # layer 1 -> monitor: some of its weights as uint8 image tiles (N, H, W) or (N, H, W, 3)
         "control",  # supervisor or peers: "command" in the header, e.g. "stop", "pause", "resume"
     }
 )

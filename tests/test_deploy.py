@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,10 @@ def test_compose_runs_as_local_processes(tmp_path):
         # Every worker reported to the monitor; every frame reached the sink through four layers.
         assert {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"} <= set(seen), set(seen)
         assert seen["sink"]["frames"] == 2000
+        # The web side, on the other published port: /metrics has the same figures.
+        http_host, http_port, _ = published[1]
+        text = urllib.request.urlopen(f"http://{http_host}:{http_port}/metrics", timeout=10).read().decode()
+        assert 'ffstream_frames_total{worker="sink"} 2000' in text, text[-2000:]
         assert stack.procs["sink"].wait(60) == 0, stack.log("sink")
         # up() saw monitor, sink and layer4..1 pass their healthchecks; source and sleep pass theirs too.
         for name in ("source", "sleep"):
@@ -220,8 +225,8 @@ def test_compose_file_shape():
     env_ = services["sink"]["environment"]
     addrs = [env_[k] for k in env_ if k.startswith("FFSTREAM_TOPOLOGY_") and k != "FFSTREAM_TOPOLOGY_BIND_HOST"]
     all_ports = [int(p) for a in addrs for p in re.findall(r":(\d+)", a)]
-    # 3 per layer; source frames and control; sink input and head; monitor collect and publish
-    assert len(all_ports) == len(set(all_ports)) == 3 * 4 + 6, all_ports
+    # 3 per layer; source frames and control; sink input and head; monitor collect, publish and HTTP
+    assert len(all_ports) == len(set(all_ports)) == 3 * 4 + 7, all_ports
     gpu = yaml.safe_load(COMPOSE_GPU.read_text())["services"]
     assert sorted(gpu) == ["layer1", "layer2", "layer3", "layer4"]
     assert gpu["layer1"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -52,9 +53,14 @@ def run_command(args) -> int:
     task = progress.add_task(f"ffstream {cfg.stream.source}", total=None, rate="")
     last_plain = [0.0]
 
+    dashboard_shown = [False]
+
     def on_metrics(name: str, m: dict) -> None:
         if tensorboard:
             tensorboard.add(name, m)
+        if name == "monitor" and m.get("http") and not dashboard_shown[0]:
+            dashboard_shown[0] = True
+            logging.getLogger("ffstream.run").info("dashboard at %s (Prometheus: %smetrics)", m["http"], m["http"])
         if name != "source":
             return
         progress.update(task, completed=m.get("frames", 0), total=m.get("total"), rate=f"{m.get('fps', 0):.0f} frames/s")
@@ -64,7 +70,8 @@ def run_command(args) -> int:
 
     # The run directory holds the ipc sockets, worker logs and final stats; it goes when the run succeeds.
     run_dir = tempfile.mkdtemp(prefix="ffstream-")
-    cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir)
+    http = cfg.topology.monitor_http if args.http is None else (None if args.http.lower() in ("none", "off") else args.http)
+    cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir, monitor_http=http)
     try:
         with progress:
             summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)

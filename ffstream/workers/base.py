@@ -158,9 +158,12 @@ class Worker:
                 self.heartbeat.beat()
 
     def publish_metrics(self, figures: dict[str, Any]) -> None:
+        self.publish_to_monitor(wire.Message("metrics", np.zeros(0, np.float32), stream=self.name, extra={"metrics": figures}))
+
+    def publish_to_monitor(self, msg: wire.Message) -> None:
+        """Metrics, or a weight preview, to the monitor, if there is one; never waits."""
         if self._metrics_sock is None:
             return
-        msg = wire.Message("metrics", np.zeros(0, np.float32), stream=self.name, extra={"metrics": figures})
         try:
             self._metrics_sock.send_multipart(wire.encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -91,6 +91,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             device=cfg.device,
             checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised",
                              **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {})},
+            preview_shape=(3 if stream.color else 1, *stream.size) if index == 1 else None,
             **common,
         )
     if kind == "sleep":
@@ -135,7 +136,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             eval_step=cfg.model.window[1] - 1 if cfg.steps_per_batch > 1 else None,
             **common,
         )
-    return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), **common)
+    http = topo.bind(topo.monitor_http) if topo.monitor_http else None
+    return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), http, **common)
 
 
 def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import zmq
 
-from ffstream import checkpoint, wire
+from ffstream import checkpoint, preview, wire
 from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label, rms_normalize
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
@@ -23,6 +23,7 @@ from ffstream.workers.stats import Ema, Mean, Rate
 # or this many negative batches wait, does a layer step on negatives alone.
 IDLE_WAKE_S = 1.0
 MAX_PENDING_NEGATIVES = 8
+PREVIEW_EVERY_S = 3.0  # seconds between weight previews (layer 1 only, for the web dashboard's receptive fields)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class LayerWorker(Worker):
         exit_on_end: bool = False,  # stop once the end-of-stream marker has passed (in-process tests); else wait for stop()
         device: str = "cpu",  # torch device of the weights: cpu, cuda, cuda:N
         checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
+        preview_shape: tuple[int, int, int] | None = None,  # the input frame (C, H, W): send weight previews to the monitor; None: none
         **worker_kwargs: Any,
     ):
         super().__init__(f"layer{index}", **worker_kwargs)
@@ -78,6 +80,8 @@ class LayerWorker(Worker):
         self.device = torch.device(device)
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, **(checkpoint_meta or {})}
         self.layer = self.make_layer(layer_config).to(self.device)
+        self.preview_shape = preview_shape
+        self._last_preview: float | None = None
         self.frames = 0
         self.eval_frames = 0
         self.updates = 0
@@ -403,6 +407,26 @@ class LayerWorker(Worker):
             **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},
         )
         return m
+
+    def maybe_publish_metrics(self) -> None:
+        super().maybe_publish_metrics()
+        now = time.monotonic()
+        if self.preview_shape and (self._last_preview is None or now - self._last_preview >= PREVIEW_EVERY_S):
+            self._last_preview = now
+            self.publish_preview()
+
+    def publish_preview(self) -> None:
+        """The first units' weights as image tiles (N, H, W[, 3]) uint8: what the dashboard draws as receptive fields."""
+        with torch.no_grad():
+            weight = self.layer.weights()["weight"][: preview.MAX_TILES].float().cpu().numpy()  # (n, D)
+        try:
+            tiles = preview.weight_tiles(weight, self.preview_shape)
+        except ValueError as exc:  # the input is not this frame shape: say so once, then send none
+            self.log.warning("no weight previews: %s", exc)
+            self.preview_shape = None
+            return
+        extra = {"layer": self.index, "weights_version": self.layer.version, "units": self.layer.cfg.width}
+        self.publish_to_monitor(wire.Message("preview", tiles, stream=self.name, extra=extra))
 
     def dropped_total(self) -> int:
         receivers = [getattr(self, name, None) for name in ("input", "negative", "snapshot")]

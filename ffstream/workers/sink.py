@@ -17,7 +17,10 @@ from ffstream.ff import LinearReadout
 from ffstream import wire
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
-from ffstream.workers.stats import Ema, Rate
+from ffstream.workers.stats import Ema, Histogram, Rate
+
+# Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class SinkWorker(Worker):
@@ -58,6 +61,7 @@ class SinkWorker(Worker):
         self.recent_accuracy = Ema(0.02)
         self.fps = Rate(time.monotonic)
         self.latencies_ms: deque[float] = deque(maxlen=2000)  # source timestamp -> here, learned frames
+        self.latency = Histogram(LATENCY_BUCKETS_S)  # the same, in seconds, per frame, over the whole run
         self.ended = False
         self._scores_file = None
 
@@ -117,6 +121,7 @@ class SinkWorker(Worker):
             self.frames += rows
             self.fps.add(rows)
             self.latencies_ms.append((now - msg.t_src) * 1000)
+            self.latency.add(now - msg.t_src, rows)
         if self._scores_file and msg.trace:
             for r in range(rows):
                 row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src, "goodness": [layer[r] for layer in msg.trace]}
@@ -168,6 +173,7 @@ class SinkWorker(Worker):
             accuracy_recent=self.recent_accuracy.get(),
             latency_p50_ms=round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
             latency_p99_ms=round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
+            latency_histogram_s=self.latency.get(),
             ended=self.ended,
             dropped=sum(self.dropped.values()) + (sum(self.input.rejected.values()) if hasattr(self, "input") else 0),
         )

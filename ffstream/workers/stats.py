@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 
 
@@ -54,3 +56,26 @@ class Rate:
             return 0.0
         elapsed = self.clock() - self.first
         return round(self.count / elapsed, 2) if elapsed > 0 else 0.0
+
+
+class Histogram:
+    """Counts of observations per bucket, cumulative as Prometheus wants them: counts[i] = observations ≤ bounds[i]."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.per_bucket = [0] * (len(self.bounds) + 1)  # the last one is above every bound (+Inf)
+        self.sum = 0.0
+        self.count = 0
+
+    def add(self, x: float, n: int = 1) -> None:
+        """n observations of the value x (a batch of frames that share one timestamp)."""
+        if not math.isfinite(x):
+            return
+        self.per_bucket[bisect.bisect_left(self.bounds, x)] += n
+        self.sum += x * n
+        self.count += n
+
+    def get(self) -> dict:
+        """{"le": bounds, "counts": cumulative counts per bound, "sum": …, "count": …}; +Inf is "count"."""
+        cumulative = list(itertools.accumulate(self.per_bucket))[: len(self.bounds)]
+        return {"le": list(self.bounds), "counts": cumulative, "sum": round(self.sum, 6), "count": self.count}

@@ -1,0 +1,1 @@
+"""The monitor's web side: a dashboard page with live charts and receptive fields, and Prometheus /metrics."""
