@@ -17,6 +17,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from ffstream.ff import FFLayer, LayerConfig
+from ffstream.ff.spec import config_from_dict
 
 FORMAT = "ffstream-layer-1"
 
@@ -81,7 +82,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
 def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:
     """The config a checkpoint was saved with, and its extra metadata."""
     _, metadata = read_metadata(path)
-    return LayerConfig(**json.loads(metadata["config"])), json.loads(metadata.get("extra", "{}"))
+    return config_from_dict(json.loads(metadata["config"])), json.loads(metadata.get("extra", "{}"))
 
 
 def load_layer(path: str | os.PathLike, layer: FFLayer) -> int:

@@ -17,14 +17,15 @@ class UserError(Exception):
     """Anything the user can fix; main() prints it on one line and exits 2."""
 
 
-def _layers(text: str) -> tuple[int, ...]:
+def _layers(text: str) -> tuple[int | str, ...]:
+    """--layers: dense widths (2000,2000) or specs (conv:32x3x3,conv:64x3x3/2,dense:1000), kept as the config holds them."""
+    from ffstream.ff.spec import parse_layers
+
     try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated widths such as 2000,2000,2000, got {text!r}") from None
-    if not widths or min(widths) <= 0:
-        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
-    return widths
+        specs = parse_layers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"in {text!r}: {exc}") from None
+    return tuple(s.size if s.kind == "dense" else str(s) for s in specs)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole stack locally, one OS process per worker")
     run.add_argument("--config", help="JSON config file (sections stream, model, sleep, topology); flags override it")
     run.add_argument("--source", help="synthetic[:N] (default), a video FILE, webcam:N, rtsp://..., idx:DIR[:train|test], fashion-mnist[:train|test]")
-    run.add_argument("--layers", type=_layers, help="units per layer, e.g. 2000,2000,2000,2000 (default 500,500,500)")
+    run.add_argument("--layers", type=_layers, help="layers bottom up: dense widths, e.g. 2000,2000,2000, or conv:CxKHxKW[/S], local:CxKHxKW[/S], dense:N "
+                     "(default 500,500,500; for video try the default conv stack conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2)")
+    run.add_argument("--competition", action="store_true", default=None, help="channel-wise competition (CwComp): conv/local channels in one group per class, no negatives (needs --no-sleep)")
+    run.add_argument("--region", type=_positive, help="conv/local: goodness pooled over RxR output locations, each region its own loss (default 1)")
     run.add_argument("--task", choices=("supervised", "unsupervised"), help="default: supervised when the source has labels")
     run.add_argument("--max-frames", type=_positive, help="stop after N frames")
     run.add_argument("--epochs", type=_positive, help="passes over a file or dataset (default 1)")
@@ -154,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_argument("--json", action="store_true", help="print the rows as one JSON list")
         study.add_argument("--plot", help="save a PNG plot here (sleep-gap)")
     learning.add_argument("--task", choices=("supervised", "unsupervised"), default="supervised")
-    learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000))
+    learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000), help="as for run: widths or conv/local/dense specs")
+    learning.add_argument("--competition", action="store_true", help="channel-wise competition (CwComp) in conv/local layers; runs without the sleep worker")
+    learning.add_argument("--region", type=int, default=1, help="conv/local: goodness region, RxR locations (default 1)")
+    learning.add_argument("--size", type=_size, default=(28, 28), help="frame size HxW (default 28x28)")
+    learning.add_argument("--threads", type=_positive, help="torch threads per worker (default: cores / compute workers)")
     learning.add_argument("--epochs", type=_positive, default=1)
     learning.add_argument("--batch", type=_positive, default=64)
     learning.add_argument("--sleep-every", type=_positive, default=10)

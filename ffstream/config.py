@@ -17,6 +17,7 @@ from typing import Any
 
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import RecurrentConfig
+from ffstream.ff.spec import build_configs, parse_layers
 from ffstream.workers.layer import Batching, LayerEndpoints
 from ffstream.workers.sleep import SleepPlan
 
@@ -63,10 +64,15 @@ class StreamConfig:
     def input_size(self) -> int:
         return (3 if self.color else 1) * self.size[0] * self.size[1]
 
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of a frame as the source sends it."""
+        return (3 if self.color else 1, *self.size)
+
 
 @dataclass
 class ModelConfig:
-    layers: tuple[int, ...] = (500, 500, 500)  # units per layer, bottom up
+    layers: tuple[int | str, ...] = (500, 500, 500)  # bottom up: units (dense) or specs, e.g. ("conv:32x3x3", "conv:64x3x3/2", "dense:1000")
     goodness: str = "sumsq"  # "sumsq" or "meansq"
     variant: str = "max"  # "max" or "min"
     threshold: float | None = None  # None: the width (sumsq) or 2.0 (meansq)
@@ -83,6 +89,8 @@ class ModelConfig:
     recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
     iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
     window: tuple[int, int] = (3, 5)  # recurrent, image datasets: 1-based steps whose goodness/activity classify
+    competition: bool = False  # CwComp: conv/local channels split into one group per class, softmax over groups; no negatives
+    region: int = 1  # conv/local: goodness pooled over region x region output locations, each region its own loss
 
     def recurrent_config(self) -> RecurrentConfig:
         try:
@@ -93,31 +101,35 @@ class ModelConfig:
     def check(self) -> None:
         if not self.layers:
             raise ConfigError("model.layers needs at least one layer, e.g. --layers 500,500,500")
-        for w in self.layers:
-            positive("model.layers", w)
+        try:
+            specs = parse_layers(self.layers)
+        except ValueError as exc:
+            raise ConfigError(f"model.layers (--layers): {exc}") from None
+        if self.competition and any(s.kind == "dense" for s in specs):
+            raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
+        if self.recurrent and any(s.kind != "dense" for s in specs):
+            raise ConfigError("model.recurrent needs dense layers (--layers N,N,...); conv and local layers are feed-forward only")
         positive("model.max_batch", self.max_batch)
+        positive("model.region", self.region)
         if self.recurrent:
             self.recurrent_config()
 
-    def layer_configs(self, input_size: int, seed: int) -> list[LayerConfig]:
-        sizes = [input_size, *self.layers]
+    def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None = None) -> list[LayerConfig]:
+        """input_shape: (C, H, W) of a frame; num_classes: the label groups of channel-wise competition."""
         try:
-            return [
-                LayerConfig(
-                    in_features=sizes[i],
-                    width=sizes[i + 1],
-                    goodness=self.goodness,
-                    variant=self.variant,
-                    threshold=self.threshold,
-                    optimizer=self.optimizer,
-                    lr=self.lr,
-                    momentum=self.momentum,
-                    weight_decay=self.weight_decay,
-                    peer_weight=self.peer_weight,
-                    seed=seed + i,
-                )
-                for i in range(len(self.layers))
-            ]
+            return build_configs(
+                parse_layers(self.layers), input_shape, seed,
+                competition=(num_classes or 0) if self.competition else 0,
+                region=self.region,
+                goodness=self.goodness,
+                variant=self.variant,
+                threshold=self.threshold,
+                optimizer=self.optimizer,
+                lr=self.lr,
+                momentum=self.momentum,
+                weight_decay=self.weight_decay,
+                peer_weight=self.peer_weight,
+            )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
 
@@ -233,6 +245,9 @@ class RunConfig:
                 raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
         if self.model.recurrent and self.sleep.enabled and self.sleep.update != "inputs":
             raise ConfigError("a recurrent run sends the sleep worker's negatives as inputs; sleep.update must be 'inputs'")
+        self.layer_configs()  # the layer specs chain from the frame's shape, or one line says why not
+        if self.model.competition and self.sleep.enabled:
+            raise ConfigError("model.competition (CwComp) learns without negative data: turn the sleep worker off (--no-sleep)")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -240,7 +255,7 @@ class RunConfig:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     def layer_configs(self) -> list[LayerConfig]:
-        return self.model.layer_configs(self.stream.input_size, self.stream.seed)
+        return self.model.layer_configs(self.stream.frame_shape, self.stream.seed, self.stream.num_classes)
 
     @property
     def static_images(self) -> bool:
@@ -269,6 +284,9 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
             if "None" in text:
                 return None
             raise ValueError("may not be empty")
+        if "tuple[int | str" in text:  # layer specs: "500,500" or "conv:32x3x3,dense:1000"; checked by parse_layers
+            parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(int(p) if str(p).strip().isdigit() else str(p).strip() for p in parts)
         if "tuple[int, int]" in text:
             parts = value if isinstance(value, (list, tuple)) else str(value).lower().replace("x", ",").split(",")
             return tuple(int(p) for p in parts)

@@ -44,6 +44,8 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     torch.manual_seed(s.seed)
     stack = FFStack(cfg.layer_configs(), label_scale=cfg.model.label_scale)
     classes = s.num_classes if s.supervised else None
+    # Channel-wise competition learns from labels at every layer, with no negative data.
+    with_negatives = with_negatives and not stack.competes
     dreamer = Dreamer(cfg.sleep.plan(s.supervised).negatives, classes, cfg.sleep.reservoir, s.seed) if with_negatives else None
     layers = readout_layers(len(stack), s.supervised)
     readout: LinearReadout | None = None
@@ -63,9 +65,9 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 correct += int((readout.predict(features) == y).sum())
                 evaluated += len(y)
                 readout.learn(features, y)
-            x = embed_label(flat, y, classes, stack.label_scale) if classes else flat
+            x = embed_label(flat, y, classes, stack.label_scale) if classes and not stack.competes else flat
             if dreamer is None:
-                stack.learn_positive(x)
+                stack.learn_positive(x, y if stack.competes else None)
             else:
                 head = (readout, layers) if readout is not None else None
                 negatives = dreamer.negatives(pixels, labels, stack, head)

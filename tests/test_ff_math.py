@@ -10,6 +10,7 @@ identical.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -35,6 +36,8 @@ from ffstream.ff.negatives import (
     temporal_negatives,
     temporal_pairs,
 )
+from ffstream.ff.spatial import SpatialConfig
+from ffstream.ff.spec import config_from_dict, make_layer
 from ffstream.ff.stack import readout_layers
 
 
@@ -682,45 +685,61 @@ def test_readout_features_and_layers():
 
 # ---------------------------------------------------------------- contracts (STYLE.md 9)
 
-LAYER_KINDS = {
+LEARNING = {
     "sumsq-max-sgd": dict(optimizer="sgd", momentum=0.9, weight_decay=1e-3),
     "meansq-min-adam": dict(goodness="meansq", variant="min", optimizer="adam", lr=0.01),
     "sumsq-max-adam-nopeer": dict(optimizer="adam", lr=0.01, peer_weight=0.0, temperature=2.0),
 }
+# Every layer kind meets the same contract: dense, conv and locally connected, each with every learning recipe above.
+SHAPES = {
+    "dense": lambda **kw: LayerConfig(in_features=6, width=5, seed=11, **kw),
+    "conv": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), stride=2, seed=11, **kw),
+    "local": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), stride=1, seed=11, **kw),
+    "conv-region-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), seed=11, region=2, competition=2, **kw),
+}
+LAYER_KINDS = {f"{shape}-{recipe}": (shape, recipe) for shape in SHAPES for recipe in LEARNING}
 
 
 @pytest.fixture(params=list(LAYER_KINDS), ids=list(LAYER_KINDS))
 def layer_cfg(request) -> LayerConfig:
-    return LayerConfig(in_features=6, width=5, seed=11, **LAYER_KINDS[request.param])
+    shape, recipe = LAYER_KINDS[request.param]
+    return SHAPES[shape](**LEARNING[recipe])
+
+
+def inputs(cfg: LayerConfig, rows: int, seed: int) -> torch.Tensor:
+    return torch.randn(rows, cfg.in_features, generator=gen(seed))
 
 
 def train(layer: FFLayer, steps: int = 3) -> None:
     for i in range(steps):
-        layer.add_negative(layer.local_gradients(torch.randn(4, 6, generator=gen(100 + i)), False)[0])
-        layer.learn(torch.randn(4, 6, generator=gen(i)))
+        layer.add_negative(layer.local_gradients(inputs(layer.cfg, 4, 100 + i), False)[0])
+        layer.learn(inputs(layer.cfg, 4, i), torch.tensor([0, 1, 1, 0]))  # labels: used only by competing layers
 
 
 def test_contract_layer_does_not_mutate_inputs(layer_cfg):
-    layer = FFLayer(layer_cfg)
-    x = torch.randn(4, 6, generator=gen(0))
-    x0 = x.clone()
+    layer = make_layer(layer_cfg)
+    x = inputs(layer_cfg, 4, 0)
+    labels = torch.tensor([1, 0, 1, 1])
+    x0, labels0 = x.clone(), labels.clone()
     grads = [g.clone() for g in layer.local_gradients(x, False)[0]]
     grads0 = [g.clone() for g in grads]
     with torch.no_grad():
         layer(x)
-    layer.local_gradients(x, True)
+    layer.local_gradients(x, True, labels)
     layer.add_negative(grads)
-    layer.learn(x)
+    layer.add_negative_inputs(x)
+    layer.learn(x, labels)
     assert torch.equal(x, x0), "the input frames were mutated"
+    assert torch.equal(labels, labels0), "the labels were mutated"
     assert all(torch.equal(g, g0) for g, g0 in zip(grads, grads0)), "a queued gradient was mutated"
 
 
 def test_contract_layer_state_dict_round_trip(layer_cfg):
-    layer = FFLayer(layer_cfg)
+    layer = make_layer(layer_cfg)
     train(layer)
-    fresh = FFLayer(dataclasses.replace(layer_cfg, seed=99))
+    fresh = make_layer(dataclasses.replace(layer_cfg, seed=99))
     fresh.load_state_dict(layer.state_dict())
-    x = torch.randn(5, 6, generator=gen(9))
+    x = inputs(layer_cfg, 5, 9)
     with torch.no_grad():
         assert torch.equal(fresh(x), layer(x))
     assert fresh.version == layer.version == 3
@@ -728,12 +747,19 @@ def test_contract_layer_state_dict_round_trip(layer_cfg):
 
 
 def test_contract_layer_seeded_runs_identical(layer_cfg):
-    a, b = FFLayer(layer_cfg), FFLayer(layer_cfg)
+    a, b = make_layer(layer_cfg), make_layer(layer_cfg)
     train(a)
     train(b)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-    other = FFLayer(dataclasses.replace(layer_cfg, seed=layer_cfg.seed + 1))
-    assert not torch.equal(other.weight, FFLayer(layer_cfg).weight), "the seed should matter"
+    other = make_layer(dataclasses.replace(layer_cfg, seed=layer_cfg.seed + 1))
+    assert not torch.equal(other.weight, make_layer(layer_cfg).weight), "the seed should matter"
+
+
+def test_contract_layer_config_round_trips_through_json(layer_cfg):
+    """Checkpoints keep the config as JSON; the kind, shapes and digest must come back the same."""
+    back = config_from_dict(json.loads(json.dumps(layer_cfg.to_dict())))
+    assert back == layer_cfg and type(back) is type(layer_cfg) and back.digest() == layer_cfg.digest()
+    assert type(make_layer(back)) is type(make_layer(layer_cfg))
 
 
 def test_contract_stack_and_readout_seeded_and_round_trip():

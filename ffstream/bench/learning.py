@@ -26,7 +26,7 @@ def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int,
     return RunConfig(
         stream=StreamConfig(source=source, batch=batch, epochs=epochs, task=task, num_classes=10, seed=seed, max_frames=max_frames),
         model=ModelConfig(layers=layers, lr=lr, max_batch=batch, **model),
-        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives),
+        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives, enabled=not model.get("competition")),  # CwComp needs no negatives
     )
 
 
@@ -86,7 +86,7 @@ def learning_benchmark(cfg: RunConfig, test_spec: str = "fashion-mnist:test", re
 
 
 def format_result(r: dict) -> str:
-    lines = [f"{r['task']} FF, layers {r['layers']}, {r['epochs']} epoch(s), batch {r['batch']}, negatives {r['negatives']}, sleep every {r['sleep_every']}"]
+    lines = [f"{r['task']} FF, layers {','.join(str(v) for v in r['layers'])}, {r['epochs']} epoch(s), batch {r['batch']}, negatives {r['negatives']}, sleep every {r['sleep_every']}"]
     for name in ("pipeline", "reference"):
         if name in r:
             m = r[name]

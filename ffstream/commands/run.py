@@ -25,7 +25,8 @@ def config_from_args(args) -> config.RunConfig:
             "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color,
         },
         "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
-                  "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window},
+                  "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window,
+                  "competition": args.competition, "region": args.region},
         "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None},
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device, "threads": args.threads},
     }

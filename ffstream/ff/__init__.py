@@ -10,6 +10,8 @@ from ffstream.ff.labels import embed_label, neutral_label
 from ffstream.ff.layer import FFLayer, linear_decay
 from ffstream.ff.norm import rms_normalize
 from ffstream.ff.readout import LinearReadout
+from ffstream.ff.spatial import SpatialConfig
+from ffstream.ff.spec import make_layer, parse_layers
 from ffstream.ff.stack import FFStack
 
 __all__ = [
@@ -17,10 +19,13 @@ __all__ = [
     "FFStack",
     "LayerConfig",
     "LinearReadout",
+    "SpatialConfig",
     "embed_label",
     "goodness",
     "linear_decay",
+    "make_layer",
     "neutral_label",
+    "parse_layers",
     "probability_positive",
     "rms_normalize",
 ]

@@ -35,11 +35,10 @@ class FFLayer(nn.Module):
     def __init__(self, cfg: LayerConfig):
         super().__init__()
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(cfg.seed)
-        # randn/√fan_in, as in the reference code, so that pre-activations start near unit variance.
-        self.weight = nn.Parameter(torch.randn(cfg.width, cfg.in_features, generator=gen) / cfg.in_features**0.5)
-        self.bias = nn.Parameter(torch.zeros(cfg.width))
-        self.register_buffer("running_mean", torch.zeros(cfg.width))  # (N,) EMA of each unit's activity
+        weight, bias = self.initial_parameters(torch.Generator().manual_seed(cfg.seed))
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.register_buffer("running_mean", torch.zeros(self.units))  # (N,) EMA of each unit's activity
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # optimiser steps taken: the weights' version
         self.optimizer = self._make_optimizer()
         self._pending: Gradients | None = None  # summed negative gradients not yet applied
@@ -47,11 +46,26 @@ class FFLayer(nn.Module):
         self.pending_count = 0  # negative batches waiting for the next step
         self.last_negative_stats: dict | None = None  # goodness and p of the last negatives applied
 
+    def initial_parameters(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """randn/√fan_in, as in the reference code, so that pre-activations start near unit variance."""
+        c = self.cfg
+        return torch.randn(c.width, c.in_features, generator=gen) / c.in_features**0.5, torch.zeros(c.width)
+
+    @property
+    def units(self) -> int:
+        """Units that peer normalisation balances: the width here; a spatial layer's channels."""
+        return self.cfg.width
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.cfg
         if c.optimizer == "sgd":
             return torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         return torch.optim.Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the positive loss needs each row's class (channel-wise competition); FF proper does not."""
+        return False
 
     @property
     def version(self) -> int:
@@ -63,17 +77,30 @@ class FFLayer(nn.Module):
         return self.cfg.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, D) -> h: (B, N)."""
-        return torch.relu(nn.functional.linear(rms_normalize(x), self.weight, self.bias))
+        """x: (B, D), or (B, C, H, W) from a spatial layer below -> h: (B, N)."""
+        return torch.relu(nn.functional.linear(rms_normalize(x.flatten(1)), self.weight, self.bias))
 
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         """h: (B, N) -> (B,)."""
         return goodness(h, self.cfg.goodness)
 
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        """The activity passed up: h's direction, its length (the goodness) left behind."""
+        return rms_normalize(h)
+
+    def local_loss(self, h: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's own loss on h, and the goodness it judged: (loss, g (B,) here, or per region)."""
+        g = self.goodness(h)
+        return ff_loss(g, positive, self.cfg.theta, self.cfg.temperature, self.cfg.variant), g
+
+    def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
+        """h -> (units,) the batch's mean activity of each unit, for peer normalisation."""
+        return h.mean(dim=0)
+
     def probability(self, g: torch.Tensor) -> torch.Tensor:
         return probability_positive(g, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
 
-    def local_gradients(self, x: torch.Tensor, positive: bool) -> tuple[Gradients, dict, torch.Tensor]:
+    def local_gradients(self, x: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[Gradients, dict, torch.Tensor]:
         """The gradient of this layer's own loss on x, without changing anything.
 
         Returns (gradients, stats, h). Peer normalisation joins the positive
@@ -82,8 +109,7 @@ class FFLayer(nn.Module):
         x = x.detach()
         with torch.enable_grad():
             h = self(x)
-            g = self.goodness(h)
-            loss = ff_loss(g, positive, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
+            loss, g = self.local_loss(h, positive, labels)
             if positive and self.cfg.peer_weight > 0:
                 loss = loss + self.cfg.peer_weight * self._peer_loss(h)
             grads = torch.autograd.grad(loss, list(self.parameters()))
@@ -94,25 +120,28 @@ class FFLayer(nn.Module):
     def _peer_loss(self, h: torch.Tensor) -> torch.Tensor:
         """Pull each unit's running-mean activity toward the layer's average (keeps units from dying or hogging)."""
         ema = self.cfg.peer_ema
-        running = ema * self.running_mean + (1 - ema) * h.mean(dim=0)
+        running = ema * self.running_mean + (1 - ema) * self.unit_activity(h)
         return (running.mean() - running).pow(2).mean()
 
-    def learn(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """One wake step on positive data x: (B, D). Returns h: (B, N), computed before the step, and stats."""
-        grads, stats, h = self.wake(x)
+    def learn(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """One wake step on positive data x: (B, D). Returns h: (B, N), computed before the step, and stats.
+
+        labels: (B,) classes, used only by layers whose loss needs them (channel-wise competition).
+        """
+        grads, stats, h = self.wake(x, labels)
         stats["negatives_applied"] = self.pending_count
         self.apply_gradients(grads)
         return h, stats
 
-    def wake(self, x: torch.Tensor) -> tuple[Gradients, dict, torch.Tensor]:
+    def wake(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[Gradients, dict, torch.Tensor]:
         """The positive half of a step: gradients, stats and h for x: (B, D), and the peer running mean moved.
 
         `apply_gradients(grads)` takes the step, now or once the matching negatives are in.
         """
-        grads, stats, h = self.local_gradients(x, positive=True)
+        grads, stats, h = self.local_gradients(x, positive=True, labels=labels)
         if self.cfg.peer_weight > 0:
             ema = self.cfg.peer_ema
-            self.running_mean.mul_(ema).add_((1 - ema) * h.mean(dim=0))
+            self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h))
         return grads, stats, h
 
     def add_negative_inputs(self, x: torch.Tensor) -> None:

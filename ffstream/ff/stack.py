@@ -8,8 +8,8 @@ import torch
 
 from ffstream.ff.config import LayerConfig
 from ffstream.ff.labels import embed_label, neutral_label
-from ffstream.ff.layer import FFLayer, Gradients
-from ffstream.ff.norm import rms_normalize
+from ffstream.ff.layer import Gradients
+from ffstream.ff.spec import make_layer
 
 
 class FFStack:
@@ -23,7 +23,7 @@ class FFStack:
         for below, above in zip(configs, configs[1:]):
             if below.width != above.in_features:
                 raise ValueError(f"layer widths do not chain: {below.width} -> {above.in_features}")
-        self.layers = [FFLayer(c) for c in configs]
+        self.layers = [make_layer(c) for c in configs]
         self.label_scale = label_scale  # the value written into a label slot (supervised stacks)
 
     def set_lr_scale(self, scale: float) -> None:
@@ -40,16 +40,19 @@ class FFStack:
             for layer in self.layers:
                 h = layer(x)
                 hs.append(h)
-                x = rms_normalize(h)
+                x = layer.normalize(h)
         return hs
 
-    def learn_positive(self, x: torch.Tensor) -> list[dict]:
-        """The wake pass: each layer takes its positive step, then hands its normalised activity up."""
+    def learn_positive(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> list[dict]:
+        """The wake pass: each layer takes its positive step, then hands its normalised activity up.
+
+        labels: (B,), for layers whose loss needs them (channel-wise competition).
+        """
         stats = []
         for layer in self.layers:
-            h, s = layer.learn(x)
+            h, s = layer.learn(x, labels)
             stats.append(s)
-            x = rms_normalize(h)
+            x = layer.normalize(h)
         return stats
 
     def negative_gradients(self, x: torch.Tensor) -> list[tuple[Gradients, dict]]:
@@ -58,7 +61,7 @@ class FFStack:
         for layer in self.layers:
             grads, s, h = layer.local_gradients(x, positive=False)
             out.append((grads, s))
-            x = rms_normalize(h)
+            x = layer.normalize(h)
         return out
 
     def learn_interleaved(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[dict]:
@@ -70,7 +73,7 @@ class FFStack:
                 h_neg = layer(x_neg)  # before the step, as the sleep worker's snapshot would see it
             h_pos, pos_stats = layer.learn(x_pos)
             stats.append({"pos": pos_stats, "neg": layer.last_negative_stats})
-            x_pos, x_neg = rms_normalize(h_pos), rms_normalize(h_neg)
+            x_pos, x_neg = layer.normalize(h_pos), layer.normalize(h_neg)
         return stats
 
     def label_scores(self, x: torch.Tensor, num_classes: int, skip_first: bool = True) -> torch.Tensor:
@@ -80,6 +83,10 @@ class FFStack:
         variant positives have low goodness, so the sign is flipped.
         """
         first = 1 if skip_first and len(self.layers) > 1 else 0
+        if self.competes:
+            # CwComp: one pass, no label in the input; a class's score is its channel group's goodness.
+            hs = self.activities(x)
+            return sum(layer.class_scores(h).flatten(2).mean(dim=2) for layer, h in zip(self.layers[first:], hs[first:]))
         sign = 1.0 if self.layers[0].cfg.variant == "max" else -1.0
         labels = torch.empty(x.shape[0], dtype=torch.long)
         scores = []
@@ -90,10 +97,15 @@ class FFStack:
 
     def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
         """Normalised activities of the given layers (0-based) on one pass; with a neutral label if supervised."""
-        if num_classes:
+        if num_classes and not self.competes:
             x = neutral_label(x, num_classes, self.label_scale)
         hs = self.activities(x)
-        return torch.cat([rms_normalize(hs[i]) for i in layers], dim=1)
+        return torch.cat([self.layers[i].normalize(hs[i]).flatten(1) for i in layers], dim=1)
+
+    @property
+    def competes(self) -> bool:
+        """Channel-wise competition (CwComp): labels are targets at every layer, never written into the input."""
+        return bool(getattr(self.layers[0].cfg, "competition", 0))
 
 
 def readout_layers(num_layers: int, supervised: bool) -> list[int]:

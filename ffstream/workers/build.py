@@ -74,7 +74,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
         if cfg.model.recurrent:
             layer_kwargs = _recurrent_layer(cfg, index, topo, num_classes)
         else:
-            layer_kwargs = {"num_classes": num_classes if index == 1 else None}
+            # Layer 1 writes the label into the frame; under channel-wise competition every layer takes it as a target instead.
+            layer_kwargs = {"num_classes": num_classes if index == 1 and not cfg.model.competition else None}
         return (RecurrentLayerWorker if cfg.model.recurrent else LayerWorker)(
             index,
             cfg.layer_configs()[index - 1],
@@ -90,7 +91,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             checkpoint_every_s=cfg.checkpoint_every_s,
             device=cfg.device,
             checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised",
-                             **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {})},
+                             **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {}),
+                             **({"num_classes": num_classes} if cfg.model.competition else {})},
             preview_shape=(3 if stream.color else 1, *stream.size) if index == 1 else None,
             **common,
         )

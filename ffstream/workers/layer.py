@@ -13,6 +13,7 @@ import zmq
 
 from ffstream import checkpoint, preview, wire
 from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label, rms_normalize
+from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
 from ffstream.workers.pairing import Pairing
@@ -99,8 +100,8 @@ class LayerWorker(Worker):
         self._remember()
 
     def make_layer(self, layer_config: LayerConfig) -> FFLayer:
-        """The layer this worker owns; a subclass may own another kind (see recurrent_layer.py)."""
-        return FFLayer(layer_config)
+        """The layer this worker owns, of the config's kind (dense, conv, local); a subclass may own another (see recurrent_layer.py)."""
+        return layer_of_kind(layer_config)
 
     def setup(self) -> None:
         ep = self.endpoints
@@ -302,7 +303,7 @@ class LayerWorker(Worker):
             return
         with torch.no_grad():
             h = self.layer(x)
-        act = rms_normalize(h).cpu().numpy()
+        act = self.layer.normalize(h).flatten(1).cpu().numpy()  # (B, N): blocks are flat, whatever the layer's shape
         self._on_activity([msg], h, act)
         carried = np.asarray(msg.array) if msg.extra.get("blocks") else np.zeros((len(act), 0), np.float32)
         out = np.concatenate([carried, act], axis=1)
@@ -319,8 +320,14 @@ class LayerWorker(Worker):
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         if self.lr_decay_frames:
             self.layer.set_lr_scale(self.lr_factor * linear_decay(self.frames, self.lr_decay_frames))
+        labels = None
+        if self.layer.needs_labels:
+            if any(m.label is None for m, _ in kept):
+                self.dropped["label"] += len(kept)
+                return
+            labels = torch.tensor([c for m, _ in kept for c in m.label], device=self.device)
         if self.pairing is None:
-            grads, stats, h = self.layer.wake(x)
+            grads, stats, h = self.layer.wake(x, labels)
             self._apply(grads)
         else:
             # The activity goes on now; the step waits for the negatives of these frames (see pairing.py).
@@ -332,7 +339,7 @@ class LayerWorker(Worker):
             self._step_paired()
         self._last_wake_step = time.monotonic()
         g = self.layer.goodness(h)
-        act = rms_normalize(h).cpu().numpy()
+        act = self.layer.normalize(h).cpu().numpy()  # (B, N), or (B, C, H, W) from a spatial layer
         if not np.isfinite(act).all():  # the weights were non-finite: rolled back above, and nothing is sent on
             self.dropped["non_finite_activity"] += len(kept)
             return

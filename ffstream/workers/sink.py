@@ -93,8 +93,8 @@ class SinkWorker(Worker):
             return
         if msg.kind != "activity":
             self.dropped["kind"] += 1
-        elif msg.array.ndim != 2 or len(msg.array) == 0:
-            self.dropped["shape"] += 1  # activity is (B, N)
+        elif msg.array.ndim < 2 or len(msg.array) == 0:
+            self.dropped["shape"] += 1  # activity is (B, N) or (B, C, H, W)
         elif msg.mode == "eval":
             if self.eval_step is None or msg.extra.get("step", self.eval_step) == self.eval_step:
                 self._evaluate(msg)

@@ -17,7 +17,7 @@ import torch
 import zmq
 
 from ffstream import wire
-from ffstream.ff import LayerConfig, LinearReadout, rms_normalize
+from ffstream.ff import LayerConfig, LinearReadout
 from ffstream.ff.dreamer import NEGATIVE_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
 from ffstream.transport import POLL_MS, Receiver, make_socket, send
@@ -212,7 +212,7 @@ class SleepWorker(Worker):
                 payload, extra["tensors"] = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
                 extra.update(goodness_neg=stats["goodness"], p_neg=stats["p"])
             else:
-                payload = x.numpy()  # (B, D_i): layer i's negative inputs
+                payload = x.flatten(1).numpy()  # (B, D_i): layer i's negative inputs, flat whatever the layer's shape
                 with torch.no_grad():
                     h = layer(x)
             self.goodness_neg[i].add(float(layer.goodness(h).mean()))
@@ -220,7 +220,7 @@ class SleepWorker(Worker):
             update = wire.Message("negative_update", payload, stream=self.name, seq=seq, extra=extra)
             if not send(pusher, update, lambda: self.stopping, timeout_ms=5000):
                 self.dropped["negative_not_sent"] += 1
-            x = rms_normalize(h)
+            x = layer.normalize(h)
         self.batches += 1
         self.negatives_made += len(batch)
         self.rate.add(len(batch))

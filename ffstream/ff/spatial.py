@@ -1,0 +1,176 @@
+"""What conv and locally-connected FF layers share: goodness per region, and normalisation per location.
+
+A spatial layer maps x (B, C, H, W) to h (B, C', H', W'). Each location
+(y, x) of h is a small dense FF layer of its own: its goodness is Σ_c h², its
+threshold the number of channels, and its loss is its own (the paper's "local
+goodness functions for many regions of an image"). `region` pools that
+goodness over r×r locations first, so that a region, not a pixel, is judged.
+Before the activity goes up, each location's channel vector is RMS-normalised,
+so that the next layer sees only the direction of every location's activity.
+
+Channel-wise competition (CwComp, Papachristodoulou et al. 2024) splits the
+channels into one group per class. A group's goodness is the class's score;
+the loss is a softmax cross-entropy over the groups, per region, against the
+true label. It needs labels at every layer and no negative data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ffstream.ff.config import LayerConfig
+from ffstream.ff.goodness import ff_loss
+from ffstream.ff.layer import FFLayer
+from ffstream.ff.norm import EPS, rms_normalize
+
+SPATIAL_KINDS = ("conv", "local")
+
+
+def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class SpatialConfig(LayerConfig):
+    """A LayerConfig whose input and output are images; in_features and width are their flattened sizes."""
+
+    kind: str = "conv"  # "conv" (shared weights) or "local" (one filter bank per output location)
+    in_shape: tuple[int, int, int] = (1, 1, 1)  # (C, H, W) of the input
+    channels: int = 1  # output channels C'
+    kernel: tuple[int, int] = (3, 3)  # (kh, kw), pixels
+    stride: int = 1  # pixels between neighbouring output locations
+    padding: int = 0  # zeros on each side of the input, pixels (the builder uses kernel // 2)
+    region: int = 1  # goodness is pooled over region×region output locations before the loss; 1: every location its own
+    competition: int = 0  # CwComp: the channels split into this many label groups, softmax over groups; 0: plain FF
+
+    @classmethod
+    def build(cls, kind: str, in_shape: tuple[int, int, int], channels: int, kernel: tuple[int, int], stride: int = 1,
+              padding: int | None = None, **learning) -> "SpatialConfig":
+        """Compute in_features and width from the shapes; padding defaults to kernel // 2 ("same" at stride 1)."""
+        c, h, w = in_shape
+        pad = kernel[0] // 2 if padding is None else padding
+        oh, ow = out_size(h, kernel[0], stride, pad), out_size(w, kernel[1], stride, pad)
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"a {kernel[0]}x{kernel[1]} kernel at stride {stride} does not fit a {h}x{w} input")
+        return cls(in_features=c * h * w, width=channels * oh * ow, kind=kind, in_shape=(c, h, w), channels=channels,
+                   kernel=tuple(kernel), stride=stride, padding=pad, **learning)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; the config must stay hashable and compare equal after a round trip.
+        object.__setattr__(self, "in_shape", tuple(int(v) for v in self.in_shape))
+        object.__setattr__(self, "kernel", tuple(int(v) for v in self.kernel))
+        super().__post_init__()
+        if self.kind not in SPATIAL_KINDS:
+            raise ValueError(f"spatial layer kind must be one of {SPATIAL_KINDS}, got {self.kind!r}")
+        if min(self.kernel) <= 0 or self.stride <= 0 or self.padding < 0 or self.channels <= 0 or self.region <= 0:
+            raise ValueError(f"kernel, stride, channels and region must be positive, got {self.kernel}, {self.stride}, {self.channels}, {self.region}")
+        c, h, w = self.in_shape
+        if c * h * w != self.in_features or self.channels * self.out_hw[0] * self.out_hw[1] != self.width:
+            raise ValueError(f"shapes do not add up: {self.in_shape} -> {self.out_shape}, in_features {self.in_features}, width {self.width}")
+        if self.competition and (self.competition < 2 or self.channels % self.competition):
+            raise ValueError(f"competition splits the {self.channels} channels into {self.competition} equal groups: it must divide them")
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        _, h, w = self.in_shape
+        return out_size(h, self.kernel[0], self.stride, self.padding), out_size(w, self.kernel[1], self.stride, self.padding)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.out_hw)
+
+    @property
+    def theta(self) -> float:
+        """Per location: the number of channels for Σh², 2.0 for mean h²."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return float(self.channels) if self.goodness == "sumsq" else 2.0
+
+    def digest(self) -> str:
+        fields = ("kind", "in_shape", "channels", "kernel", "stride", "padding", "goodness", "variant", "competition")
+        blob = json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k in fields}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def channel_normalize(h: torch.Tensor) -> torch.Tensor:
+    """h: (B, C, H, W) -> each location's channel vector divided by its RMS; a silent location stays 0."""
+    return h / torch.sqrt(h.pow(2).mean(dim=1, keepdim=True) + EPS)
+
+
+def _pool(g: torch.Tensor, region: int) -> torch.Tensor:
+    """g: (B, K, H, W) averaged over region×region windows (edge windows cut short); a region larger than the map is the whole map."""
+    if region == 1:
+        return g
+    kernel = (min(region, g.shape[2]), min(region, g.shape[3]))
+    return F.avg_pool2d(g, kernel, ceil_mode=True)
+
+
+class SpatialFFLayer(FFLayer):
+    """The shared part of ConvFFLayer and LocalFFLayer; subclasses give the parameters and the linear map."""
+
+    cfg: SpatialConfig
+
+    @property
+    def units(self) -> int:
+        return self.cfg.channels
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.cfg.competition > 0
+
+    def linear_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x̂: (B, C, H, W) -> pre-activations (B, C', H', W')."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C·H·W) or (B, C, H, W) -> h: (B, C', H', W').
+
+        The whole input is RMS-normalised first, as a dense layer's: a frame's brightness, or the overall
+        level of the activity below, carries no information up.
+        """
+        x_hat = rms_normalize(x.reshape(len(x), -1)).view(len(x), *self.cfg.in_shape)
+        return torch.relu(self.linear_map(x_hat))
+
+    def region_goodness(self, h: torch.Tensor) -> torch.Tensor:
+        """h: (B, C', H', W') -> (B, H'/r, W'/r): Σh² (or mean h²) over channels, averaged over each r×r region."""
+        squares = h.pow(2)
+        g = squares.sum(dim=1) if self.cfg.goodness == "sumsq" else squares.mean(dim=1)
+        return _pool(g.unsqueeze(1), self.cfg.region).squeeze(1)
+
+    def goodness(self, h: torch.Tensor) -> torch.Tensor:
+        """h -> (B,): the mean goodness of a location, on the per-location threshold's scale."""
+        return self.region_goodness(h).flatten(1).mean(dim=1)
+
+    def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        return channel_normalize(h)
+
+    def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=(0, 2, 3))
+
+    def class_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """CwComp: h (B, C', H', W') -> (B, K, H'/r, W'/r), each group's mean h² per region (the class logits)."""
+        k = self.cfg.competition
+        b, c, hh, ww = h.shape
+        return _pool(h.pow(2).view(b, k, c // k, hh, ww).mean(dim=2), self.cfg.region)
+
+    def local_loss(self, h: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every region's loss, averaged: FF's logistic loss on its goodness, or CwComp's cross-entropy over groups."""
+        if self.cfg.competition and positive and labels is not None:
+            scores = self.class_scores(h) / self.cfg.temperature  # (B, K, h, w)
+            target = labels.long().view(-1, 1, 1).expand(-1, scores.shape[2], scores.shape[3])
+            return F.cross_entropy(scores, target), self.goodness(h)
+        g = self.region_goodness(h)  # (B, h, w): every region its own FF loss
+        loss = ff_loss(g.flatten(), positive, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
+        return loss, g.flatten(1).mean(dim=1)  # the figures report (B,), as `goodness` does
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        comp = f", competition={c.competition}" if c.competition else ""
+        return (f"{c.kind} {c.in_shape}->{c.out_shape}, kernel {c.kernel[0]}x{c.kernel[1]}/{c.stride}, region {c.region}, "
+                f"θ={c.theta:g}{comp}, {c.optimizer} lr={c.lr:g}")

@@ -1,0 +1,105 @@
+"""Layer specs (`dense:1000`, `conv:32x3x3/2`, `local:16x5x5`) and the one place a config becomes a layer.
+
+    >>> [str(s) for s in parse_layers("conv:32x3x3,conv:64x3x3/2,1000")]
+    ['conv:32x3x3', 'conv:64x3x3/2', 'dense:1000']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ffstream.ff.config import LayerConfig
+from ffstream.ff.conv import ConvFFLayer
+from ffstream.ff.layer import FFLayer
+from ffstream.ff.local import LocalFFLayer
+from ffstream.ff.spatial import SPATIAL_KINDS, SpatialConfig
+
+LAYER_CLASSES = {"conv": ConvFFLayer, "local": LocalFFLayer}
+SPEC_HELP = "dense:N (or N), conv:CxKHxKW[/S] or local:CxKHxKW[/S], e.g. conv:32x3x3,conv:64x3x3/2,dense:1000"
+_SPATIAL = re.compile(r"^(conv|local):(\d+)x(\d+)x(\d+)(?:/(\d+))?$")
+_DENSE = re.compile(r"^(?:dense:)?(\d+)$")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    kind: str  # "dense", "conv" or "local"
+    size: int  # units (dense) or output channels (conv, local)
+    kernel: tuple[int, int] = (0, 0)  # (kh, kw), spatial kinds only
+    stride: int = 1  # spatial kinds only
+
+    def __str__(self) -> str:
+        if self.kind == "dense":
+            return f"dense:{self.size}"
+        stride = f"/{self.stride}" if self.stride != 1 else ""
+        return f"{self.kind}:{self.size}x{self.kernel[0]}x{self.kernel[1]}{stride}"
+
+
+def parse_layer_spec(item: str | int) -> LayerSpec:
+    """One layer: an int or 'N' is dense; ValueError with the accepted forms otherwise."""
+    text = str(item).strip().lower()
+    if m := _DENSE.match(text):
+        spec = LayerSpec("dense", int(m.group(1)))
+    elif m := _SPATIAL.match(text):
+        kind, size, kh, kw, stride = m.groups()
+        spec = LayerSpec(kind, int(size), (int(kh), int(kw)), int(stride or 1))
+    else:
+        raise ValueError(f"bad layer spec {str(item)!r}: expected {SPEC_HELP}")
+    if spec.size <= 0 or (spec.kind != "dense" and (min(spec.kernel) <= 0 or spec.stride <= 0)):
+        raise ValueError(f"bad layer spec {str(item)!r}: sizes, kernels and strides must be positive")
+    return spec
+
+
+def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    if not items or any(str(i).strip() == "" for i in items):
+        raise ValueError(f"bad layer list {text!r}: expected comma-separated specs, {SPEC_HELP}")
+    return tuple(parse_layer_spec(i) for i in items)
+
+
+def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], seed: int = 0, competition: int = 0,
+                  region: int = 1, **learning) -> list[LayerConfig]:
+    """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
+
+    competition (CwComp label groups) and region apply to the spatial layers. Layer i is seeded seed + i.
+    """
+    configs: list[LayerConfig] = []
+    shape: tuple[int, ...] = tuple(in_shape)
+    for i, spec in enumerate(specs):
+        if spec.kind == "dense":
+            size = 1
+            for v in shape:
+                size *= v
+            configs.append(LayerConfig(in_features=size, width=spec.size, seed=seed + i, **learning))
+            shape = (spec.size,)
+            continue
+        if len(shape) != 3:
+            raise ValueError(f"layer {i + 1} ({spec}) of the layers needs an image below it, but layer {i} is dense")
+        try:
+            cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, seed=seed + i,
+                                      competition=competition, region=region, **learning)
+        except ValueError as exc:
+            raise ValueError(f"layer {i + 1} ({spec}) of the layers: {exc}") from None
+        configs.append(cfg)
+        shape = cfg.out_shape
+    return configs
+
+
+def make_layer(cfg: LayerConfig) -> FFLayer:
+    """The layer class that a config describes."""
+    if isinstance(cfg, SpatialConfig):
+        return LAYER_CLASSES[cfg.kind](cfg)
+    return FFLayer(cfg)
+
+
+def config_from_dict(fields: dict) -> LayerConfig:
+    """A config saved with `to_dict()` (checkpoints): spatial when it names a spatial kind."""
+    if fields.get("kind") in SPATIAL_KINDS:
+        return SpatialConfig(**fields)
+    return LayerConfig(**fields)
+
+
+def output_shape(cfg: LayerConfig) -> tuple[int, ...]:
+    """The shape of one row of a layer's activity: (C, H, W) for spatial layers, (N,) for dense ones."""
+    return cfg.out_shape if isinstance(cfg, SpatialConfig) else (cfg.width,)

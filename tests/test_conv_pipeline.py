@@ -1,0 +1,130 @@
+"""Conv stacks as a user runs them: bad layer specs, and a real colour video through real worker processes.
+
+The run streams OpenCV's Megamind.avi at 64x64 in colour through the default conv stack, with the sleep
+worker making hybrid negatives; afterwards the saved [C', C, kh, kw] weights must tell real frames from
+hybrids better than the same layers did untrained, and a second run must resume from them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffstream.checkpoint import layer_path, read_metadata
+from ffstream.evaluate import load_stack
+from ffstream.ff.negatives import hybrid
+from ffstream.ff.stack import FFStack
+from ffstream.sources import Preprocess, open_source
+from processes import ROOT, env
+
+VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
+CONV_STACK = "conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2"  # the default conv stack of the README
+CASE_TIMEOUT_S = 90
+
+# (argv, what the one error line must mention)
+BAD_SPECS = {
+    "kernel missing": (["run", "--layers", "conv:32x3"], ["--layers", "conv:32x3", "conv:CxKHxKW"]),
+    "stride zero": (["run", "--layers", "conv:8x3x3/0"], ["--layers", "conv:8x3x3/0"]),
+    "unknown kind": (["run", "--layers", "pool:2,500"], ["--layers", "pool:2"]),
+    "conv above dense": (["run", "--source", "synthetic:64", "--layers", "100,conv:8x3x3"], ["layer 2 (conv:8x3x3)", "needs an image below it"]),
+    "competition with sleep": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition"], ["--no-sleep"]),
+    "competition with dense": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3,100", "--competition", "--no-sleep"], ["competition", "conv or local"]),
+    "config file": (["worker", "layer", "--index", "1", "--config", "bad_layers.json"], ["model.layers", "conv:3x3"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_spec_runs(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("bad-specs")
+    (cwd / "bad_layers.json").write_text(json.dumps({"model": {"layers": ["conv:3x3"]}}))
+    procs = {name: subprocess.Popen([sys.executable, "-m", "ffstream", *argv], cwd=cwd, env={**env(), "TMPDIR": str(cwd)},
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, (argv, _) in BAD_SPECS.items()}
+    results = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=CASE_TIMEOUT_S)
+            results[name] = (proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+@pytest.mark.parametrize("name", list(BAD_SPECS))
+def test_bad_layer_spec_is_one_line_and_exit_2(bad_spec_runs, name):
+    code, out, err = bad_spec_runs[name]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, (code, err[-2000:])
+    assert len(lines) == 1, err
+    for needle in BAD_SPECS[name][1]:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in err and out == ""
+
+
+def real_and_hybrid_frames(n: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    with open_source(str(VIDEO), Preprocess(size=(64, 64), color=True)) as src:
+        frames = torch.from_numpy(np.stack([f.pixels for f in src]))
+    gen = torch.Generator().manual_seed(1)
+    real = frames[torch.randperm(len(frames), generator=gen)[:n]]
+    partners = frames[torch.randperm(len(frames), generator=gen)[:n]]
+    return real, hybrid(real, partners, gen)
+
+
+def goodness_gap(stack: FFStack, real: torch.Tensor, fake: torch.Tensor) -> list[float]:
+    """Per layer: mean per-location goodness on real frames minus on hybrids (positive: the layer prefers real)."""
+    pos, neg = stack.activities(real.flatten(1)), stack.activities(fake.flatten(1))
+    return [float(layer.goodness(a).mean() - layer.goodness(b).mean()) for layer, a, b in zip(stack.layers, pos, neg)]
+
+
+def run_video(tmp_path: Path, name: str) -> dict:
+    summary = tmp_path / f"{name}.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "ffstream", "run", "--source", str(VIDEO), "--size", "64x64", "--color", "--layers", CONV_STACK,
+         "--epochs", "3", "--batch", "16", "--lr", "0.01", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
+         "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/{name}.monitor"],
+        capture_output=True, text=True, env=env(), cwd=ROOT, timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(summary.read_text())
+
+
+@pytest.mark.skipif(not VIDEO.exists(), reason="opencv-doc's sample videos are not installed")
+def test_conv_stack_learns_from_a_colour_video_and_resumes(tmp_path):
+    first = run_video(tmp_path, "first")
+    frames = first["source_stats"]["total"]
+    assert frames > 600  # three passes over the 270-frame clip
+    for layer in first["layers"]:
+        assert layer["frames"] == frames and layer["negative_updates"] > 0, layer
+    assert first["sink"]["frames"] == frames and first["sleep"]["negatives"] > 0
+
+    # The checkpoints hold image-shaped weights and the frame's shape.
+    tensors, meta = read_metadata(layer_path(tmp_path / "ck", 1))
+    assert tuple(tensors["weight"].shape) == (16, 3, 5, 5) and tuple(tensors["running_mean"].shape) == (16,)
+    assert json.loads(meta["extra"])["frame_shape"] == [3, 64, 64]
+    stack, _ = load_stack(tmp_path / "ck")
+    versions = [layer.version for layer in stack.layers]
+    assert all(v > 0 for v in versions), versions
+    real, fake = real_and_hybrid_frames()
+    hs = stack.activities(real[:2].flatten(1))
+    assert [tuple(h.shape[1:]) for h in hs] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+    # Learning: the trained layers prefer real frames to hybrids more than the same layers untrained did.
+    trained = goodness_gap(stack, real, fake)
+    untrained = goodness_gap(FFStack([layer.cfg for layer in stack.layers]), real, fake)
+    assert trained[-1] > 0 and trained[-1] > untrained[-1] + 0.5, (trained, untrained)
+    assert sum(trained) > sum(untrained), (trained, untrained)
+
+    # A second run resumes from the checkpoints: every layer's version goes on from where it stopped.
+    second = run_video(tmp_path, "second")
+    assert second["layers"][0]["frames"] == frames
+    resumed, _ = load_stack(tmp_path / "ck")
+    assert all(after > before for after, before in zip([layer.version for layer in resumed.layers], versions))

@@ -1,0 +1,153 @@
+"""Conv and locally-connected FF layers (ffstream/ff/spatial.py, conv.py, local.py, spec.py) against hand values.
+
+The contract tests (inputs not mutated, state_dict round trip, seeded runs identical) run for these kinds
+in test_ff_math.py, with the dense layer's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ffstream.ff import FFStack, make_layer
+from ffstream.ff.conv import ConvFFLayer
+from ffstream.ff.local import LocalFFLayer
+from ffstream.ff.spatial import SpatialConfig, channel_normalize
+from ffstream.ff.spec import build_configs, parse_layers
+
+SGD = dict(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, peer_weight=0.0)
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+def test_channel_normalize_works_per_location():
+    h = torch.zeros(1, 2, 1, 3)
+    h[0, :, 0, 0] = torch.tensor([3.0, 4.0])  # mean square 12.5
+    h[0, :, 0, 1] = torch.tensor([0.0, 2.0])  # mean square 2
+    out = channel_normalize(h)  # location 2 is silent and stays 0
+    expected = torch.tensor([[3 / math.sqrt(12.5), 0.0, 0.0], [4 / math.sqrt(12.5), math.sqrt(2), 0.0]])
+    torch.testing.assert_close(out[0, :, 0, :], expected)
+
+
+def one_by_one_conv(**kw) -> ConvFFLayer:
+    """A 1x1 conv from 1 to 2 channels on a 1x2 image, weights [1, -1], bias 0."""
+    layer = ConvFFLayer(SpatialConfig.build("conv", (1, 1, 2), channels=2, kernel=(1, 1), **{**SGD, **kw}))
+    layer.load_weights({"weight": torch.tensor([1.0, -1.0]).view(2, 1, 1, 1), "bias": torch.zeros(2)})
+    return layer
+
+
+def test_goodness_and_loss_are_per_location():
+    layer = one_by_one_conv(threshold=1.0)
+    x = torch.tensor([[3.0, -1.0]])  # RMS √5 -> x̂ = [3, -1]/√5
+    h = layer(x)
+    # location 0: h = relu([3, -3]/√5) = [3/√5, 0], G = 9/5; location 1: relu([-1, 1]/√5) = [0, 1/√5], G = 1/5
+    torch.testing.assert_close(layer.region_goodness(h), torch.tensor([[[9 / 5, 1 / 5]]]))
+    loss, g = layer.local_loss(h, positive=True)
+    # each location its own loss: mean of softplus(−(G − θ)) over the two locations
+    assert loss.item() == pytest.approx((softplus(-(9 / 5 - 1)) + softplus(-(1 / 5 - 1))) / 2, rel=1e-6)
+    torch.testing.assert_close(g, torch.tensor([1.0]))  # the reported goodness is the mean location's, (9/5 + 1/5)/2
+
+
+def test_region_pools_goodness_before_the_loss():
+    layer = one_by_one_conv(threshold=1.0, region=2)
+    h = layer(torch.tensor([[3.0, -1.0]]))
+    torch.testing.assert_close(layer.region_goodness(h), torch.tensor([[[1.0]]]))  # (9/5 + 1/5)/2, one region
+    loss, _ = layer.local_loss(h, positive=True)
+    assert loss.item() == pytest.approx(softplus(0.0), rel=1e-6)
+
+
+def test_local_layer_with_one_filter_everywhere_equals_conv():
+    conv = ConvFFLayer(SpatialConfig.build("conv", (2, 5, 5), channels=3, kernel=(3, 3), stride=2, seed=1))
+    local = LocalFFLayer(SpatialConfig.build("local", (2, 5, 5), channels=3, kernel=(3, 3), stride=2, seed=2))
+    locations = local.cfg.out_hw[0] * local.cfg.out_hw[1]
+    weight = conv.weight.detach().reshape(3, -1).expand(locations, 3, 18).clone()
+    bias = conv.bias.detach().view(3, 1, 1).expand(local.cfg.out_shape).clone() + 0.25
+    local.load_weights({"weight": weight, "bias": bias})
+    conv.load_weights({"weight": conv.weight.detach(), "bias": conv.bias.detach() + 0.25})
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), conv(x))
+
+
+def test_local_layer_does_not_share_weights():
+    local = LocalFFLayer(SpatialConfig.build("local", (1, 4, 4), channels=2, kernel=(3, 3), stride=1, **SGD))
+    before = local.weight.detach().clone()
+    x = torch.zeros(1, 16)
+    x[0, 0] = 1.0  # one lit pixel, top left: only locations whose window covers it get a gradient
+    local.learn(x)
+    changed = (local.weight.detach() - before).abs().flatten(1).sum(dim=1) > 0  # (L,)
+    assert changed.view(4, 4)[0, 0] and not changed.view(4, 4)[3, 3], changed.view(4, 4)
+
+
+def test_competition_scores_are_group_goodness_and_loss_is_cross_entropy():
+    layer = ConvFFLayer(SpatialConfig.build("conv", (1, 1, 1), channels=4, kernel=(1, 1), competition=2, **SGD))
+    h = torch.tensor([1.0, 3.0, 2.0, 0.0]).view(1, 4, 1, 1)
+    scores = layer.class_scores(h)  # group 0: mean(1, 9) = 5; group 1: mean(4, 0) = 2
+    torch.testing.assert_close(scores.view(2), torch.tensor([5.0, 2.0]))
+    loss, _ = layer.local_loss(h, positive=True, labels=torch.tensor([1]))
+    assert loss.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(5) + math.exp(2))), rel=1e-6)
+
+
+def test_competition_learns_two_classes_without_negatives():
+    """Two textures, labels 0 and 1; after positive steps alone the right channel group wins on fresh samples."""
+    cfg = SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), competition=2, seed=0, optimizer="adam", lr=0.02)
+    stack = FFStack([cfg, SpatialConfig.build("conv", cfg.out_shape, 4, (3, 3), competition=2, seed=1, optimizer="adam", lr=0.02)])
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(n: int):
+        y = torch.randint(0, 2, (n,), generator=gen)
+        stripes = torch.zeros(n, 1, 6, 6)
+        stripes[y == 0, :, ::2, :] = 1.0  # horizontal stripes
+        stripes[y == 1, :, :, ::2] = 1.0  # vertical stripes
+        return (stripes + 0.3 * torch.rand(n, 1, 6, 6, generator=gen)).flatten(1), y
+
+    for _ in range(60):
+        x, y = batch(16)
+        stack.learn_positive(x, y)
+    x, y = batch(200)
+    assert stack.competes
+    accuracy = (stack.label_scores(x, 2).argmax(dim=1) == y).float().mean().item()
+    assert accuracy > 0.95, accuracy
+
+
+def test_specs_parse_and_chain_shapes():
+    specs = parse_layers("conv:32x3x3,conv:64x3x3/2,local:8x5x5/2,dense:100")
+    configs = build_configs(specs, (3, 28, 28), seed=5)
+    assert [type(c).__name__ for c in configs] == ["SpatialConfig", "SpatialConfig", "SpatialConfig", "LayerConfig"]
+    assert configs[0].out_shape == (32, 28, 28)  # "same" padding at stride 1
+    assert configs[1].out_shape == (64, 14, 14)  # (28 + 2 − 3)//2 + 1
+    assert configs[2].out_shape == (8, 7, 7)  # (14 + 4 − 5)//2 + 1
+    assert configs[3].in_features == 8 * 7 * 7 and configs[3].width == 100
+    assert [c.seed for c in configs] == [5, 6, 7, 8]
+    assert [type(make_layer(c)).__name__ for c in configs] == ["ConvFFLayer", "ConvFFLayer", "LocalFFLayer", "FFLayer"]
+    assert parse_layers([500, "500"]) == parse_layers("dense:500,500")
+
+
+@pytest.mark.parametrize("text", ["conv:32x3", "conv:0x3x3", "conv:8x3x3/0", "pool:2", "dense:-1", "", "conv:8x3x3,"])
+def test_bad_specs_are_refused(text):
+    with pytest.raises(ValueError, match="layer"):
+        parse_layers(text)
+
+
+def test_dense_below_conv_is_refused():
+    with pytest.raises(ValueError, match="needs an image below it"):
+        build_configs(parse_layers("100,conv:8x3x3"), (1, 8, 8))
+
+
+def test_stack_passes_channel_normalised_maps_up():
+    stack = FFStack(build_configs(parse_layers("conv:4x3x3,conv:6x3x3/2"), (1, 8, 8)))
+    x = torch.rand(3, 64, generator=torch.Generator().manual_seed(1))
+    h1, h2 = stack.activities(x)
+    assert h1.shape == (3, 4, 8, 8) and h2.shape == (3, 6, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(h2, stack.layers[1](channel_normalize(h1)))
+    features = stack.readout_features(x, None, [0, 1])
+    assert features.shape == (3, 4 * 64 + 6 * 16)
+    lit = channel_normalize(h2).pow(2).mean(dim=1)  # every location that fires has mean square 1
+    torch.testing.assert_close(lit[lit > 0], torch.ones(int((lit > 0).sum())))
+    assert F.mse_loss(features[:, 256:], channel_normalize(h2).flatten(1)) == 0
