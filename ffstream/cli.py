@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint-dir", required=True)
     ev.add_argument("--source", required=True, help="fashion-mnist[:test], idx:DIR[:split] or synthetic:N")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    filters = sub.add_parser("filters", help="save a layer's filters from its checkpoint as a PNG")
+    filters.add_argument("--checkpoint-dir", required=True)
+    filters.add_argument("--out", required=True, help="the PNG to write, e.g. docs/conv_filters.png")
+    filters.add_argument("--layer", type=_positive, default=1, help="which layer, 1-based (default 1)")
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     learning = bench_sub.add_parser("learning", help="Fashion-MNIST accuracy through the pipeline and the in-process reference")
@@ -232,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
             from ffstream.commands.score import score_command
 
             return score_command(args)
+        if args.command == "filters":
+            from ffstream.filters import save_filters
+
+            shape = save_filters(args.checkpoint_dir, args.out, args.layer)
+            print(f"{args.out}: {shape[0]} filters of {shape[1]}x{shape[2]}x{shape[3]}")
+            return 0
         if args.command == "eval":
             from ffstream.commands.evaluate import eval_command
 

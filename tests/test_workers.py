@@ -185,16 +185,18 @@ def test_layer_eval_forwards_without_learning(start_layer):
     with torch.no_grad():
         expected = rms_normalize(FFLayer(LAYER)(x)).numpy()
     assert out.mode == "eval" and out.seq == 3
-    assert out.extra["blocks"] == [LAYER.width]
-    np.testing.assert_allclose(out.array, expected, rtol=1e-5, atol=1e-6)
+    # Blocks: the readout features of every layer so far (a dense layer's are its normalised activity),
+    # then this layer's activity, the next layer's input.
+    assert out.extra["blocks"] == [LAYER.width, LAYER.width]
+    np.testing.assert_allclose(out.array, np.concatenate([expected, expected], axis=1), rtol=1e-5, atol=1e-6)
 
-    # From the layer below: the layer reads the last block and appends its own to what is carried.
+    # From the layer below: the layer reads the last block, the activity below, and puts its features and its activity in its place.
     carried = np.random.default_rng(2).random((ROWS, 5 + 16), dtype=np.float32)
     send(rig.input, wire.Message("activity", carried, seq=4, mode="eval", extra={"blocks": [5, 16]}))
     out = receive(rig.output)
-    assert out.extra["blocks"] == [5, 16, LAYER.width]
-    assert out.array.shape == (ROWS, 5 + 16 + LAYER.width)
-    np.testing.assert_array_equal(out.array[:, :21], carried)
+    assert out.extra["blocks"] == [5, LAYER.width, LAYER.width]
+    assert out.array.shape == (ROWS, 5 + 2 * LAYER.width)
+    np.testing.assert_array_equal(out.array[:, :5], carried[:, :5])
 
     snap = rig.ask_snapshot()
     assert snap.extra["version"] == 0, "eval must not take an optimiser step"

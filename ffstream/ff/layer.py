@@ -88,6 +88,10 @@ class FFLayer(nn.Module):
         """The activity passed up: h's direction, its length (the goodness) left behind."""
         return rms_normalize(h)
 
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """What a linear readout or probe reads of this layer: (B, F), here the normalised activity."""
+        return self.normalize(h).flatten(1)
+
     def local_loss(self, h: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's own loss on h, and the goodness it judged: (loss, g (B,) here, or per region)."""
         g = self.goodness(h)

@@ -48,6 +48,7 @@ class SpatialConfig(LayerConfig):
     padding: int = 0  # zeros on each side of the input, pixels (the builder uses kernel // 2)
     region: int = 1  # goodness is pooled over region×region output locations before the loss; 1: every location its own
     competition: int = 0  # CwComp: the channels split into this many label groups, softmax over groups; 0: plain FF
+    readout_grid: int = 7  # a readout sees each channel averaged over grid×grid cells of the map (fewer if the map is smaller)
 
     @classmethod
     def build(cls, kind: str, in_shape: tuple[int, int, int], channels: int, kernel: tuple[int, int], stride: int = 1,
@@ -152,6 +153,12 @@ class SpatialFFLayer(FFLayer):
 
     def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
         return h.mean(dim=(0, 2, 3))
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, C'·g·g): the channel-normalised map averaged over a g×g grid, so that a readout stays small."""
+        g = self.cfg.readout_grid
+        grid = (min(g, h.shape[2]), min(g, h.shape[3]))
+        return F.adaptive_avg_pool2d(channel_normalize(h), grid).flatten(1)
 
     def class_scores(self, h: torch.Tensor) -> torch.Tensor:
         """CwComp: h (B, C', H', W') -> (B, K, H'/r, W'/r), each group's mean h² per region (the class logits)."""

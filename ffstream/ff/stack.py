@@ -96,11 +96,11 @@ class FFStack:
         return sign * torch.stack(scores, dim=1)
 
     def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
-        """Normalised activities of the given layers (0-based) on one pass; with a neutral label if supervised."""
+        """Each given layer's (0-based) readout features on one pass, its normalised activity or a pooled map; neutral label if supervised."""
         if num_classes and not self.competes:
             x = neutral_label(x, num_classes, self.label_scale)
         hs = self.activities(x)
-        return torch.cat([self.layers[i].normalize(hs[i]).flatten(1) for i in layers], dim=1)
+        return torch.cat([self.layers[i].features(hs[i]) for i in layers], dim=1)
 
     @property
     def competes(self) -> bool:

@@ -297,17 +297,21 @@ class LayerWorker(Worker):
         return x
 
     def _forward_eval(self, msg: wire.Message) -> None:
-        """Forward only, no update; the sink reads the normalised activity of every layer, so it is carried along."""
+        """Forward only, no update; the sink reads every layer's readout features, so they are carried along."""
         x = self._inputs(msg, eval_mode=True)
         if x is None:
             return
         with torch.no_grad():
             h = self.layer(x)
-        act = self.layer.normalize(h).flatten(1).cpu().numpy()  # (B, N): blocks are flat, whatever the layer's shape
+        # Blocks, all flat: the readout features of every layer so far, then this layer's activity, the next one's input
+        # (which replaces the activity of the layer below: the sink reads features, and only the next layer reads activity).
+        act = self.layer.normalize(h).flatten(1).cpu().numpy()  # (B, N)
         self._on_activity([msg], h, act)
-        carried = np.asarray(msg.array) if msg.extra.get("blocks") else np.zeros((len(act), 0), np.float32)
-        out = np.concatenate([carried, act], axis=1)
-        blocks = list(msg.extra.get("blocks") or []) + [act.shape[1]]
+        features = self.layer.features(h).cpu().numpy()  # (B, F): the activity itself (dense), or a pooled map (spatial)
+        blocks = list(msg.extra.get("blocks") or [])
+        carried = np.asarray(msg.array)[:, : -blocks[-1]] if blocks else np.zeros((len(act), 0), np.float32)
+        out = np.concatenate([carried, features, act], axis=1)
+        blocks = blocks[:-1] + [features.shape[1], act.shape[1]]
         trace = (msg.trace or []) + [[round(float(v), 4) for v in self.layer.goodness(h)]]
         self.eval_frames += len(act)
         self._send_on(msg, out, trace, {**msg.extra, "blocks": blocks})
