@@ -146,8 +146,10 @@ def test_stack_passes_channel_normalised_maps_up():
     assert h1.shape == (3, 4, 8, 8) and h2.shape == (3, 6, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(h2, stack.layers[1](channel_normalize(h1)))
-    features = stack.readout_features(x, None, [0, 1])
-    assert features.shape == (3, 4 * 64 + 6 * 16)
     lit = channel_normalize(h2).pow(2).mean(dim=1)  # every location that fires has mean square 1
     torch.testing.assert_close(lit[lit > 0], torch.ones(int((lit > 0).sum())))
-    assert F.mse_loss(features[:, 256:], channel_normalize(h2).flatten(1)) == 0
+    # A readout sees each channel-normalised map averaged over a 7x7 grid: layer 1's 8x8 is pooled, layer 2's 4x4 kept whole.
+    features = stack.readout_features(x, None, [0, 1])
+    assert features.shape == (3, 4 * 49 + 6 * 16)
+    torch.testing.assert_close(features[:, :196], F.adaptive_avg_pool2d(channel_normalize(h1), 7).flatten(1))
+    torch.testing.assert_close(features[:, 196:], channel_normalize(h2).flatten(1))
