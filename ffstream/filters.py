@@ -9,23 +9,10 @@ import os
 
 import cv2
 import numpy as np
-import torch
-
 from ffstream import checkpoint
-from ffstream.ff.spatial import SpatialConfig
+from ffstream.ff.spec import make_layer
 
 MAX_TILES = 64  # a dense layer has thousands of units; the first ones are enough to see what it learnt
-
-
-def filter_tiles(weight: torch.Tensor, cfg, frame_shape: tuple[int, int, int]) -> np.ndarray:
-    """Layer weights -> (N, C, h, w) filters in input space: conv as they are, local at the centre location, dense as frames."""
-    if isinstance(cfg, SpatialConfig):
-        c, (kh, kw) = cfg.in_shape[0], cfg.kernel
-        if cfg.kind == "local":
-            centre = (cfg.out_hw[0] // 2) * cfg.out_hw[1] + cfg.out_hw[1] // 2
-            weight = weight[centre].view(cfg.channels, c, kh, kw)  # (L, C', C·kh·kw) -> the centre's (C', C, kh, kw)
-        return weight.numpy()
-    return weight[:MAX_TILES].view(-1, *frame_shape).numpy()  # (N, D) -> (N, C, H, W)
 
 
 def mosaic(tiles: np.ndarray, scale: int = 8, gap: int = 2) -> np.ndarray:
@@ -49,10 +36,10 @@ def mosaic(tiles: np.ndarray, scale: int = 8, gap: int = 2) -> np.ndarray:
 def save_filters(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, layer: int = 1, scale: int = 8) -> tuple[int, ...]:
     """Write layer `layer`'s filters as a PNG; returns the shape of the tiles drawn."""
     path = checkpoint.layer_path(checkpoint_dir, layer)
-    tensors, _ = checkpoint.read_metadata(path)
     cfg, meta = checkpoint.checkpoint_config(path)
-    frame_shape = tuple(meta.get("frame_shape") or (1, 1, cfg.in_features))
-    tiles = filter_tiles(tensors["weight"], cfg, frame_shape)
+    model = make_layer(cfg)
+    checkpoint.load_layer(path, model)
+    tiles = model.filters(tuple(meta.get("frame_shape") or (1, 1, cfg.in_features)))[:MAX_TILES].numpy()  # (N, C, h, w)
     if not cv2.imwrite(str(out), mosaic(tiles, scale)):
         raise OSError(f"could not write {out}")
     return tuple(tiles.shape)

@@ -88,6 +88,10 @@ class FFLayer(nn.Module):
         """The activity passed up: h's direction, its length (the goodness) left behind."""
         return rms_normalize(h)
 
+    def filters(self, frame_shape: tuple[int, int, int]) -> torch.Tensor:
+        """Each unit's weights as a picture of its input, (N, C, H, W); only meaningful for layer 1."""
+        return self.weight.detach().view(-1, *frame_shape)
+
     def features(self, h: torch.Tensor) -> torch.Tensor:
         """What a linear readout or probe reads of this layer: (B, F), here the normalised activity."""
         return self.normalize(h).flatten(1)

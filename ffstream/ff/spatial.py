@@ -154,6 +154,15 @@ class SpatialFFLayer(FFLayer):
     def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
         return h.mean(dim=(0, 2, 3))
 
+    def filters(self, frame_shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """(C', C, kh, kw): each output channel's filter (a local layer's at its centre location)."""
+        c = self.cfg
+        weight = self.weight.detach()
+        if c.kind == "local":
+            centre = (c.out_hw[0] // 2) * c.out_hw[1] + c.out_hw[1] // 2
+            weight = weight[centre]  # (L, C', C·kh·kw) -> the centre's (C', C·kh·kw)
+        return weight.reshape(c.channels, c.in_shape[0], *c.kernel)
+
     def features(self, h: torch.Tensor) -> torch.Tensor:
         """(B, C'·g·g): the channel-normalised map averaged over a g×g grid, so that a readout stays small."""
         g = self.cfg.readout_grid

@@ -429,9 +429,9 @@ class LayerWorker(Worker):
     def publish_preview(self) -> None:
         """The first units' weights as image tiles (N, H, W[, 3]) uint8: what the dashboard draws as receptive fields."""
         with torch.no_grad():
-            weight = self.layer.weights()["weight"][: preview.MAX_TILES].float().cpu().numpy()  # (n, D)
+            filters = self.layer.filters(self.preview_shape)[: preview.MAX_TILES].float().cpu()  # (n, C, h, w): frames, or conv kernels
         try:
-            tiles = preview.weight_tiles(weight, self.preview_shape)
+            tiles = preview.weight_tiles(filters.flatten(1).numpy(), tuple(filters.shape[1:]))
         except ValueError as exc:  # the input is not this frame shape: say so once, then send none
             self.log.warning("no weight previews: %s", exc)
             self.preview_shape = None
