@@ -422,7 +422,7 @@ class LayerWorker(Worker):
     def maybe_publish_metrics(self) -> None:
         super().maybe_publish_metrics()
         now = time.monotonic()
-        if self.preview_shape and (self._last_preview is None or now - self._last_preview >= PREVIEW_EVERY_S):
+        if self.preview_shape and self.metrics_addr and (self._last_preview is None or now - self._last_preview >= PREVIEW_EVERY_S):
             self._last_preview = now
             self.publish_preview()
 

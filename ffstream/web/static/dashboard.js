@@ -76,7 +76,7 @@ function fmt(v, step) {
   return v.toFixed(Math.max(0, -Math.floor(Math.log10(step) + 1e-9)));
 }
 
-// lines: [{label, color, dash, pts}], opts: {hlines: [{value, color}], yMin, yMax, empty}
+// lines: [{label, color, dash, pts}], opts: {hlines: [{value, color}], yMin, yMax, fromZero (default true), empty}
 function drawChart(canvas, lines, opts = {}) {
   const dpr = window.devicePixelRatio || 1, W = canvas.clientWidth, H = canvas.clientHeight;
   if (!W || !H) return;
@@ -96,10 +96,20 @@ function drawChart(canvas, lines, opts = {}) {
   const tMax = Math.max(...all.map(p => p[0])), tMin = Math.max(Math.min(...all.map(p => p[0])), tMax - WINDOW_S);
   const seen = all.filter(p => p[0] >= tMin).map(p => p[1]).concat((opts.hlines || []).map(h => h.value));
   let lo = opts.yMin ?? Math.min(...seen), hi = opts.yMax ?? Math.max(...seen);
-  if (opts.yMin === undefined) lo = Math.min(lo, 0);
-  if (hi - lo < 1e-9) { hi += 1; lo = Math.min(lo, hi - 2); }
-  if (opts.yMax === undefined) hi += (hi - lo) * 0.08;
-  const left = 44, right = 10, top = 22, bottom = 20, pw = W - left - right, ph = H - top - bottom;
+  const pad = Math.max(hi - lo, Math.abs(hi) * 0.02, 1e-6) * 0.08;
+  if (opts.yMin === undefined) lo = opts.fromZero === false ? lo - pad : Math.min(lo, 0);
+  if (opts.yMax === undefined) hi += pad;
+  const left = 44, right = 10, bottom = 20;
+  // the legend along the top, wrapped into rows that fit the width
+  const legend = [];
+  let lx = left, ly = 9;
+  for (const l of lines.filter(l => l.label)) {
+    const width = 28 + g.measureText(l.label).width;
+    if (lx > left && lx + width > W - right) { lx = left; ly += 15; }
+    legend.push({ l, x: lx, y: ly });
+    lx += width;
+  }
+  const top = ly + 13, pw = W - left - right, ph = H - top - bottom;
   const X = t => left + (tMax === tMin ? pw : (t - tMin) / (tMax - tMin) * pw);
   const Y = v => top + ph - (v - lo) / (hi - lo) * ph;
   // grid and y labels
@@ -127,13 +137,11 @@ function drawChart(canvas, lines, opts = {}) {
     g.stroke();
   }
   g.setLineDash([]);
-  // legend along the top
-  let x = left; g.textAlign = "left"; g.textBaseline = "middle";
-  for (const l of lines.filter(l => l.label)) {
+  g.textAlign = "left"; g.textBaseline = "middle";
+  for (const { l, x, y } of legend) {
     g.strokeStyle = l.color; g.lineWidth = 2; g.setLineDash(l.dash ? [4, 3] : []);
-    g.beginPath(); g.moveTo(x, 9); g.lineTo(x + 16, 9); g.stroke(); g.setLineDash([]);
-    g.fillStyle = "#1d2430"; g.fillText(l.label, x + 20, 9);
-    x += 28 + g.measureText(l.label).width;
+    g.beginPath(); g.moveTo(x, y); g.lineTo(x + 16, y); g.stroke(); g.setLineDash([]);
+    g.fillStyle = "#1d2430"; g.fillText(l.label, x + 20, y);
   }
 }
 
@@ -155,7 +163,7 @@ function goodnessCharts() {
     drawChart(canvas, [
       { label: "positive", color: POS, pts: series.get(`goodness_pos/${w}`) || [] },
       { label: "negative", color: NEG, pts: series.get(`goodness_neg/${w}`) || [] },
-    ], { hlines: typeof m.threshold === "number" ? [{ value: m.threshold, color: THETA }] : [] });
+    ], { fromZero: false, hlines: typeof m.threshold === "number" ? [{ value: m.threshold, color: THETA }] : [] });
   }
 }
 
