@@ -1,4 +1,7 @@
-"""The `ffstream` console script: `ffstream check` without importing torch (it is a frequent probe), else the CLI."""
+"""The `ffstream` console script: `ffstream check` without importing torch (it is a frequent probe), else the CLI.
+
+`ffstream run` with a webcam that does not exist fails here too, before torch is imported.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,13 @@ def main(argv: list[str] | None = None) -> int:
         from ffstream.commands.check import main as check_main
 
         return check_main(args[1:])
+    if args[:1] == ["run"]:
+        from ffstream.preflight import missing_webcam, run_source
+
+        error = missing_webcam(run_source(args[1:]) or "")
+        if error:
+            print(f"ffstream run: error: {error}", file=sys.stderr)
+            return 2
     from ffstream.cli import main as cli_main
 
     return cli_main(argv)

@@ -145,3 +145,12 @@ def test_a_restarted_source_worker_resumes_with_its_counters_and_loses_nothing(t
     fourth = worker(run_id="run-b")  # a new run plays the finished stream again from the start
     assert fourth.resumed_from is None and fourth.frames == 0
     fourth.source.close()
+
+
+def test_a_position_that_cannot_be_saved_does_not_stop_the_stream(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a directory")
+    store = PositionStore(tmp_path / "file" / "source.json", {"kind": "video"})  # its directory cannot be made
+    store.save(SavedPosition(Position(0, 4), frames=4, batches=1))
+    store.save(SavedPosition(Position(0, 8), frames=8, batches=2))
+    assert store.failed and store.load() is None
+    assert sum("cannot save the source position" in r.message for r in caplog.records) == 1  # said once

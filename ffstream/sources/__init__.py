@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
 import numpy as np
 
+from ffstream.preflight import missing_webcam
 from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.camera import CameraSource
 from ffstream.sources.idx import FASHION_MNIST_DIR, IdxSource, load_idx, load_split, open_idx
@@ -73,16 +73,12 @@ def open_source(
 
 
 def check_live(spec: str) -> None:
-    """Fail fast, without opening it, on a live source that cannot exist: a webcam index with no device node.
-
-    Opening a camera is left to the one process that uses it (the source worker); this only catches the
-    common mistake up front. On systems without /dev/video* (not Linux) nothing is checked here.
-    """
+    """Fail fast, without opening it, on a live source that cannot exist: a webcam index with no device node."""
     if spec == "webcam" or spec.startswith("webcam:"):
-        index = _count(spec, 0, allow_zero=True)
-        device = f"/dev/video{index}"
-        if sys.platform.startswith("linux") and not os.path.exists(device):
-            raise SourceError(f"cannot open {spec}: no such device {device}")
+        _count(spec, 0, allow_zero=True)  # a bad number: its own one-line error
+        error = missing_webcam(spec)
+        if error:
+            raise SourceError(error)
 
 
 def dataset_arrays(spec: str, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:

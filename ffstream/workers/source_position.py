@@ -42,6 +42,7 @@ class PositionStore:
         self.path = os.fspath(path)
         self.identity = identity
         self.run_id = run_id
+        self.failed = False  # the last save failed (already logged)
 
     def load(self) -> SavedPosition | None:
         """Where to resume; None to start from the beginning (no file, another source, a finished earlier run)."""
@@ -69,6 +70,17 @@ class PositionStore:
         return found
 
     def save(self, saved: SavedPosition) -> None:
+        """Atomic write; a failure (a read-only or full disk) is logged once and the stream goes on without it."""
+        try:
+            self._write(saved)
+        except OSError as exc:
+            if not self.failed:
+                log.warning("cannot save the source position to %s (%s); a restart will start over", self.path, exc)
+            self.failed = True
+        else:
+            self.failed = False
+
+    def _write(self, saved: SavedPosition) -> None:
         write_json_atomic(
             self.path,
             {

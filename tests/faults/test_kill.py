@@ -81,7 +81,7 @@ def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
         victim = latest[kind]
         killed_at = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
-        recovered_in, first, resumed_in, resumed = None, None, None, None
+        recovered_in, first, resumed_in, resumed = None, None, None, None  # back: publishing; resumed: making negatives
         while resumed is None:  # the new process publishes; for sleep, until it has made negatives
             assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before the new {kind} worker was seen at work"
             name, m = _metrics(sub, 0.2)
@@ -102,10 +102,11 @@ def test_kill_sleep_or_monitor_learning_goes_on_and_it_restarts(tmp_path, kind):
     summary = json.loads((tmp_path / "summary.json").read_text())
     frames = [layer["frames"] for layer in summary["layers"]]
     assert f"restarting {kind}" in err, err[-2000:]
-    print(f"\n{kind} kill: back (new pid publishing) in {recovered_in:.2f} s, at work in {resumed_in:.2f} s; layer frames {frames} "
-          f"of {TOTAL}; sink {summary['sink']['frames']}; the new sleep worker's negatives {(summary['sleep'] or {}).get('negatives')} "
-          f"(the killed one had made {victim.get('negatives')}); layer1 paired steps {paired_at_restart} after it came back, "
-          f"{paired_later} later")
+    sleep_figures = (f"; making negatives {resumed_in:.2f} s after the kill ({resumed.get('negatives')} in those metrics), {(summary['sleep'] or {}).get('negatives')} "
+                     f"at the end (the killed one had made {victim.get('negatives')}); layer1 paired steps {paired_at_restart} after it came "
+                     f"back, {paired_later} later") if kind == "sleep" else ""
+    print(f"\n{kind} kill: back (new pid publishing) in {recovered_in:.2f} s; layer frames {frames} of {TOTAL}; "
+          f"sink {summary['sink']['frames']}{sleep_figures}")
     assert frames == [TOTAL] * len(frames), "learning lost frames while a side worker was down"
     if kind == "sleep":
         assert first["pid"] != victim["pid"] and resumed["negatives"] > 0, "the new sleep worker made no negatives"
