@@ -127,7 +127,7 @@ class Dashboard:
         return Group(*parts)
 
     def _table(self, title: str, columns: Iterable[str]) -> Table:
-        table = Table(title=title, title_justify="left", expand=False)
+        table = Table(title=title, title_justify="left", expand=False, show_edge=False, pad_edge=False)  # compact: fits 24 lines
         for col in columns:
             table.add_column(col, justify="left" if col in ("worker", "status", "trend", "kind") else "right", no_wrap=True)
         return table

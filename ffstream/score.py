@@ -22,6 +22,7 @@ from ffstream.checkpoint import CheckpointError
 from ffstream.evaluate import load_stack
 from ffstream.ff import FFStack
 from ffstream.ff.labels import neutral_label
+from ffstream.recurrent_eval import is_recurrent
 from ffstream.sources import Preprocess, VideoFileSource
 
 
@@ -39,6 +40,8 @@ class Scores:
 
 def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack, dict, Preprocess]:
     """The stack in `directory`, its metadata and the preprocessing it was trained with; CheckpointError if unusable."""
+    if is_recurrent(directory):  # its layers also take the state from above: a plain forward pass would be wrong
+        raise CheckpointError(f"{directory} holds a recurrent (--recurrent) stack; ffstream score reads feedforward stacks only")
     try:
         stack, meta = load_stack(directory)
     except ValueError as exc:  # layers that do not chain, configs that do not parse

@@ -109,7 +109,7 @@ def _save_layer(directory: Path, index: int, cfg: LayerConfig, meta: dict) -> No
     checkpoint.save_layer(checkpoint.layer_path(directory, index), FFLayer(cfg), meta)
 
 
-@pytest.mark.parametrize("case", ["missing video", "not a video", "empty checkpoint dir", "layers do not chain", "frames do not fit layer 1", "no matplotlib"])
+@pytest.mark.parametrize("case", ["missing video", "not a video", "empty checkpoint dir", "layers do not chain", "frames do not fit layer 1", "recurrent", "no matplotlib"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case):
     """In-process through the real entry point, `ffstream.cli.main` (a subprocess each would only add torch imports)."""
     good = tmp_path / "good"
@@ -119,6 +119,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case):
     _save_layer(unchained, 2, LayerConfig(32, 16), {"frame_shape": [1, 28, 28]})
     misshapen = tmp_path / "misshapen"  # layer 1 takes 100 values, its frames are 28x28
     _save_layer(misshapen, 1, LayerConfig(100, 16), {"frame_shape": [1, 28, 28]})
+    recurrent = tmp_path / "recurrent"  # what `ffstream run --recurrent` leaves: layer 1's metadata says so
+    _save_layer(recurrent, 1, LayerConfig(784, 16), {"frame_shape": [1, 28, 28], "recurrent": {"iterations": 8, "window": [3, 5], "damping": 0.7}})
     (tmp_path / "empty").mkdir()
     video, out = str(VIDEO_A), str(tmp_path / "scores.csv")
     source, directory, expected, extra = {
@@ -127,6 +129,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, case):
         "empty checkpoint dir": (video, tmp_path / "empty", "no layer checkpoints", []),
         "layers do not chain": (video, unchained, "chain", []),
         "frames do not fit layer 1": (video, misshapen, "takes 100 values", []),
+        "recurrent": (video, recurrent, "recurrent", []),
         "no matplotlib": (video, good, "pip install matplotlib", ["--plot", str(tmp_path / "scores.png")]),
     }[case]
     if case == "no matplotlib":

@@ -24,6 +24,9 @@ from ffstream.transport import make_socket
 # why upstream workers stay up after the end-of-stream marker until the supervisor, having seen the sink
 # finish, stops them.
 FLUSH_MS = 3000
+# At close, how long the metrics socket may spend handing the final figures to a live monitor (a dashboard
+# would otherwise show a finished worker's last periodic figures). A PUB drops at once what no peer takes.
+METRICS_FLUSH_MS = 500
 
 
 class Worker:
@@ -119,7 +122,7 @@ class Worker:
                 self.heartbeat.close()
             security.release(self.context)  # the CURVE authenticator, if any, must stop before the context terminates
             for sock, is_output in self._sockets:
-                sock.close(linger=FLUSH_MS if is_output else 0)
+                sock.close(linger=FLUSH_MS if is_output else METRICS_FLUSH_MS if sock is self._metrics_sock else 0)
             if self._own_context:
                 self.context.term()
             self.log.info("stopped: %r", self)
