@@ -7,15 +7,15 @@ crashed worker is replaced in a fraction of a second instead of a fresh process'
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
 import sys
 
 import torch
 
 from ffstream import config, security
-from ffstream.ff import FFLayer
+from ffstream.ff import FFLayer, LayerConfig
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
@@ -38,11 +38,15 @@ def worker_command(args) -> int:
 
 def warm_up(cfg: config.RunConfig) -> None:
     """Pay torch's first-use costs now rather than when taking over: building the first optimiser imports
-    torch._dynamo (over 2 s, measured). One step of a tiny layer with the run's settings covers it."""
-    tiny = dataclasses.replace(cfg.layer_configs()[0], in_features=8, width=8)
-    layer = FFLayer(tiny)
-    grads, _, _ = layer.wake(torch.rand(4, 8))
-    layer.apply_gradients(grads)
+    torch._dynamo (over 2 s, measured). One step of a tiny dense layer with the run's optimiser covers it.
+    Best effort: a failure here costs only the time it would have saved."""
+    try:
+        first = cfg.layer_configs()[0]
+        layer = FFLayer(LayerConfig(in_features=8, width=8, optimizer=first.optimizer))
+        grads, _, _ = layer.wake(torch.rand(4, 8))
+        layer.apply_gradients(grads)
+    except Exception as exc:  # noqa: BLE001 - nothing here may stop the spare from taking over
+        logging.getLogger("ffstream.standby").warning("warm-up failed (%s); the spare is slower to take over", exc)
 
 
 def take_assignment(args) -> bool:
