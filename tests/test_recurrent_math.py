@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,18 @@ def test_a_shared_context_row_gives_the_same_result_as_repeating_it():
         expected = torch.autograd.grad(loss, [layer.top_down])[0]
     assert torch.allclose(h_shared, full.detach(), atol=1e-6)
     assert torch.allclose(g_shared[2], expected, atol=1e-6)
+
+
+def test_scoring_a_clip_with_and_without_top_down():
+    """`ffstream score` on a recurrent stack: one step a frame; silencing the layer above changes the goodness."""
+    from ffstream.recurrent_score import recurrent_goodness
+
+    stack = RecurrentStack([LayerConfig(6, 5, seed=0), LayerConfig(5, 4, seed=1)])
+    clip = torch.rand(7, 1, 2, 3, generator=gen(0)).numpy()
+    with_top_down, without = recurrent_goodness(stack, clip), recurrent_goodness(stack, clip, top_down=False)
+    assert with_top_down.shape == without.shape == (7, 2)
+    # frame 0: nothing from above yet in either run; later frames hear layer 2's previous state
+    assert np.allclose(with_top_down[0], without[0])
+    assert not np.allclose(with_top_down[1:, 0], without[1:, 0])
+    _, history = stack.run(torch.from_numpy(clip[:1]).flatten(1), iterations=1)
+    assert np.isclose(with_top_down[0, 0], float(history[0][0].pow(2).sum()))

@@ -110,7 +110,7 @@ def run_recurrent(tmp_path: Path, *args: str) -> dict:
 @pytest.mark.skipif(not VIDEO.exists(), reason="opencv-doc's vtest.avi is not installed")
 def test_recurrent_run_on_a_real_video(tmp_path):
     s = run_recurrent(tmp_path, "--source", str(VIDEO), "--max-frames", "96", "--batch", "8", "--layers", "64,64,64",
-                      "--scores", str(tmp_path / "scores.jsonl"))
+                      "--scores", str(tmp_path / "scores.jsonl"), "--checkpoint-dir", str(tmp_path / "ck"))
     assert s["sink"]["frames"] == 96
     for layer in s["layers"]:
         assert layer["frames"] == 96 and layer["negative_updates"] > 0, layer
@@ -118,6 +118,13 @@ def test_recurrent_run_on_a_real_video(tmp_path):
     assert s["layers"][2]["rows_with_feedback"] is None or s["layers"][2]["rows_with_feedback"] == 0  # the top hears nobody
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 96 and all(len(r["goodness"]) == 3 for r in rows)
+    # `ffstream score` on its checkpoints: the frames as steps, with top-down and without, on one line.
+    score = subprocess.run([sys.executable, "-m", "ffstream", "score", "--source", str(VIDEO), "--checkpoint-dir", str(tmp_path / "ck"),
+                            "--out", str(tmp_path / "scores.csv")], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240)
+    assert score.returncode == 0, score.stderr[-3000:]
+    line = score.stdout.strip().splitlines()[-1]
+    assert line.startswith("recurrent vs feedforward: with top-down goodness") and "without top-down goodness" in line, line
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 795 + 1  # every frame of vtest.avi, and the header
 
 
 def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
@@ -129,3 +136,4 @@ def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
     for layer in s["layers"]:
         assert layer["frames"] == 3 * 256 and layer["negative_updates"] > 0, layer
     assert s["layers"][0]["rows_with_feedback"] > 0
+

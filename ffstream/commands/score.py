@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from ffstream.cli import UserError
+from ffstream.recurrent_eval import is_recurrent
+from ffstream.recurrent_score import comparison_line, score_recurrent_video
 from ffstream.score import plot, require_matplotlib, score_video, write_csv
 
 
@@ -12,7 +14,11 @@ def score_command(args) -> int:
             require_matplotlib()  # before the work, so a missing package costs nothing
         except ImportError as exc:
             raise UserError(str(exc)) from None
-    scores = score_video(args.source, args.checkpoint_dir, batch=args.batch)
+    without_top_down = None
+    if is_recurrent(args.checkpoint_dir):  # a recurrent stack: frames are its steps; also scored with top-down silenced
+        scores, without_top_down = score_recurrent_video(args.source, args.checkpoint_dir)
+    else:
+        scores = score_video(args.source, args.checkpoint_dir, batch=args.batch)
     write_csv(scores, args.out)
     if args.plot:
         plot(scores, args.plot)
@@ -20,4 +26,6 @@ def score_command(args) -> int:
         f"{len(scores.frames)} frames of {args.source} scored by {len(scores.thresholds)} layers: {args.out}"
         + (f", plot {args.plot}" if args.plot else "")
     )
+    if without_top_down is not None:
+        print(comparison_line(scores, without_top_down))
     return 0

@@ -149,13 +149,18 @@ class RecurrentStack:
     def initial_states(self, rows: int) -> list[torch.Tensor]:
         return [torch.zeros(rows, layer.cfg.width) for layer in self.layers]
 
-    def step(self, x: torch.Tensor, top: torch.Tensor, states: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One step, no learning: (packed inputs, new states) per layer for frames x: (B, D) and top input (B, T_L)."""
+    def step(self, x: torch.Tensor, top: torch.Tensor, states: list[torch.Tensor], top_down: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One step, no learning: (packed inputs, new states) per layer for frames x: (B, D) and top input (B, T_L).
+
+        top_down False silences every input from above (the label too); each layer still keeps its damped state.
+        """
         packed, new = [], []
         with torch.no_grad():
             below = x
             for i, layer in enumerate(self.layers):
                 above = states[i + 1] if i + 1 < len(self.layers) else top
+                if not top_down:
+                    above = torch.zeros(len(x), layer.top_down_features)
                 packed.append(layer.pack(below, above, states[i]))
                 new.append(layer(packed[-1]))
                 below = rms_normalize(new[-1])
