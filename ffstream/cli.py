@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--video", default="/usr/share/doc/opencv-doc/examples/data/vtest.avi", help="a video file; 'none' skips the video part")
     rec.add_argument("--video-batch", type=_positive, default=16)
     rec.add_argument("--video-frames", type=_positive, help="frames of the video to use (default: all)")
+    rec.add_argument("--video-epochs", type=_positive, default=1, help="passes over the video (a longer, steadier frames/s)")
     rec.add_argument("--no-images", action="store_true", help="skip the Fashion-MNIST part")
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--json", action="store_true", help="print one JSON object")

@@ -52,11 +52,11 @@ def goodness_profile(scores_path: Path) -> dict:
             "relative_change": round(float(change), 4) if change is not None else None}
 
 
-def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames: int | None, seed: int = 0) -> dict:
-    out = {}
+def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames: int | None, seed: int = 0, epochs: int = 1) -> dict:
+    out = {"epochs": epochs}
     for name, recurrent in (("feedforward", False), ("recurrent", True)):
         with tempfile.TemporaryDirectory(prefix="ffrec-") as tmp:
-            cfg = RunConfig(stream=StreamConfig(source=video, batch=batch, max_frames=max_frames, task="unsupervised", seed=seed),
+            cfg = RunConfig(stream=StreamConfig(source=video, batch=batch, max_frames=max_frames, task="unsupervised", seed=seed, epochs=epochs),
                             model=ModelConfig(layers=layers, max_batch=batch, recurrent=recurrent), scores=f"{tmp}/scores.jsonl")
             resolve_stream(cfg)
             cfg.check()
@@ -72,14 +72,15 @@ def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames
     return out
 
 
-def recurrent_benchmark(layers, epochs, batch, max_frames, iterations, window, video, video_batch, video_frames, images=True, seed=0) -> dict:
+def recurrent_benchmark(layers, epochs, batch, max_frames, iterations, window, video, video_batch, video_frames, images=True, seed=0,
+                        video_epochs=1) -> dict:
     result: dict = {"layers": list(layers), "iterations": iterations, "window": list(window)}
     if images:
         result["images"] = {"epochs": epochs, "batch": batch, "max_frames": max_frames,
                             **image_comparison(tuple(layers), epochs, batch, max_frames, iterations, window, seed)}
     if video:
         result["video"] = {"source": video, "batch": video_batch, "max_frames": video_frames,
-                           **video_comparison(video, tuple(layers), video_batch, video_frames, seed)}
+                           **video_comparison(video, tuple(layers), video_batch, video_frames, seed, video_epochs)}
     return result
 
 
@@ -96,7 +97,7 @@ def format_result(r: dict) -> str:
                          else f"  {name:11s}: test {acc}")
     if "video" in r:
         v = r["video"]
-        lines.append(f"video {v['source']}, batch {v['batch']}, max frames {v['max_frames']}:")
+        lines.append(f"video {v['source']} x{v['epochs']}, batch {v['batch']}, max frames {v['max_frames']}:")
         for name in ("feedforward", "recurrent"):
             m = v[name]
             lines.append(f"  {name:11s}: {m['frames']} frames, {m['fps']} frames/s (layers {m['layer_fps']}); goodness per frame mean "
