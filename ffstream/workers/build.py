@@ -144,7 +144,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
 
 def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) -> dict:
     """What a recurrent layer worker needs beyond a plain one: its top-down width and feedback sockets."""
-    widths = list(cfg.model.layers)
+    widths = [c.width for c in cfg.layer_configs()]  # layers may be given as specs ("dense:500"); recurrent ones are all dense
     top = index == len(widths)
     return {
         "top_down_features": (num_classes or 0) if top else widths[index],
