@@ -36,7 +36,8 @@ ENDLESS = 10**9  # synthetic frames for the memory run, which is ended by time i
 
 def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, rate_fps: float | None = None, seed: int = 0) -> RunConfig:
     return RunConfig(
-        stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps),
+        # eval_every=0: no forward-only eval copies and no readout in either run; both do only the learning path.
+        stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps, eval_every=0),
         model=ModelConfig(layers=layers, max_batch=batch),
         sleep=SleepConfig(enabled=True),
     )

@@ -57,10 +57,13 @@ class FFLayer(nn.Module):
         return self.cfg.width
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        # fused: one kernel per step instead of a dozen passes over the (N, D) weight and its two moments.
+        # On a 2000x2000 layer (CPU, torch 2.13) an Adam step takes 1.5-4 ms fused and 40-55 ms with the
+        # default foreach kernels, as long as the matrix products of a batch-64 step.
         c = self.cfg
         if c.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
+            return torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, fused=True)
+        return torch.optim.Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay, fused=True)
 
     @property
     def needs_labels(self) -> bool:
@@ -165,7 +168,7 @@ class FFLayer(nn.Module):
     def add_negative(self, grads: Gradients, scale: float = 1.0) -> None:
         """Queue a negative gradient (computed elsewhere, maybe on older weights) for the next step."""
         if self._pending is None:
-            self._pending = [g.detach().clone() * scale for g in grads]
+            self._pending = [g.detach() * scale for g in grads]  # a new tensor: the caller's is left alone
         else:
             for acc, g in zip(self._pending, grads):
                 acc.add_(g, alpha=scale)

@@ -68,11 +68,12 @@ class FFStack:
         """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer."""
         stats = []
         for layer in self.layers:
-            layer.add_negative_inputs(x_neg)
-            with torch.no_grad():
-                h_neg = layer(x_neg)  # before the step, as the sleep worker's snapshot would see it
+            # One forward pass per batch and sign: the negative gradient's pass also gives h_neg (before the
+            # step, as the sleep worker's snapshot would see it), and the positive one gives h_pos.
+            neg_grads, neg_stats, h_neg = layer.local_gradients(x_neg, positive=False)
+            layer.add_negative(neg_grads)
             h_pos, pos_stats = layer.learn(x_pos)
-            stats.append({"pos": pos_stats, "neg": layer.last_negative_stats})
+            stats.append({"pos": pos_stats, "neg": neg_stats})
             x_pos, x_neg = layer.normalize(h_pos), layer.normalize(h_neg)
         return stats
 
