@@ -146,11 +146,13 @@ class SleepConfig:
     reservoir: int = 4096  # raw frames kept for negatives
     update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)
     phased: bool = False  # sleep in phases: the source pauses after every sleep_every batches while the negatives run
+    route: str = "snapshot"  # "snapshot": negatives for every layer made here on snapshots; "chain": layer 1's only, each layer passes its own up
 
     def plan(self, supervised: bool) -> SleepPlan:
         kind = self.negatives or ("random" if supervised else "hybrid")
         try:
-            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update, phased=self.phased)
+            return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update, phased=self.phased,
+                             route=self.route)
         except ValueError as exc:
             raise ConfigError(f"sleep: {exc}") from None
 

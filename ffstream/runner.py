@@ -294,10 +294,11 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "dropped": s.get("dropped"),
                 "rows_with_feedback": s.get("rows_with_feedback"),  # recurrent runs: rows that heard the layer above
                 "feedback_lag": s.get("feedback_lag"),
+                "busy_s": s.get("busy_s"),  # seconds per phase of the worker's loop (wait, recv, forward, learn, send, ...)
             }
         )
     keep = ("frames", "fps", "accuracy", "evaluated", "latency_p50_ms", "latency_p99_ms", "dropped", "bad_frames", "total", "negatives",
-            "negatives_per_s", "refreshes", "staleness", "sleep_every", "negative_kind", "snapshot_timeouts")
+            "negatives_per_s", "refreshes", "staleness", "sleep_every", "negative_kind", "snapshot_timeouts", "busy_s")
     pick = lambda name: {k: v for k, v in stats.get(name, {}).items() if k in keep}  # noqa: E731
     return {
         "source": cfg.stream.source,

@@ -111,15 +111,19 @@ class FFLayer(nn.Module):
     def probability(self, g: torch.Tensor) -> torch.Tensor:
         return probability_positive(g, self.cfg.theta, self.cfg.temperature, self.cfg.variant)
 
-    def local_gradients(self, x: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[Gradients, dict, torch.Tensor]:
+    def local_gradients(self, x: torch.Tensor, positive: bool, labels: torch.Tensor | None = None, on_forward=None) -> tuple[Gradients, dict, torch.Tensor]:
         """The gradient of this layer's own loss on x, without changing anything.
 
         Returns (gradients, stats, h). Peer normalisation joins the positive
         loss only, and its running mean moves only when a positive step is taken.
+        on_forward(h), if given, gets the activity (B, N) before the backward pass,
+        so that a worker can pass it on without a second forward pass or a wait.
         """
         x = x.detach()
         with torch.enable_grad():
             h = self(x)
+            if on_forward is not None:
+                on_forward(h.detach())
             loss, g = self.local_loss(h, positive, labels)
             if positive and self.cfg.peer_weight > 0:
                 loss = loss + self.cfg.peer_weight * self._peer_loss(h)
@@ -144,12 +148,13 @@ class FFLayer(nn.Module):
         self.apply_gradients(grads)
         return h, stats
 
-    def wake(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[Gradients, dict, torch.Tensor]:
+    def wake(self, x: torch.Tensor, labels: torch.Tensor | None = None, on_forward=None) -> tuple[Gradients, dict, torch.Tensor]:
         """The positive half of a step: gradients, stats and h for x: (B, D), and the peer running mean moved.
 
         `apply_gradients(grads)` takes the step, now or once the matching negatives are in.
+        on_forward: as in `local_gradients`.
         """
-        grads, stats, h = self.local_gradients(x, positive=True, labels=labels)
+        grads, stats, h = self.local_gradients(x, positive=True, labels=labels, on_forward=on_forward)
         if self.cfg.peer_weight > 0:
             ema = self.cfg.peer_ema
             self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h))

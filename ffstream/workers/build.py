@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -76,10 +77,13 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
         else:
             # Layer 1 writes the label into the frame; under channel-wise competition every layer takes it as a target instead.
             layer_kwargs = {"num_classes": num_classes if index == 1 and not cfg.model.competition else None}
+        endpoints = topo.layer(index)
+        if cfg.sleep.enabled and cfg.sleep.route == "chain" and index < len(cfg.model.layers):
+            endpoints = dataclasses.replace(endpoints, negative_output=topo.layer_negatives[index])  # layer index+1's, connect form
         return (RecurrentLayerWorker if cfg.model.recurrent else LayerWorker)(
             index,
             cfg.layer_configs()[index - 1],
-            topo.layer(index),
+            endpoints,
             **layer_kwargs,
             label_scale=cfg.model.label_scale,
             # every step of a recurrent image is a learned row, so the decay spans them all

@@ -12,12 +12,12 @@ import torch
 import zmq
 
 from ffstream import checkpoint, preview, wire
-from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label, rms_normalize
+from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label
 from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
 from ffstream.workers.pairing import Pairing
-from ffstream.workers.stats import Ema, Mean, Rate
+from ffstream.workers.stats import Ema, Mean, Phases, Rate
 
 # Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
 # flips the sign of the update and measurably hurts. Only when the wake path has been idle this long,
@@ -33,6 +33,7 @@ class LayerEndpoints:
     output: str  # PUSH, connected: the next layer's input or the sink's
     negative: str  # PULL, bound: negative updates from the sleep worker
     snapshot: str  # REP, bound: answers the sleep worker's snapshot requests
+    negative_output: str | None = None  # PUSH, connected: the next layer's negative socket (sleep.route "chain"); None: no chaining
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class LayerWorker(Worker):
         if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
             version = checkpoint.load_layer(checkpoint.layer_path(checkpoint_dir, index), self.layer)
             self.log.info("resumed from %s at version %d", checkpoint.layer_path(checkpoint_dir, index), version)
+        self._sent_ok = True  # whether the last micro-batch's activity was finite and went on
+        self.phases = Phases()  # seconds per phase of the loop, published as busy_s
         self.rollbacks = 0  # steps that left non-finite weights and were undone
         self.lr_factor = 1.0  # halved at each rollback
         self._remember()
@@ -108,6 +111,7 @@ class LayerWorker(Worker):
         self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
         self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True)
         self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
+        self.negative_output = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True) if ep.negative_output else None
         self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
         self.poller = zmq.Poller()
         for r in (self.input, self.negative, self.snapshot):
@@ -115,11 +119,14 @@ class LayerWorker(Worker):
 
     # the loop --------------------------------------------------------------------------
     def step(self) -> None:
-        ready = dict(self.poller.poll(POLL_MS))
+        with self.phases("wait"):
+            ready = dict(self.poller.poll(POLL_MS))
         if self.snapshot.sock in ready:
-            self._answer_snapshot()
+            with self.phases("snapshot"):
+                self._answer_snapshot()
         if self.negative.sock in ready:
-            self._take_negative()
+            with self.phases("negatives"):
+                self._take_negative()
         if self.input.sock in ready:
             self._take_batch()
         elif time.monotonic() - self._last_wake_step > IDLE_WAKE_S:
@@ -150,7 +157,9 @@ class LayerWorker(Worker):
         try:
             if msg.kind != "negative_update":
                 raise wire.WireError("kind", f"{msg.kind} on the negative socket")
-            version = int(msg.extra.get("version", -1))  # OverflowError: JSON allows Infinity
+            # A chained negative (from the layer below, sleep.route "chain") has no snapshot version: staleness 0.
+            version = msg.extra.get("version")
+            version = None if version is None else int(version)  # OverflowError: JSON allows Infinity
             if msg.extra.get("form") == "gradient":
                 self._queue_negative_gradient(msg)
             else:
@@ -159,11 +168,19 @@ class LayerWorker(Worker):
             self.dropped[getattr(exc, "reason", "negative_update")] += 1
             return
         self.negatives += 1
-        staleness = max(0, self.layer.version - version)
+        staleness = 0 if version is None else max(0, self.layer.version - version)
         self.recent["staleness"].add(staleness)
         self.whole_run["staleness"].add(staleness)
         if self.layer.pending_count >= MAX_PENDING_NEGATIVES:
             self._step_negatives_only()
+
+    def _drain_negatives(self, most: int = 16) -> None:
+        """Take the negatives that are already here, so that a positive arriving with them can step at once."""
+        for _ in range(most):
+            if not self.negative.sock.poll(0):
+                return
+            with self.phases("negatives"):
+                self._take_negative()
 
     def _queue_negative_inputs(self, msg: wire.Message) -> None:
         x = np.asarray(msg.array)
@@ -179,11 +196,15 @@ class LayerWorker(Worker):
             self._step_paired()
 
     def _step_paired(self) -> None:
-        """Step every held positive whose negatives are in, then what waited too long, alone."""
-        for positives, negatives in self.pairing.ready():
-            for inputs in negatives:
-                self.layer.add_negative_inputs(inputs)
-            self._wake_and_apply(positives)
+        """Step every held positive whose negatives are in, then what waited too long, alone.
+
+        When several are ready at once (the layer fell behind), they make one step: learning catches up
+        on a larger batch instead of queueing steps.
+        """
+        ready = self.pairing.ready_by_seq()
+        if ready:
+            with self.phases("learn"):
+                self._step(torch.cat([positives for positives, _ in ready]), [n for _, negatives in ready for n in negatives])
         late_positives, orphan_negatives = self.pairing.expired()
         for inputs in orphan_negatives:
             self.layer.add_negative_inputs(inputs)  # joins the next step
@@ -191,8 +212,39 @@ class LayerWorker(Worker):
             self._wake_and_apply(positives)
 
     def _wake_and_apply(self, positives: torch.Tensor) -> None:
-        grads, _, _ = self.layer.wake(positives)
+        with self.phases("learn"):
+            self._step(positives, [])
+
+    def _step(self, positives: torch.Tensor, negatives: list[tuple[int, torch.Tensor]], labels: torch.Tensor | None = None,
+              on_forward=None) -> tuple[dict, torch.Tensor]:
+        """One optimiser step on positives (B, D) and the negatives of the same frames, both judged by the weights
+        of this moment, as in the interleaved reference; returns the positive stats and h.
+
+        The negatives go first, so that with a chained sleep (route "chain") their activity reaches the next
+        layer before the positives' does, and it can step at once too.
+        """
+        if negatives:
+            chain = (lambda h: self._chain_negatives(negatives, h)) if self.negative_output is not None else None
+            grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False, on_forward=chain)
+            self.layer.add_negative(grads)  # one negative batch per positive batch: equal weight, as in the reference
+            self.layer.last_negative_stats = neg_stats
+        grads, stats, h = self.layer.wake(positives, labels, on_forward=on_forward)
         self._apply(grads)
+        return stats, h
+
+    def _chain_negatives(self, negatives: list[tuple[int, torch.Tensor]], h: torch.Tensor) -> None:
+        """Send the next layer its negative inputs: this layer's normalised activity on the negatives, per source batch."""
+        act = self.layer.normalize(h).cpu().numpy()
+        if not np.isfinite(act).all():
+            self.dropped["non_finite_negative"] += len(negatives)
+            return
+        start = 0
+        for seq, x in negatives:
+            rows = act[start : start + len(x)]
+            start += len(x)
+            update = wire.Message("negative_update", rows, stream=self.name, seq=seq, extra={"form": "inputs", "rows": len(rows)})
+            if not send(self.negative_output, update, lambda: self.stopping, timeout_ms=1000):
+                self.dropped["negative_not_sent"] += 1
 
     def _apply(self, grads) -> None:
         self.layer.apply_gradients(grads)
@@ -261,7 +313,8 @@ class LayerWorker(Worker):
         return batch
 
     def _take_batch(self) -> None:
-        batch = self._gather()
+        with self.phases("recv"):
+            batch = self._gather()
         data = [m for m in batch if m.kind in ("frames", "activity")]
         bad = [m for m in batch if m.kind not in ("frames", "activity", "control")]
         self.dropped["kind"] += len(bad)
@@ -330,22 +383,31 @@ class LayerWorker(Worker):
                 self.dropped["label"] += len(kept)
                 return
             labels = torch.tensor([c for m, _ in kept for c in m.label], device=self.device)
-        if self.pairing is None:
-            grads, stats, h = self.layer.wake(x, labels)
-            self._apply(grads)
+        pass_on = lambda h: self._pass_on(kept, h)  # noqa: E731  the activity goes on before any backward pass
+        busy = False
+        if self.pairing is not None:
+            self._drain_negatives()  # negatives sent just before these positives join this step
+            # More frames waiting: forward them first and learn when the input is idle, on the merged batches
+            # (bounded: past half of max_held the layer steps whatever it can, even with frames waiting).
+            busy = bool(self.input.sock.poll(0)) and len(self.pairing.held) < self.pairing.max_held // 2
+        negatives = self.pairing.take_if_ready([m.seq for m, _ in kept]) if self.pairing is not None and not busy else None
+        if self.pairing is None or negatives is not None:
+            # One forward pass serves the activity sent on and this step's gradient (the negatives, if any,
+            # are those of the same frames, already here: the step is the interleaved reference's).
+            with self.phases("learn"):
+                stats, h = self._step(x, negatives or [], labels, on_forward=pass_on)
         else:
             # The activity goes on now; the step waits for the negatives of these frames (see pairing.py).
-            with torch.no_grad():
+            with self.phases("forward"), torch.no_grad():
                 h = self.layer(x)
+            pass_on(h)
             goodness = self.layer.goodness(h)
             stats = {"goodness": float(goodness.mean()), "p": float(self.layer.probability(goodness).mean())}
             self.pairing.add_positive([m.seq for m, _ in kept], x)
-            self._step_paired()
         self._last_wake_step = time.monotonic()
-        g = self.layer.goodness(h)
-        act = self.layer.normalize(h).cpu().numpy()  # (B, N), or (B, C, H, W) from a spatial layer
-        if not np.isfinite(act).all():  # the weights were non-finite: rolled back above, and nothing is sent on
-            self.dropped["non_finite_activity"] += len(kept)
+        if self.pairing is not None and not busy:
+            self._step_paired()  # after the activity has gone on: forwarding never waits behind learning
+        if not self._sent_ok:
             return
         self._on_activity([m for m, _ in kept], h, act)
         self.frames += len(x)
@@ -353,6 +415,21 @@ class LayerWorker(Worker):
         for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
             self.recent[key].add(value)
             self.whole_run[key].add(value, len(x))
+        if self.max_frames is not None and self.frames >= self.max_frames:
+            self.finished = True
+
+    def _pass_on(self, kept: list[tuple[wire.Message, torch.Tensor]], h: torch.Tensor) -> None:
+        """Send the normalised activity h: (B, N) of a micro-batch on, one message per message received."""
+        with self.phases("send"):
+            self._send_activity(kept, h)
+
+    def _send_activity(self, kept: list[tuple[wire.Message, torch.Tensor]], h: torch.Tensor) -> None:
+        g = self.layer.goodness(h)
+        act = self.layer.normalize(h).cpu().numpy()
+        self._sent_ok = bool(np.isfinite(act).all())
+        if not self._sent_ok:  # the weights were non-finite: rolled back at the step, and nothing is sent on
+            self.dropped["non_finite_activity"] += len(kept)
+            return
         start = 0
         for msg, xi in kept:
             rows = slice(start, start + len(xi))
@@ -360,8 +437,6 @@ class LayerWorker(Worker):
             trace = (msg.trace or []) + [[round(float(v), 4) for v in g[rows]]]
             self.recent["latency_ms"].add((time.time() - msg.t_src) * 1000)
             self._send_on(msg, act[rows], trace, msg.extra)
-        if self.max_frames is not None and self.frames >= self.max_frames:
-            self.finished = True
 
     def _on_activity(self, messages: list[wire.Message], h: torch.Tensor, act: np.ndarray) -> None:
         """Called with each forward pass's raw activity h (B, N) and normalised act, rows in message order; a hook."""
@@ -413,6 +488,7 @@ class LayerWorker(Worker):
             weights_version=self.layer.version,
             rollbacks=self.rollbacks,
             lr_factor=self.lr_factor,
+            busy_s=self.phases.get(),
             dropped=self.dropped_total(),
             **{k: v.get() for k, v in self.recent.items()},
             **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},

@@ -48,13 +48,27 @@ class Pairing:
     def add_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.negatives[seq] = (inputs, self.clock())
 
+    def take_if_ready(self, seqs: list[int]) -> list[tuple[int, torch.Tensor]] | None:
+        """The (seq, negatives) of a positive that has just arrived, when all are in and no older positive waits.
+
+        Then the layer steps at once, on the same forward pass that gives the activity it sends on.
+        """
+        if self.held or not all(s in self.negatives for s in seqs):
+            return None
+        self.paired += 1
+        return [(s, self.negatives.pop(s)[0]) for s in sorted(set(seqs))]
+
     def ready(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
+        return [(inputs, [n for _, n in negatives]) for inputs, negatives in self.ready_by_seq()]
+
+    def ready_by_seq(self) -> list[tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]]:
+        """As `ready`, with each negative batch's source seq."""
         out = []
         for item in list(self.held):
             if all(s in self.negatives for s in item.seqs):
                 self.held.remove(item)
-                out.append((item.inputs, [self.negatives.pop(s)[0] for s in sorted(item.seqs)]))
+                out.append((item.inputs, [(s, self.negatives.pop(s)[0]) for s in sorted(item.seqs)]))
                 self.paired += 1
         return out
 

@@ -22,9 +22,10 @@ from ffstream.ff.dreamer import NEGATIVE_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
 from ffstream.transport import POLL_MS, Receiver, make_socket, send
 from ffstream.workers.base import Worker
-from ffstream.workers.stats import Ema, Mean, Rate
+from ffstream.workers.stats import Ema, Mean, Phases, Rate
 
 UPDATE_FORMS = ("inputs", "gradient")
+ROUTES = ("snapshot", "chain")
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,17 @@ class SleepPlan:
     # Stale gradients overshoot once the live weights have moved on (see BENCHMARKS.md), so "inputs" is the default.
     update: str = "inputs"
     phased: bool = False  # collect sleep_every wake batches while the source runs, then sleep on them while it waits
+    # How negatives reach layers 2..L: "snapshot", through the sleep worker's snapshot of the layers below (above);
+    # "chain", only layer 1 gets them from here, and each layer passes its own normalised activity on the negatives
+    # up at its paired step, as the interleaved reference does. Chaining needs no snapshot (except for "hard"
+    # negatives, which read the head) and no second forward pass here.
+    route: str = "snapshot"
 
     def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+        if self.route == "chain" and (self.update != "inputs" or self.phased):
+            raise ValueError("route 'chain' needs update 'inputs' and no phased sleep")
         if self.update not in UPDATE_FORMS:
             raise ValueError(f"update must be one of {UPDATE_FORMS}, got {self.update!r}")
         if self.negatives not in NEGATIVE_KINDS:
@@ -93,6 +103,7 @@ class SleepWorker(Worker):
         self.rate = Rate(time.monotonic)
         self.staleness = Mean()  # wake batches between the snapshot and the negative pass
         self.goodness_neg = [Ema(0.05) for _ in layer_configs]
+        self.phases = Phases()  # seconds per phase of the loop, published as busy_s
 
     def setup(self) -> None:
         self.frames = Receiver(self.socket(zmq.SUB, connect=self.frames_addr, hwm=4), name="sleep.frames")
@@ -108,7 +119,8 @@ class SleepWorker(Worker):
 
     # the loop ------------------------------------------------------------------------------
     def step(self) -> None:
-        msg = self.frames.recv(POLL_MS)
+        with self.phases("wait"):
+            msg = self.frames.recv(POLL_MS)
         if msg is None:
             return
         if msg.kind == "control":
@@ -125,7 +137,8 @@ class SleepWorker(Worker):
         if self.plan.phased:
             self._phase(batch, msg.label, msg.seq)
             return
-        if self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every:
+        chain_only = self.plan.route == "chain" and self.plan.negatives != "hard"  # no snapshot needed at all
+        if not chain_only and (self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every):
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
         self.since_snapshot += 1
@@ -168,6 +181,10 @@ class SleepWorker(Worker):
 
     def refresh(self) -> bool:
         """Fetch every layer's weights, and the sink's head when hard negatives need it."""
+        with self.phases("snapshot"):
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         ok = True
         for i, layer in enumerate(self.stack.layers):
             tensors = self._ask(i)
@@ -199,6 +216,10 @@ class SleepWorker(Worker):
             self.dropped["head_snapshot"] += 1
 
     def dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
+        with self.phases("dream"):
+            self._dream(batch, labels, seq)
+
+    def _dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
         if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
@@ -207,6 +228,11 @@ class SleepWorker(Worker):
         self.staleness.add(self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
+            if self.plan.route == "chain":  # layer 1's inputs only, judged and passed up by the live layers
+                update = wire.Message("negative_update", x.numpy(), stream=self.name, seq=seq, extra={"form": "inputs", "rows": len(x)})
+                if not send(pusher, update, lambda: self.stopping, timeout_ms=5000):
+                    self.dropped["negative_not_sent"] += 1
+                break
             if self.plan.update == "gradient":
                 grads, stats, h = layer.local_gradients(x, positive=False)
                 payload, extra["tensors"] = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
@@ -243,6 +269,7 @@ class SleepWorker(Worker):
             sleep_every=self.plan.sleep_every,
             negative_kind=self.plan.negatives,
             staleness=self.staleness.get(),
+            busy_s=self.phases.get(),
             goodness_neg=[g.get() for g in self.goodness_neg],
             reservoir=self.dreamer.reservoir.size,
             dropped=sum(self.dropped.values()) + (sum(self.frames.rejected.values()) if hasattr(self, "frames") else 0),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import time
+from contextlib import contextmanager
 
 
 class Ema:
@@ -79,3 +81,35 @@ class Histogram:
         """{"le": bounds, "counts": cumulative counts per bound, "sum": …, "count": …}; +Inf is "count"."""
         cumulative = list(itertools.accumulate(self.per_bucket))[: len(self.bounds)]
         return {"le": list(self.bounds), "counts": cumulative, "sum": round(self.sum, 6), "count": self.count}
+
+
+class Phases:
+    """Seconds a worker's loop spends in each named phase, exclusive of the phases nested inside it.
+
+    `with phases("forward"): ...`; `get()` gives {phase: seconds}, published as `busy_s` so that a
+    benchmark can say where the time goes (wait, recv, forward, learn, send, snapshot, ...).
+    """
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list] = []  # [name, started] of the phases now open, innermost last
+
+    @contextmanager
+    def __call__(self, name: str):
+        now = self.clock()
+        if self._stack:  # the enclosing phase stops counting while this one runs
+            outer = self._stack[-1]
+            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
+        self._stack.append([name, now])
+        try:
+            yield
+        finally:
+            now = self.clock()
+            _, started = self._stack.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - started
+            if self._stack:
+                self._stack[-1][1] = now  # the enclosing phase counts again from here
+
+    def get(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
