@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sleep-every", type=_positive, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
     run.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="negative data (default: random wrong labels when supervised, hybrid frames otherwise)")
     run.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only)")
+    run.add_argument("--sleep-route", choices=("snapshot", "chain"),
+                     help="negatives for layers 2..L: made by the sleep worker on snapshots (default), or passed up by each layer (chain)")
+    run.add_argument("--wire-float16", action="store_true", default=None, help="send activity between workers as float16 (computed in float32)")
     run.add_argument("--lr", type=float, help="layer learning rate (default 0.001)")
     run.add_argument("--optimizer", choices=("adam", "sgd"), help="layer optimiser (default adam)")
     run.add_argument("--goodness", choices=("sumsq", "meansq"), help="goodness function (default sumsq)")

@@ -86,6 +86,7 @@ class ModelConfig:
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
+    wire_float16: bool = False  # send activity (and chained negatives) between workers as float16, half the bytes; layers compute in float32
     recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
     iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
     window: tuple[int, int] = (3, 5)  # recurrent, image datasets: 1-based steps whose goodness/activity classify

@@ -129,8 +129,8 @@ def start_layer(zmq_context, socket):
     """start_layer(**LayerWorker kwargs) -> a LayerRig whose worker runs in a thread, answered one snapshot."""
     with contextlib.ExitStack() as stack:
 
-        def start(config: LayerConfig = LAYER, **kwargs) -> LayerRig:
-            ep = LayerEndpoints(unique("in"), unique("out"), unique("neg"), unique("snap"))
+        def start(config: LayerConfig = LAYER, negative_output: str | None = None, **kwargs) -> LayerRig:
+            ep = LayerEndpoints(unique("in"), unique("out"), unique("neg"), unique("snap"), negative_output)
             socks = {}
             for name, kind, addr in (("input", zmq.PUSH, ep.input), ("output", zmq.PULL, ep.output),
                                      ("negative", zmq.PUSH, ep.negative), ("snapshot", zmq.REQ, ep.snapshot)):
@@ -169,6 +169,8 @@ def test_layer_learns_and_passes_activity_up(start_layer):
         # The layer appends its own goodness per row; what earlier layers wrote is kept.
         assert out.trace[:-1] == (msg.trace or [])
         np.testing.assert_allclose(out.trace[-1], reference.goodness(h).numpy(), atol=1e-3)
+    # The activity goes on before the backward pass, so the step may still be running when it arrives.
+    eventually(lambda: rig.worker.metrics()["updates"] == 2, what="the second step")
     m = rig.worker.metrics()
     assert (m["frames"], m["updates"], m["weights_version"], m["dropped"]) == (2 * ROWS, 2, 2, 0)
     for name, value in weights_of(reference).items():
@@ -233,6 +235,7 @@ def test_layer_negative_inputs_are_counted_and_applied_at_the_next_step(start_la
     positive = frames(seq=1)
     send(rig.input, positive)
     receive(rig.output)
+    eventually(lambda: rig.worker.layer.version == 1, what="the step")  # the activity goes on before the step ends
     x = torch.from_numpy(np.asarray(positive.array).reshape(ROWS, -1).copy())
     with_negative, positive_only = FFLayer(LAYER), FFLayer(LAYER)
     with_negative.add_negative_inputs(torch.from_numpy(negatives))
@@ -291,6 +294,7 @@ def test_layer_drops_and_counts_a_malformed_message_then_goes_on(start_layer, ca
     send(rig.input, frames(seq=42))
     out = receive(rig.output)
     assert out.seq == 42 and out.array.shape == (ROWS, LAYER.width)
+    eventually(lambda: rig.worker.metrics()["frames"] == ROWS, what="the step")  # it ends after the activity is sent
     m = rig.worker.metrics()
     assert (m["frames"], m["weights_version"], m["negative_updates"], m["dropped"]) == (ROWS, 1, 0, 1)
 
@@ -331,7 +335,7 @@ def test_layer_checkpoints_at_stop_and_resumes_from_it(start_layer, zmq_context,
     # It goes on from there: one more batch is version 4.
     send(resumed.input, frames(seq=3))
     receive(resumed.output)
-    assert resumed.worker.layer.version == 4
+    eventually(lambda: resumed.worker.layer.version == 4, what="the step")  # it ends after the activity is sent
 
     other = LayerEndpoints(unique("in"), unique("out"), unique("neg"), unique("snap"))
     for config in (LayerConfig(in_features=16, width=4), LayerConfig(in_features=9, width=8)):
@@ -388,6 +392,7 @@ def test_sleep_fetches_a_snapshot_and_the_layer_gets_negatives(start_layer, zmq_
         # The slow-joiner handshake: keep publishing until the first negative has reached the layer.
         eventually(lambda: rig.worker.negatives >= 1, timeout=15, what="a negative update at the layer",
                    tick=lambda: send(publisher, frames(seq=0)))
+        eventually(lambda: sleeper.metrics()["batches"] >= 1, what="the sleep worker to count its batch")  # counted after the sends
         m = sleeper.metrics()
         assert m["refreshes"] >= 1
         assert m["batches"] >= 1 and m["negatives"] >= ROWS
@@ -395,6 +400,7 @@ def test_sleep_fetches_a_snapshot_and_the_layer_gets_negatives(start_layer, zmq_
     # The layer takes the negatives' gradient at its next step and reports how it saw them.
     send(rig.input, frames(seq=1))
     receive(rig.output)
+    eventually(lambda: rig.worker.metrics()["goodness_neg"] is not None, what="the step with the negatives")  # it ends after the send
     m = rig.worker.metrics()
     assert m["negative_updates"] >= 1 and m["dropped"] == 0
     assert m["goodness_neg"] is not None and m["staleness"] is not None

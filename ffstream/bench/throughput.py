@@ -4,15 +4,19 @@ One run measures, on the same layers, synthetic 28x28 frames, batch and task (un
 negatives, sleep on in both):
 
 - inprocess_fps: `train_reference` (positive and negative steps interleaved), torch's default threads;
+  inprocess_fps_1_thread: the same on one thread (on a shared machine two threads can be slower than one);
 - pipeline_fps: `run_stack`, one process per layer plus the sleep worker; the sink's own fps metric,
-  which counts from the first batch to reach the sink, so process start-up and model building are excluded;
+  which counts from the first batch to reach the sink, so process start-up and model building are excluded.
+  Negatives are chained (sleep.route "chain"): the sleep worker makes layer 1's, each layer passes its own
+  activity on them up at its step, exactly as the in-process reference does; `busy_s` per worker says
+  where the time went (wait, recv, forward, learn, send, snapshot, dream);
 - peak_fraction: learning-path FLOP/s at pipeline_fps over a torch.mm peak measured here and now;
 - latency_p50_ms / latency_p99_ms: the sink's source-to-sink latency with the source paced to 30 frames/s, batch 1;
 - rss_growth: per layer worker, VmRSS at the end of a --memory-seconds run over VmRSS at 10 % of it, minus 1.
 
-FLOPs counted per frame and layer of D inputs and N units: forward 2·D·N plus weight gradient 2·D·N,
-for the positive and again for the negative pass, so 8·D·N. The readout/probe, the sleep worker's
-negative making and the goodness/loss element-wise work are not counted.
+FLOPs counted per frame and layer of D inputs and N units, the same for both runs: forward 2·D·N plus
+weight gradient 2·D·N, for the positive and again for the negative pass, so 8·D·N. Neither run has a
+readout or probe (eval_every 0); the negatives' making and the element-wise work are not counted.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, r
         # eval_every=0: no forward-only eval copies and no readout in either run; both do only the learning path.
         stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps, eval_every=0),
         model=ModelConfig(layers=layers, max_batch=batch),
-        sleep=SleepConfig(enabled=True),
+        sleep=SleepConfig(enabled=True, route="chain"),
     )
 
 
@@ -84,24 +88,35 @@ def _pipeline(cfg: RunConfig, on_start=None) -> dict:
         return summary
 
 
-def inprocess_fps(cfg: RunConfig) -> dict:
+def inprocess_fps(cfg: RunConfig, threads: int | None = None) -> dict:
+    """The in-process reference's frames/s, on `threads` torch threads (None: torch's default)."""
     cfg = dataclasses.replace(cfg)
     resolve_stream(cfg)
-    with tempfile.TemporaryDirectory(prefix="ffthr-ref-") as tmp:
-        out = train_reference(cfg, tmp)
-    return {"frames": out["frames"], "wall_s": out["wall_s"], "fps": out["fps"]}
+    default = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads or default)
+        with tempfile.TemporaryDirectory(prefix="ffthr-ref-") as tmp:
+            out = train_reference(cfg, tmp)
+    finally:
+        torch.set_num_threads(default)
+    return {"frames": out["frames"], "wall_s": out["wall_s"], "fps": out["fps"], "threads": threads or default}
 
 
 def pipeline_fps(cfg: RunConfig) -> dict:
     summary = _pipeline(cfg)
     sink = summary["sink"]
     return {"frames": sink.get("frames"), "wall_s": summary["wall_s"], "fps": sink.get("fps"),
-            "layer_fps": [layer["fps"] for layer in summary["layers"]]}
+            "layer_fps": [layer["fps"] for layer in summary["layers"]],
+            "busy_s": {**{f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]},
+                       "sleep": (summary.get("sleep") or {}).get("busy_s")}}
 
 
 def latency(cfg: RunConfig) -> dict:
-    sink = _pipeline(cfg)["sink"]
-    return {"frames": sink.get("frames"), "p50_ms": sink.get("latency_p50_ms"), "p99_ms": sink.get("latency_p99_ms")}
+    summary = _pipeline(cfg)
+    sink = summary["sink"]
+    return {"frames": sink.get("frames"), "p50_ms": sink.get("latency_p50_ms"), "p99_ms": sink.get("latency_p99_ms"),
+            "updates": [layer["updates"] for layer in summary["layers"]],
+            "busy_s": {f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]}}
 
 
 def memory(cfg: RunConfig, seconds: float) -> dict:
@@ -140,6 +155,7 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
     cfg = throughput_config(layers, batch, frames, seed=seed)
     peak = matmul_peak_gflops()
     ref = inprocess_fps(cfg)
+    ref1 = inprocess_fps(throughput_config(layers, batch, min(frames, 20 * batch), seed=seed), threads=1)
     pipe = pipeline_fps(cfg)
     flops = learning_flops_per_frame(cfg)
     achieved = flops * (pipe["fps"] or 0) / 1e9
@@ -149,16 +165,18 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
         "layers": list(layers), "batch": batch, "frames": frames, "task": TASK, "size": [28, 28],
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "inprocess_fps": ref["fps"],
+        "inprocess_fps_1_thread": ref1["fps"],
         "pipeline_fps": pipe["fps"],
         "ratio": round(pipe["fps"] / ref["fps"], 3) if ref["fps"] and pipe["fps"] else None,
         "matmul_peak_gflops": round(peak, 2),
         "learning_flops_per_frame": flops,
         "achieved_gflops": round(achieved, 2),
         "peak_fraction": round(achieved / peak, 4),
+        "inprocess_peak_fraction": round(flops * (ref["fps"] or 0) / 1e9 / peak, 4),
         "latency_rate_fps": latency_rate_fps, "latency_batch": latency_batch,
         "latency_p50_ms": lat["p50_ms"], "latency_p99_ms": lat["p99_ms"],
         "rss_growth": mem["rss_growth"],
-        "inprocess": ref, "pipeline": pipe, "latency": lat, "memory": mem,
+        "inprocess": ref, "inprocess_1_thread": ref1, "pipeline": pipe, "latency": lat, "memory": mem,
         "wall_s": round(time.time() - started, 1),
     }
 
@@ -166,11 +184,12 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
 def format_result(r: dict) -> str:
     rows = [
         ("in-process frames/s", f"{r['inprocess_fps']:.1f}", f"{r['inprocess']['frames']} frames, {r['threads']} torch threads"),
+        ("in-process frames/s, 1 thread", f"{r['inprocess_fps_1_thread']:.1f}", f"{r['inprocess_1_thread']['frames']} frames"),
         ("pipeline frames/s", f"{r['pipeline_fps']:.1f}", f"sink fps from its first batch; layers {r['pipeline']['layer_fps']}"),
         ("ratio pipeline / in-process", f"{r['ratio']:.3f}", "target >= 0.9"),
         ("matmul peak GFLOP/s", f"{r['matmul_peak_gflops']:.1f}", "torch.mm 2000x2000 float32, best of 10"),
         ("learning path GFLOP/s", f"{r['achieved_gflops']:.1f}", f"{r['learning_flops_per_frame'] / 1e6:.1f} MFLOP/frame x pipeline fps"),
-        ("peak fraction", f"{r['peak_fraction']:.3f}", "target >= 0.5"),
+        ("peak fraction", f"{r['peak_fraction']:.3f}", f"target >= 0.5; in-process {r['inprocess_peak_fraction']:.3f}"),
         (f"latency p50 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p50_ms']}", f"batch {r['latency_batch']}, target <= 50"),
         (f"latency p99 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p99_ms']}", "target <= 150"),
     ]
@@ -179,4 +198,6 @@ def format_result(r: dict) -> str:
         rows.append((f"{name} RSS growth", f"{100 * g:+.2f} %", f"{kib['start_kib'] / 1024:.0f} -> {kib['end_kib'] / 1024:.0f} MiB over {r['memory']['seconds']:g} s, target < 5 %"))
     head = f"throughput: layers {r['layers']}, batch {r['batch']}, 28x28 synthetic, {r['task']}, sleep on, torch {r['torch']}"
     width = max(len(n) for n, _, _ in rows)
-    return "\n".join([head, *(f"  {n:<{width}}  {v:>10}  {note}" for n, v, note in rows)])
+    busy = [f"  {part} {name} busy s: " + ", ".join(f"{k} {v:g}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))
+            for part in ("pipeline", "latency") for name, phases in (r[part].get("busy_s") or {}).items() if phases]
+    return "\n".join([head, *(f"  {n:<{width}}  {v:>10}  {note}" for n, v, note in rows), *busy])

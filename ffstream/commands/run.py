@@ -26,8 +26,9 @@ def config_from_args(args) -> config.RunConfig:
         },
         "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
                   "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window,
-                  "competition": args.competition, "region": args.region},
-        "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None},
+                  "competition": args.competition, "region": args.region, "wire_float16": args.wire_float16},
+        "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None,
+                  "route": args.sleep_route},
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device, "threads": args.threads},
     }
     if args.batch:

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from ffstream import config, security
+from ffstream import config, malloc, security
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
@@ -22,6 +22,7 @@ STANDBY = "standby"
 
 
 def worker_command(args) -> int:
+    malloc.tune_for_workers()  # before the sockets and the model allocate: RSS levels off (see ffstream/malloc.py)
     if args.kind == STANDBY:
         warm_up(config.load(args.config))
         if not take_assignment(args):

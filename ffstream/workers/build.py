@@ -94,6 +94,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
             device=cfg.device,
+            wire_dtype="float16" if cfg.model.wire_float16 else "float32",
             checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised",
                              **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {}),
                              **({"num_classes": num_classes} if cfg.model.competition else {})},

@@ -62,6 +62,7 @@ class LayerWorker(Worker):
         max_frames: int | None = None,  # stop after this many learned rows
         exit_on_end: bool = False,  # stop once the end-of-stream marker has passed (in-process tests); else wait for stop()
         device: str = "cpu",  # torch device of the weights: cpu, cuda, cuda:N
+        wire_dtype: str = "float32",  # dtype of the activity sent on: "float32" or "float16" (half the bytes; computed in float32)
         checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
         preview_shape: tuple[int, int, int] | None = None,  # the input frame (C, H, W): send weight previews to the monitor; None: none
         **worker_kwargs: Any,
@@ -80,6 +81,9 @@ class LayerWorker(Worker):
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.device = torch.device(device)
+        self.wire_dtype = wire.DTYPES[wire_dtype] if wire_dtype in wire.FLOAT_DTYPES else None
+        if self.wire_dtype is None:
+            raise ValueError(f"wire_dtype must be one of {wire.FLOAT_DTYPES}, got {wire_dtype!r}")
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, **(checkpoint_meta or {})}
         self.layer = self.make_layer(layer_config).to(self.device)
         self.preview_shape = preview_shape
@@ -238,6 +242,7 @@ class LayerWorker(Worker):
         if not np.isfinite(act).all():
             self.dropped["non_finite_negative"] += len(negatives)
             return
+        act = act.astype(self.wire_dtype, copy=False)
         start = 0
         for seq, x in negatives:
             rows = act[start : start + len(x)]
@@ -363,7 +368,7 @@ class LayerWorker(Worker):
         features = self.layer.features(h).cpu().numpy()  # (B, F): the activity itself (dense), or a pooled map (spatial)
         blocks = list(msg.extra.get("blocks") or [])
         carried = np.asarray(msg.array)[:, : -blocks[-1]] if blocks else np.zeros((len(act), 0), np.float32)
-        out = np.concatenate([carried, features, act], axis=1)
+        out = np.concatenate([carried, features, act], axis=1).astype(self.wire_dtype, copy=False)
         blocks = blocks[:-1] + [features.shape[1], act.shape[1]]
         trace = (msg.trace or []) + [[round(float(v), 4) for v in self.layer.goodness(h)]]
         self.eval_frames += len(act)
@@ -425,8 +430,9 @@ class LayerWorker(Worker):
 
     def _send_activity(self, kept: list[tuple[wire.Message, torch.Tensor]], h: torch.Tensor) -> None:
         g = self.layer.goodness(h)
-        act = self.layer.normalize(h).cpu().numpy()
+        act = self.layer.normalize(h).cpu().numpy()  # normalised activity: well inside float16's range
         self._sent_ok = bool(np.isfinite(act).all())
+        act = act.astype(self.wire_dtype, copy=False)
         if not self._sent_ok:  # the weights were non-finite: rolled back at the step, and nothing is sent on
             self.dropped["non_finite_activity"] += len(kept)
             return

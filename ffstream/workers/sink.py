@@ -146,7 +146,7 @@ class SinkWorker(Worker):
             self.dropped["label"] += 1  # nothing to score against
             return
         edges = np.cumsum([0] + list(blocks))
-        features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1))
+        features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1).astype(np.float32, copy=False))
         labels = torch.tensor(msg.label)
         if self.readout is None:
             self.readout = LinearReadout(features.shape[1], self.num_classes, lr=self.readout_lr, seed=self.seed)

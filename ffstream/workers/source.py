@@ -69,9 +69,6 @@ class SourceWorker(Worker):
         self.subscriber_timeout_s = subscriber_timeout_s
         self.exit_on_end = exit_on_end
         self.rate_fps = rate_fps
-        # A paced source simulates a live camera, so it behaves like one: the newest frame wins, and frames
-        # that meet a busy pipeline are dropped and counted instead of queueing (latency stays bounded).
-        self.live = source.live or rate_fps is not None
         self.phase_length = phase_length
         self.iterations = iterations
         self.eval_steps = iterations if eval_steps is None else eval_steps
@@ -120,7 +117,7 @@ class SourceWorker(Worker):
         if self.publish_addr:
             self.publisher = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=4, output=True)
             # A file source waits for a slow sleep worker instead of dropping its frames.
-            self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.live else 1)
+            self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.source.live else 1)
             self._await_subscribers()
         self.control = None
         if self.phase_length and self.control_addr:
@@ -165,7 +162,7 @@ class SourceWorker(Worker):
             self._emit(learn)
         learn = wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels)  # the sleep worker's copy: once per batch
         if self.publisher is not None:
-            if self.live:
+            if self.source.live:
                 try_send(self.publisher, learn)
             else:
                 send(self.publisher, learn, lambda: self.stopping)
@@ -217,7 +214,7 @@ class SourceWorker(Worker):
         return frames
 
     def _emit(self, msg: wire.Message) -> None:
-        if self.live:
+        if self.source.live:
             if not try_send(self.output, msg):
                 self.send_drops += len(msg.array)  # the pipeline is busy: the newest frame wins
         elif not send(self.output, msg, lambda: self.stopping):
@@ -253,7 +250,7 @@ class SourceWorker(Worker):
             batches=self.batches,
             total=self.total,
             fps=self.fps.get(),
-            live=self.live,
+            live=self.source.live,
             dropped=self.source.dropped + self.send_drops,
             bad_frames=self.source.bad_frames,
             subscribers=self.subscribers,
