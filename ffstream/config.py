@@ -244,6 +244,8 @@ class RunConfig:
         self.model.check()
         if self.sleep.enabled:
             plan = self.sleep.plan(self.stream.supervised)
+            if plan.route == "chain" and self.model.recurrent:
+                raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
             if plan.negatives != "hybrid" and self.stream.task == "unsupervised":
                 raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
         if self.model.recurrent and self.sleep.enabled and self.sleep.update != "inputs":

@@ -414,7 +414,6 @@ class LayerWorker(Worker):
             self._step_paired()  # after the activity has gone on: forwarding never waits behind learning
         if not self._sent_ok:
             return
-        self._on_activity([m for m, _ in kept], h, act)
         self.frames += len(x)
         self.fps.add(len(x))
         for key, value in (("goodness_pos", stats["goodness"]), ("p_pos", stats["p"])):
@@ -432,10 +431,11 @@ class LayerWorker(Worker):
         g = self.layer.goodness(h)
         act = self.layer.normalize(h).cpu().numpy()  # normalised activity: well inside float16's range
         self._sent_ok = bool(np.isfinite(act).all())
-        act = act.astype(self.wire_dtype, copy=False)
         if not self._sent_ok:  # the weights were non-finite: rolled back at the step, and nothing is sent on
             self.dropped["non_finite_activity"] += len(kept)
             return
+        self._on_activity([m for m, _ in kept], h, act)
+        act = act.astype(self.wire_dtype, copy=False)
         start = 0
         for msg, xi in kept:
             rows = slice(start, start + len(xi))
