@@ -86,6 +86,7 @@ class ModelConfig:
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
+    forward_first: bool = False  # live video: layers forward queued frames first, then learn on them in merged steps (latency over steps/frame)
     wire_float16: bool = False  # send activity (and chained negatives) between workers as float16, half the bytes; layers compute in float32
     recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
     iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
@@ -136,7 +137,7 @@ class ModelConfig:
 
     @property
     def batching(self) -> Batching:
-        return Batching(max_rows=self.max_batch, max_wait_ms=self.max_wait_ms)
+        return Batching(max_rows=self.max_batch, max_wait_ms=self.max_wait_ms, forward_first=self.forward_first)
 
 
 @dataclass

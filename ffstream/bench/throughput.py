@@ -39,10 +39,11 @@ ENDLESS = 10**9  # synthetic frames for the memory run, which is ended by time i
 
 
 def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, rate_fps: float | None = None, seed: int = 0) -> RunConfig:
+    """The benchmark's run; a paced one (the latency run) is live video: its layers forward first and learn on merged batches."""
     return RunConfig(
         # eval_every=0: no forward-only eval copies and no readout in either run; both do only the learning path.
         stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps, eval_every=0),
-        model=ModelConfig(layers=layers, max_batch=batch),
+        model=ModelConfig(layers=layers, max_batch=batch, forward_first=rate_fps is not None),
         sleep=SleepConfig(enabled=True, route="chain"),
     )
 

@@ -40,6 +40,9 @@ class LayerEndpoints:
 class Batching:
     max_rows: int = 64  # rows per micro-batch; messages are merged up to this
     max_wait_ms: float = 0.0  # how long to wait for more messages before a short batch runs
+    # Live video: forward frames that queue up first and learn on them afterwards, merged into fewer, larger
+    # steps (lower latency, fewer steps per frame). Off: one step per micro-batch, as the in-process reference.
+    forward_first: bool = False
 
 
 class LayerWorker(Worker):
@@ -202,13 +205,14 @@ class LayerWorker(Worker):
     def _step_paired(self) -> None:
         """Step every held positive whose negatives are in, then what waited too long, alone.
 
-        When several are ready at once (the layer fell behind), they make one step: learning catches up
-        on a larger batch instead of queueing steps.
+        With batching.forward_first, those ready at once (the layer fell behind) make one step: learning
+        catches up on a larger batch instead of queueing steps.
         """
         ready = self.pairing.ready_by_seq()
-        if ready:
+        groups = [ready] if ready and self.batching.forward_first else [[pair] for pair in ready]
+        for group in groups:
             with self.phases("learn"):
-                self._step(torch.cat([positives for positives, _ in ready]), [n for _, negatives in ready for n in negatives])
+                self._step(torch.cat([positives for positives, _ in group]), [n for _, negatives in group for n in negatives])
         late_positives, orphan_negatives = self.pairing.expired()
         for inputs in orphan_negatives:
             self.layer.add_negative_inputs(inputs)  # joins the next step
@@ -394,7 +398,7 @@ class LayerWorker(Worker):
             self._drain_negatives()  # negatives sent just before these positives join this step
             # More frames waiting: forward them first and learn when the input is idle, on the merged batches
             # (bounded: past half of max_held the layer steps whatever it can, even with frames waiting).
-            busy = bool(self.input.sock.poll(0)) and len(self.pairing.held) < self.pairing.max_held // 2
+            busy = self.batching.forward_first and bool(self.input.sock.poll(0)) and len(self.pairing.held) < self.pairing.max_held // 2
         negatives = self.pairing.take_if_ready([m.seq for m, _ in kept]) if self.pairing is not None and not busy else None
         if self.pairing is None or negatives is not None:
             # One forward pass serves the activity sent on and this step's gradient (the negatives, if any,
