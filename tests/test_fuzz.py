@@ -24,6 +24,7 @@ from ffstream import wire
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
+from ffstream.workers import source as source_worker
 from ffstream.workers.source import SourceWorker
 from test_workers import LAYER, CountingSource, eventually, frames, layer_reasons, receive, running, send, start_layer, unique  # noqa: F401 (a fixture)
 
@@ -297,7 +298,10 @@ def test_fuzz_sleep_frames(zmq_context, socket):
     assert n >= FUZZ_EXAMPLES * BATCH
 
 
-def test_fuzz_source_control(zmq_context, socket):
+def test_fuzz_source_control(zmq_context, socket, monkeypatch):
+    # The source wakes by itself after RESUME_TIMEOUT_S (60 s); on a loaded machine the fuzz takes longer than
+    # that, and the timeout would pass for a resume. No timeout here: only a valid "resume" may wake it.
+    monkeypatch.setattr(source_worker, "RESUME_TIMEOUT_S", 24 * 3600.0)
     out_addr, control_addr = unique("src-out"), unique("src-control")
     consumer = socket(zmq.PULL)
     consumer.bind(out_addr)
