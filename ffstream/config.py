@@ -107,6 +107,7 @@ class ModelConfig:
             specs = parse_layers(self.layers)
         except ValueError as exc:
             raise ConfigError(f"model.layers (--layers): {exc}") from None
+        self.layers = tuple(s.size if s.kind == "dense" else str(s) for s in specs)  # one entry per layer ("conv" is three)
         if self.competition and any(s.kind == "dense" for s in specs):
             raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
         if self.recurrent and any(s.kind != "dense" for s in specs):

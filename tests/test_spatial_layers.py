@@ -126,6 +126,8 @@ def test_specs_parse_and_chain_shapes():
     assert [c.seed for c in configs] == [5, 6, 7, 8]
     assert [type(make_layer(c)).__name__ for c in configs] == ["ConvFFLayer", "ConvFFLayer", "LocalFFLayer", "FFLayer"]
     assert parse_layers([500, "500"]) == parse_layers("dense:500,500")
+    assert [str(s) for s in parse_layers("conv")] == ["conv:16x5x5/2", "conv:32x3x3/2", "conv:64x3x3/2"]  # the default conv stack
+    assert parse_layers(("conv",)) == parse_layers("conv")  # as a config file or FFSTREAM_MODEL_LAYERS gives it
 
 
 @pytest.mark.parametrize("text", ["conv:32x3", "conv:0x3x3", "conv:8x3x3/0", "pool:2", "dense:-1", "", "conv:8x3x3,"])
@@ -153,3 +155,12 @@ def test_stack_passes_channel_normalised_maps_up():
     assert features.shape == (3, 4 * 49 + 6 * 16)
     torch.testing.assert_close(features[:, :196], F.adaptive_avg_pool2d(channel_normalize(h1), 7).flatten(1))
     torch.testing.assert_close(features[:, 196:], channel_normalize(h2).flatten(1))
+
+
+def test_config_expands_the_default_conv_stack_to_one_entry_per_layer():
+    """The supervisor starts one worker per entry of model.layers, so "conv" from a file or the environment must become three."""
+    from ffstream import config
+
+    cfg = config.load(environ={"FFSTREAM_MODEL_LAYERS": "conv", "FFSTREAM_STREAM_SIZE": "64x64", "FFSTREAM_STREAM_COLOR": "true"})
+    assert cfg.model.layers == ("conv:16x5x5/2", "conv:32x3x3/2", "conv:64x3x3/2")
+    assert [c.out_shape for c in cfg.layer_configs()] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]

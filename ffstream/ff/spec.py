@@ -55,9 +55,9 @@ DEFAULT_CONV_STACK = "conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2"  # `--layers co
 
 
 def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
-    if isinstance(text, str) and text.strip().lower() == "conv":
-        text = DEFAULT_CONV_STACK
     items = text.split(",") if isinstance(text, str) else list(text)
+    if [str(i).strip().lower() for i in items] == ["conv"]:
+        items = DEFAULT_CONV_STACK.split(",")
     if not items or any(str(i).strip() == "" for i in items):
         raise ValueError(f"bad layer list {text!r}: expected comma-separated specs, {SPEC_HELP}")
     return tuple(parse_layer_spec(i) for i in items)
