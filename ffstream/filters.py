@@ -33,7 +33,7 @@ def mosaic(tiles: np.ndarray, scale: int = 8, gap: int = 2) -> np.ndarray:
     return out
 
 
-def save_filters(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, layer: int = 1, scale: int = 8) -> tuple[int, ...]:
+def save_filters(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, layer: int = 1, scale: int = 12) -> tuple[int, ...]:
     """Write layer `layer`'s filters as a PNG; returns the shape of the tiles drawn."""
     path = checkpoint.layer_path(checkpoint_dir, layer)
     cfg, meta = checkpoint.checkpoint_config(path)
