@@ -6,13 +6,15 @@ import json
 
 import torch
 
-from ffstream.checkpoint import checkpoint_config, layer_path
+from ffstream.checkpoint import CheckpointError, checkpoint_config, layer_path
 from ffstream.evaluate import evaluate
 from ffstream.sources import Preprocess, dataset_arrays
 
 
 def eval_command(args) -> int:
     torch.set_num_threads(torch.get_num_threads())
+    if not layer_path(args.checkpoint_dir, 1).exists():
+        raise CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {args.checkpoint_dir}")
     _, meta = checkpoint_config(layer_path(args.checkpoint_dir, 1))  # layer 1's metadata: the frame shape (any stack kind)
     channels, height, width = meta.get("frame_shape") or (1, 28, 28)
     images, labels = dataset_arrays(args.source, Preprocess(size=(height, width), color=channels == 3))
