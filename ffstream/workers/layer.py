@@ -24,6 +24,7 @@ from ffstream.workers.stats import Ema, Mean, Phases, Rate
 # or this many negative batches wait, does a layer step on negatives alone.
 IDLE_WAKE_S = 1.0
 MAX_PENDING_NEGATIVES = 8
+LIVE_MAX_HELD = 128  # held positive messages with batching.forward_first (default Pairing: 16); rows (B, D) each, so small at batch 1
 PREVIEW_EVERY_S = 3.0  # seconds between weight previews (layer 1 only, for the web dashboard's receptive fields)
 
 
@@ -76,7 +77,8 @@ class LayerWorker(Worker):
         self.num_classes = num_classes
         self.label_scale = label_scale
         self.lr_decay_frames = lr_decay_frames
-        self.pairing = Pairing() if pair_negatives else None
+        # forward_first holds more positives, so that learning catches up on larger merged steps (live video at batch 1)
+        self.pairing = (Pairing(max_held=LIVE_MAX_HELD) if batching.forward_first else Pairing()) if pair_negatives else None
         self.negatives_alone = negatives_alone
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
