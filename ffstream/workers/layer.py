@@ -267,7 +267,10 @@ class LayerWorker(Worker):
 
     def _remember(self) -> None:
         """The last good state, in memory: what the last checkpoint holds, or would hold without a checkpoint dir."""
-        self._good = (copy.deepcopy(self.layer.state_dict()), copy.deepcopy(self.layer.optimizer.state_dict()))
+        # Into the previous copy's tensors where shapes match: a fresh weight-sized copy every period
+        # fragments the heap (RSS creeps up over minutes); an in-place copy reuses the same memory.
+        old = getattr(self, "_good", None) or (None, None)
+        self._good = (_copy_into(old[0], self.layer.state_dict()), _copy_into(old[1], self.layer.optimizer.state_dict()))
         self._last_checkpoint = time.monotonic()
 
     def _roll_back(self) -> None:
@@ -534,6 +537,20 @@ class LayerWorker(Worker):
     def __repr__(self) -> str:
         c = self.layer.cfg
         return f"<LayerWorker {self.index} {c.in_features}->{c.width} frames={self.frames} updates={self.updates} v={self.layer.version}>"
+
+
+def _copy_into(old: Any, new: Any) -> Any:
+    """A deep copy of `new` (nested dicts and lists of tensors and values) that reuses old's tensors where they fit."""
+    if isinstance(new, torch.Tensor):
+        if isinstance(old, torch.Tensor) and old.shape == new.shape and old.dtype == new.dtype and old.device == new.device:
+            return old.copy_(new)
+        return new.detach().clone()
+    if isinstance(new, dict):
+        return type(new)((k, _copy_into(old.get(k) if isinstance(old, dict) else None, v)) for k, v in new.items())
+    if isinstance(new, (list, tuple)):
+        olds = old if isinstance(old, (list, tuple)) and len(old) == len(new) else [None] * len(new)
+        return type(new)(_copy_into(o, v) for o, v in zip(olds, new))
+    return copy.deepcopy(new)
 
 
 def _rows(msg: wire.Message) -> int:
