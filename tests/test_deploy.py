@@ -83,7 +83,7 @@ def start_order(services: dict[str, dict]) -> list[str]:
 
 def local_value(value: str, services: set[str], mounts: dict[str, str]) -> str:
     """What a container sees, translated for this host: service names -> 127.0.0.1, volume targets -> folders."""
-    value = re.sub(r"tcp://([\w.-]+):", lambda m: f"tcp://127.0.0.1:" if m.group(1) in services else m.group(0), value)
+    value = re.sub(r"tcp://([\w.-]+):", lambda m: "tcp://127.0.0.1:" if m.group(1) in services else m.group(0), value)
     for target, source in mounts.items():
         if value == target or value.startswith(target + "/"):
             value = source + value[len(target):]

@@ -15,7 +15,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -7,7 +7,6 @@ behind makes the top-down input older, never the layer below slower.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys

@@ -46,5 +46,6 @@ def test_run_synthetic_learns_and_reports(tmp_path):
 
     seen = {json.loads(line)["worker"] for line in lines.splitlines() if line.strip()}
     assert {"layer1", "layer2", "layer3", "sleep", "sink", "source"} <= seen, seen
-    # Checkpoints were written at shutdown, one per layer, plus the softmax head.
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["layer1.safetensors", "layer2.safetensors", "layer3.safetensors", "readout.safetensors"]
+    # Checkpoints were written at shutdown, one per layer, plus the softmax head and the source's position.
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "layer1.safetensors", "layer2.safetensors", "layer3.safetensors", "readout.safetensors", "source.json"]

@@ -218,7 +218,7 @@ def png_header(png: bytes) -> tuple[int, int, int, int]:
 def decode_png(png: bytes) -> np.ndarray:
     """Enough of a PNG reader for encode_png's output: one IDAT, filter 0 on every row."""
     width, height, _, color = png_header(png)
-    stream, pos, data = io.BytesIO(png[8:]), 0, b""
+    stream, data = io.BytesIO(png[8:]), b""
     while True:
         length, kind = struct.unpack(">I4s", stream.read(8))
         body = stream.read(length)

@@ -26,7 +26,7 @@ import zmq
 
 from conftest import recv_multipart
 from ffstream import wire
-from ffstream.checkpoint import CheckpointError, layer_path, read_metadata
+from ffstream.checkpoint import CheckpointError, layer_path
 from ffstream.ff import FFLayer, LayerConfig, LinearReadout, rms_normalize
 from ffstream.sources import FrameSource, Preprocess
 from ffstream.sources.base import Frame

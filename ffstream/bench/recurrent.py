@@ -15,7 +15,6 @@ object changes less between neighbouring frames).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
