@@ -96,12 +96,14 @@ def test_a_slow_layer_above_never_stalls_the_layer_below(zmq_context, socket):
     assert below.feedback_lag.get() > 1, "and what it heard was the newest there was, however old"
 
 
-def run_recurrent(tmp_path: Path, *args: str) -> dict:
+def run_recurrent(tmp_path: Path, *args: str, rate_fps: float | None = None) -> dict:
+    """`ffstream run --recurrent`; rate_fps paces the source, so that layer 1 cannot finish before any feedback exists."""
     summary = tmp_path / "summary.json"
+    run_env = env() if rate_fps is None else {**env(), "FFSTREAM_STREAM_RATE_FPS": str(rate_fps)}
     run = subprocess.run(
         [sys.executable, "-m", "ffstream", "run", "--recurrent", "--no-progress", "--summary-json", str(summary),
          "--monitor", f"ipc://{tmp_path}/monitor", *args],
-        capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240,
+        capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(summary.read_text())
@@ -129,7 +131,7 @@ def test_recurrent_run_on_a_real_video(tmp_path):
 
 def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
     s = run_recurrent(tmp_path, "--source", "fashion-mnist", "--max-frames", "256", "--layers", "32,32",
-                      "--iterations", "3", "--window", "2,3", "--checkpoint-dir", str(tmp_path / "ck"))
+                      "--iterations", "3", "--window", "2,3", "--checkpoint-dir", str(tmp_path / "ck"), rate_fps=128)
     assert s["task"] == "supervised"
     assert s["sink"]["frames"] == 256  # each image counted once, at its last step
     assert s["sink"]["evaluated"] == 256  # and scored once, at the window's last step
