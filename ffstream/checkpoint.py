@@ -31,6 +31,16 @@ def layer_path(directory: str | os.PathLike, index: int) -> Path:
     return Path(directory) / f"layer{index}.safetensors"
 
 
+def stack_layer_paths(directory: str | os.PathLike) -> list[Path]:
+    """layer1.safetensors, layer2.safetensors, ... up to the first gap; CheckpointError when there is none."""
+    paths: list[Path] = []
+    while layer_path(directory, len(paths) + 1).exists():
+        paths.append(layer_path(directory, len(paths) + 1))
+    if not paths:
+        raise CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
+    return paths
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Temporary file, fsync, rename: after a crash the old checkpoint or the new one is there, never half."""
     path = Path(path)

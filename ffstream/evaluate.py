@@ -18,11 +18,7 @@ EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
 
 def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
     """All layer checkpoints in a directory, bottom up, and layer 1's metadata (frame shape, classes, task)."""
-    paths = []
-    while checkpoint.layer_path(directory, len(paths) + 1).exists():
-        paths.append(checkpoint.layer_path(directory, len(paths) + 1))
-    if not paths:
-        raise checkpoint.CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
+    paths = checkpoint.stack_layer_paths(directory)
     configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
     meta = checkpoint.checkpoint_config(paths[0])[1]
     stack = FFStack(configs, label_scale=float(meta.get("label_scale", 1.0)))

@@ -16,11 +16,7 @@ EVAL_BATCH = 1000  # rows per pass; bounds memory, not results
 
 def load_recurrent_stack(directory: str | os.PathLike) -> tuple[RecurrentStack, dict]:
     """The layer checkpoints of a recurrent run, bottom up, as one RecurrentStack, and layer 1's metadata."""
-    paths = []
-    while checkpoint.layer_path(directory, len(paths) + 1).exists():
-        paths.append(checkpoint.layer_path(directory, len(paths) + 1))
-    if not paths:
-        raise checkpoint.CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
+    paths = checkpoint.stack_layer_paths(directory)
     configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
     meta = checkpoint.checkpoint_config(paths[0])[1]
     r = meta["recurrent"]
