@@ -207,10 +207,16 @@ class Supervisor:
     def stop(self) -> dict[str, int | None]:
         """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
         self._stop_spare()  # first: a spare still importing torch must not take CPU from the workers' shutdown
-        alive = [c for c in self.children.values() if c.running()]
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        # The monitor goes last, so that every worker's final metrics still reach its clients.
+        workers = [c for c in self.children.values() if c.name != "monitor"]
+        self._terminate([c for c in workers if c.running()], deadline)
+        self._terminate([c for c in self.children.values() if c.name == "monitor" and c.running()], deadline)
+        return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
+
+    def _terminate(self, alive: list[Child], deadline: float) -> None:
         for child in alive:
             child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for child in alive:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
@@ -218,7 +224,6 @@ class Supervisor:
                 log.error("%s did not stop within %.0f s; killing it", child.name, SHUTDOWN_GRACE_S)
                 child.process.kill()
                 child.process.wait()
-        return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
 
     def _stop_spare(self) -> None:
         """The idle spare holds nothing: SIGTERM ends it at once, even half-way through its imports."""
