@@ -37,6 +37,15 @@ def _metrics(sub: zmq.Socket, timeout_s: float):
     return None, None
 
 
+def _await_metrics(proc: subprocess.Popen, sub: zmq.Socket, deadline: float, worker: str, wanted, what: str) -> dict:
+    """The first metrics of `worker` for which wanted(metrics) holds; fails if the run ends or the deadline passes."""
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, f"the run ended before {what}"
+        name, m = _metrics(sub, 0.2)
+        if name == worker and wanted(m):
+            return m
+
+
 @contextlib.contextmanager
 def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}"):
     """`ffstream run` of `source` (synthetic:TOTAL) on 32,32 layers, with a SUB on its monitor; yields (process, sub).
@@ -118,20 +127,12 @@ def test_kill_a_layer_it_restarts_resumes_and_the_run_completes(tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps({"checkpoint_every_s": 1}))
     with watched_run(tmp_path, "--config", str(tmp_path / "cfg.json"), "--checkpoint-dir", str(ck)) as (proc, sub):
         deadline = time.monotonic() + 120
-        victim = None
-        while victim is None:  # layer 2 has learned and checkpointed (every 1 s): kill it
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
-            name, m = _metrics(sub, 0.2)
-            if name == "layer2" and (m.get("frames") or 0) > 2000 and (ck / "layer2.safetensors").exists():
-                victim = m
+        # Layer 2 has learned and checkpointed (every 1 s): kill it.
+        victim = _await_metrics(proc, sub, deadline, "layer2", lambda m: (m.get("frames") or 0) > 2000 and (ck / "layer2.safetensors").exists(), "the kill")
         killed_at = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
-        recovered_in, resumed = None, None
-        while recovered_in is None:
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before layer 2 came back"
-            name, m = _metrics(sub, 0.2)
-            if name == "layer2" and m.get("pid") != victim["pid"]:
-                recovered_in, resumed = time.monotonic() - killed_at, m
+        resumed = _await_metrics(proc, sub, deadline, "layer2", lambda m: m.get("pid") != victim["pid"], "layer 2 came back")
+        recovered_in = time.monotonic() - killed_at
         out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -155,21 +156,13 @@ def test_kill_the_source_of_a_video_it_resumes_where_it_was(tmp_path):
     ck, scores = tmp_path / "ck", tmp_path / "scores.jsonl"
     with watched_run(tmp_path, "--checkpoint-dir", str(ck), "--scores", str(scores), "--epochs", str(VIDEO_EPOCHS), source=VTEST_AVI) as (proc, sub):
         deadline = time.monotonic() + 120
-        victim = None
-        while victim is None:  # a third of the way in: kill it
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
-            name, m = _metrics(sub, 0.2)
-            if name == "source" and m.get("total") and m["frames"] > m["total"] // 3:
-                victim = m
+        # A third of the way in: kill it.
+        victim = _await_metrics(proc, sub, deadline, "source", lambda m: m.get("total") and m["frames"] > m["total"] // 3, "the kill")
         total = victim["total"]
         killed_at = time.monotonic()
         os.kill(victim["pid"], signal.SIGKILL)
-        recovered_in, resumed = None, None
-        while resumed is None:
-            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the source came back"
-            name, m = _metrics(sub, 0.2)
-            if name == "source" and m.get("pid") != victim["pid"]:
-                recovered_in, resumed = time.monotonic() - killed_at, m
+        resumed = _await_metrics(proc, sub, deadline, "source", lambda m: m.get("pid") != victim["pid"], "the source came back")
+        recovered_in = time.monotonic() - killed_at
         out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     rows = [(r["seq"], r["row"]) for r in map(json.loads, scores.read_text().splitlines())]
