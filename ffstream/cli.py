@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ffstream import __version__
+from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
 from ffstream.commands.check import add_arguments as check_arguments
 from ffstream.config import DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, ConfigError
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only)")
     run.add_argument("--sleep-route", choices=("snapshot", "chain"),
                      help="negatives for layers 2..L: made by the sleep worker on snapshots (default), or passed up by each layer (chain)")
+    run.add_argument("--learn-every-rows", type=_positive, help="live video: forward each frame at once, learn one step per this many rows (needs sleep)")
+    run.add_argument("--learn-every-ms", type=float, help="live video: forward each frame at once, learn on what is ready this many ms after the last step")
     run.add_argument("--wire-float16", action="store_true", default=None, help="send activity between workers as float16 (computed in float32)")
     run.add_argument("--lr", type=float, help="layer learning rate (default 0.001)")
     run.add_argument("--optimizer", choices=("adam", "sgd"), help="layer optimiser (default adam)")
@@ -200,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--frames", type=_positive, default=5000, help="frames for each frames/s run (default 5000)")
     throughput.add_argument("--memory-seconds", type=float, default=600.0, help="length of the memory run, seconds (default 600)")
     throughput.add_argument("--latency-frames", type=_positive, default=600, help="frames of the 30 frames/s latency run (default 600)")
+    throughput.add_argument("--latency-learn-every-rows", type=int, default=LATENCY_LEARN_EVERY_ROWS,
+                            help=f"latency run: a layer step per this many rows, forwarding at once (default {LATENCY_LEARN_EVERY_ROWS}; 0: a step per frame)")
     throughput.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

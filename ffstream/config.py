@@ -18,7 +18,7 @@ from typing import Any
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import RecurrentConfig
 from ffstream.ff.spec import build_configs, parse_layers
-from ffstream.workers.layer import Batching, LayerEndpoints
+from ffstream.workers.layer import LIVE_MAX_HELD, Batching, LayerEndpoints
 from ffstream.workers.sleep import SleepPlan
 
 DEFAULT_MONITOR = "tcp://127.0.0.1:5570"
@@ -87,6 +87,11 @@ class ModelConfig:
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
     forward_first: bool = False  # live video: layers forward queued frames first, then learn on them in merged steps (latency over steps/frame)
+    # Live video, learning decoupled from arrival (needs paired negatives): each frame is forwarded at once and its rows
+    # held (at most 128 messages, with their negatives; nothing else is stored) until a step on all ready rows, taken
+    # once learn_every_rows are ready or learn_every_ms after the last step. 0 and 0 (default): a step per micro-batch.
+    learn_every_rows: int = 0  # rows per scheduled step; 0: no row trigger
+    learn_every_ms: float = 0.0  # ms after the last step at which whatever rows are ready step; 0: no time trigger
     wire_float16: bool = False  # send activity (and chained negatives) between workers as float16, half the bytes; layers compute in float32
     recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
     iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
@@ -114,6 +119,10 @@ class ModelConfig:
             raise ConfigError("model.recurrent needs dense layers (--layers N,N,...); conv and local layers are feed-forward only")
         positive("model.max_batch", self.max_batch)
         positive("model.region", self.region)
+        if not isinstance(self.learn_every_rows, int) or self.learn_every_rows < 0:
+            raise ConfigError(f"model.learn_every_rows must be a whole number of rows >= 0, got {self.learn_every_rows!r}")
+        if not self.learn_every_ms >= 0:
+            raise ConfigError(f"model.learn_every_ms must be >= 0, got {self.learn_every_ms!r}")
         if self.recurrent:
             self.recurrent_config()
 
@@ -138,7 +147,8 @@ class ModelConfig:
 
     @property
     def batching(self) -> Batching:
-        return Batching(max_rows=self.max_batch, max_wait_ms=self.max_wait_ms, forward_first=self.forward_first)
+        return Batching(max_rows=self.max_batch, max_wait_ms=self.max_wait_ms, forward_first=self.forward_first,
+                        learn_every_rows=self.learn_every_rows, learn_every_ms=float(self.learn_every_ms))
 
 
 @dataclass
@@ -250,6 +260,12 @@ class RunConfig:
                 raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
             if plan.negatives != "hybrid" and self.stream.task == "unsupervised":
                 raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
+        if self.model.batching.scheduled and (self.model.recurrent or not self.sleep.enabled or self.sleep.update != "inputs" or self.sleep.phased):
+            raise ConfigError("model.learn_every_rows / learn_every_ms need a feed-forward stack with paired negatives "
+                              "(sleep on, sleep.update 'inputs', not phased)")
+        if self.model.learn_every_rows > LIVE_MAX_HELD // 2 * self.stream.batch:
+            raise ConfigError(f"model.learn_every_rows {self.model.learn_every_rows} is more rows than a layer holds "
+                              f"({LIVE_MAX_HELD // 2} batches of {self.stream.batch})")
         if self.model.recurrent and self.sleep.enabled and self.sleep.update != "inputs":
             raise ConfigError("a recurrent run sends the sleep worker's negatives as inputs; sleep.update must be 'inputs'")
         self.layer_configs()  # the layer specs chain from the frame's shape, or one line says why not

@@ -285,6 +285,8 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "frames": s.get("frames"),
                 "updates": s.get("updates"),
                 "negative_updates": s.get("negative_updates"),
+                "paired": s.get("paired"),  # positive micro-batches stepped with their own negatives
+                "unpaired_positives": s.get("unpaired_positives"),  # stepped alone: their negatives came too late
                 "goodness_pos": s.get("goodness_pos_mean"),
                 "goodness_neg": s.get("goodness_neg_mean"),
                 "p_pos": s.get("p_pos_mean"),

@@ -36,14 +36,21 @@ from ffstream.runner import resolve_stream, run_stack
 
 TASK = "unsupervised"  # the synthetic clip is video: unsupervised with hybrid negatives, in both runs
 ENDLESS = 10**9  # synthetic frames for the memory run, which is ended by time instead
+# The latency run's layers forward each frame at once and take one step per this many rows (model.learn_every_rows):
+# at 30 frames/s about one step a second per layer, against 30 when each frame is a step.
+LATENCY_LEARN_EVERY_ROWS = 32
 
 
-def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, rate_fps: float | None = None, seed: int = 0) -> RunConfig:
-    """The benchmark's run; a paced one (the latency run) is live video: its layers forward first and learn on merged batches."""
+def throughput_config(layers: tuple[int, ...], batch: int, frames: int | None, rate_fps: float | None = None, seed: int = 0,
+                      learn_every_rows: int | None = None) -> RunConfig:
+    """The benchmark's run; a paced one (the latency run) is live video: its layers forward each frame at once and learn
+    on a schedule, a step per `learn_every_rows` rows (None: LATENCY_LEARN_EVERY_ROWS when paced, else a step per batch)."""
+    if learn_every_rows is None:
+        learn_every_rows = LATENCY_LEARN_EVERY_ROWS if rate_fps is not None else 0
     return RunConfig(
         # eval_every=0: no forward-only eval copies and no readout in either run; both do only the learning path.
         stream=StreamConfig(source=f"synthetic:{frames or ENDLESS}", size=(28, 28), batch=batch, task=TASK, seed=seed, rate_fps=rate_fps, eval_every=0),
-        model=ModelConfig(layers=layers, max_batch=batch, forward_first=rate_fps is not None),
+        model=ModelConfig(layers=layers, max_batch=batch, forward_first=rate_fps is not None, learn_every_rows=learn_every_rows),
         sleep=SleepConfig(enabled=True, route="chain"),
     )
 
@@ -113,10 +120,13 @@ def pipeline_fps(cfg: RunConfig) -> dict:
 
 
 def latency(cfg: RunConfig) -> dict:
+    """Source-to-sink latency of a paced run; `updates` is the optimiser steps each layer took (learn_every_rows: the schedule)."""
     summary = _pipeline(cfg)
     sink = summary["sink"]
     return {"frames": sink.get("frames"), "p50_ms": sink.get("latency_p50_ms"), "p99_ms": sink.get("latency_p99_ms"),
+            "learn_every_rows": cfg.model.learn_every_rows,
             "updates": [layer["updates"] for layer in summary["layers"]],
+            "paired": [layer.get("paired") for layer in summary["layers"]],
             "busy_s": {f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]}}
 
 
@@ -151,7 +161,7 @@ def memory(cfg: RunConfig, seconds: float) -> dict:
 
 def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, frames: int = 5000,
                          memory_seconds: float = 600.0, latency_rate_fps: float = 30.0, latency_frames: int = 600,
-                         latency_batch: int = 1, seed: int = 0) -> dict:
+                         latency_batch: int = 1, seed: int = 0, latency_learn_every_rows: int = LATENCY_LEARN_EVERY_ROWS) -> dict:
     started = time.time()
     cfg = throughput_config(layers, batch, frames, seed=seed)
     peak = matmul_peak_gflops()
@@ -160,7 +170,8 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
     pipe = pipeline_fps(cfg)
     flops = learning_flops_per_frame(cfg)
     achieved = flops * (pipe["fps"] or 0) / 1e9
-    lat = latency(throughput_config(layers, latency_batch, latency_frames, rate_fps=latency_rate_fps, seed=seed))
+    lat = latency(throughput_config(layers, latency_batch, latency_frames, rate_fps=latency_rate_fps, seed=seed,
+                                    learn_every_rows=latency_learn_every_rows))
     mem = memory(throughput_config(layers, batch, None, seed=seed), memory_seconds)
     return {
         "layers": list(layers), "batch": batch, "frames": frames, "task": TASK, "size": [28, 28],
@@ -176,6 +187,7 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
         "inprocess_peak_fraction": round(flops * (ref["fps"] or 0) / 1e9 / peak, 4),
         "latency_rate_fps": latency_rate_fps, "latency_batch": latency_batch,
         "latency_p50_ms": lat["p50_ms"], "latency_p99_ms": lat["p99_ms"],
+        "latency_learn_every_rows": lat["learn_every_rows"], "latency_steps_per_layer": lat["updates"],
         "rss_growth": mem["rss_growth"],
         "inprocess": ref, "inprocess_1_thread": ref1, "pipeline": pipe, "latency": lat, "memory": mem,
         "wall_s": round(time.time() - started, 1),
@@ -193,6 +205,8 @@ def format_result(r: dict) -> str:
         ("peak fraction", f"{r['peak_fraction']:.3f}", f"target >= 0.5; in-process {r['inprocess_peak_fraction']:.3f}"),
         (f"latency p50 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p50_ms']}", f"batch {r['latency_batch']}, target <= 50"),
         (f"latency p99 ms @ {r['latency_rate_fps']:g} fps", f"{r['latency_p99_ms']}", "target <= 150"),
+        ("latency run: steps per layer", f"{r['latency_steps_per_layer']}",
+         f"{r['latency']['frames']} frames, a step per {r['latency_learn_every_rows']} rows (0: per frame), forwarding at once"),
     ]
     for name, g in r["rss_growth"].items():
         kib = r["memory"]["rss_kib"][name]

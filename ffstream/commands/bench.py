@@ -30,7 +30,8 @@ def bench_command(args) -> int:
         from ffstream.bench.throughput import format_result as format_throughput
         from ffstream.bench.throughput import throughput_benchmark
 
-        result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames)
+        result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames,
+                                      latency_learn_every_rows=args.latency_learn_every_rows)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0
     if args.bench in ("sleep-gap", "ablations"):

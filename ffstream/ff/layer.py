@@ -201,6 +201,35 @@ class FFLayer(nn.Module):
         self._pending, self.pending_count = None, 0
         self.steps += 1
 
+    def warm_up(self, rows: int = 2) -> None:
+        """Allocate what the first step would (autograd's buffers, the optimiser's moments) without changing anything.
+
+        A fresh optimiser allocates its state lazily, at the first step, and the first products of a process
+        set up their thread pools: a worker that warms before it serves keeps that spike off its first frames.
+        The weights, the moments and the step count after this are exactly those of a fresh layer; a layer
+        whose optimiser already has state (resumed from a checkpoint) takes only the gradient pass.
+        rows: of the warming batch, best the size of the real steps (their products' buffers are then ready too).
+        """
+        labels = torch.zeros(rows, dtype=torch.long) if self.needs_labels else None
+        device = next(self.parameters()).device
+        grads, _, _ = self.local_gradients(torch.ones(rows, self.input_width, device=device), positive=True,
+                                           labels=None if labels is None else labels.to(device))
+        del grads
+        if self.optimizer.state:
+            return
+        kept = [p.detach().clone() for p in self.parameters()]  # weight decay would move them even on a zero gradient
+        for param in self.parameters():
+            param.grad = torch.zeros_like(param)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for param, old in zip(self.parameters(), kept):
+                param.copy_(old)
+        for state in self.optimizer.state.values():  # as fresh: moments and step count 0 (Adam's bias correction counts steps)
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+
     def set_lr_scale(self, scale: float) -> None:
         """Scale the configured learning rate, e.g. by a linear decay over a stream of known length."""
         for group in self.optimizer.param_groups:

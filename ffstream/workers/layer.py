@@ -24,7 +24,7 @@ from ffstream.workers.stats import Ema, Mean, Phases, Rate
 # or this many negative batches wait, does a layer step on negatives alone.
 IDLE_WAKE_S = 1.0
 MAX_PENDING_NEGATIVES = 8
-LIVE_MAX_HELD = 128  # held positive messages with batching.forward_first (default Pairing: 16); rows (B, D) each, so small at batch 1
+LIVE_MAX_HELD = 128  # held positive messages with forward_first or scheduled learning (default Pairing: 16); rows (B, D) each, so small at batch 1
 PREVIEW_EVERY_S = 3.0  # seconds between weight previews (layer 1 only, for the web dashboard's receptive fields)
 
 
@@ -44,6 +44,18 @@ class Batching:
     # Live video: forward frames that queue up first and learn on them afterwards, merged into fewer, larger
     # steps (lower latency, fewer steps per frame). Off: one step per micro-batch, as the in-process reference.
     forward_first: bool = False
+    # Live video, learning on a schedule instead of on arrival: every frame's activity goes on at once (forward
+    # only, and also between the passes of a step), its rows are held until their paired negatives are in, and the
+    # layer takes one step on all ready rows once learn_every_rows are ready, or learn_every_ms after its last step
+    # if any are. Steps per second are then at most fps / learn_every_rows + 1000 / learn_every_ms, whatever the
+    # arrival rate. Needs paired negatives. Nothing is stored beyond the held rows: at most LIVE_MAX_HELD messages
+    # (B, D) and their negatives; past that the oldest step alone. 0 and 0: off.
+    learn_every_rows: int = 0  # rows per scheduled step; 0: no row trigger
+    learn_every_ms: float = 0.0  # ms after the last step at which whatever is ready steps; 0: no time trigger
+
+    @property
+    def scheduled(self) -> bool:
+        return self.learn_every_rows > 0 or self.learn_every_ms > 0
 
 
 class LayerWorker(Worker):
@@ -77,8 +89,14 @@ class LayerWorker(Worker):
         self.num_classes = num_classes
         self.label_scale = label_scale
         self.lr_decay_frames = lr_decay_frames
-        # forward_first holds more positives, so that learning catches up on larger merged steps (live video at batch 1)
-        self.pairing = (Pairing(max_held=LIVE_MAX_HELD) if batching.forward_first else Pairing()) if pair_negatives else None
+        # forward_first and scheduled learning hold more positives, so that learning catches up on larger merged steps
+        live = batching.forward_first or batching.scheduled
+        self.pairing = (Pairing(max_held=LIVE_MAX_HELD) if live else Pairing()) if pair_negatives else None
+        if batching.scheduled and not pair_negatives:
+            raise ValueError("scheduled learning (learn_every_rows / learn_every_ms) needs paired negatives")
+        self.scheduled = batching.scheduled
+        self._stepping = False  # inside _step: frames that arrive are forwarded between its passes, never stepped
+        self._last_learn = time.monotonic()  # when the last scheduled step ended
         self.negatives_alone = negatives_alone
         self.batching = batching
         self.checkpoint_dir = checkpoint_dir
@@ -116,6 +134,12 @@ class LayerWorker(Worker):
         return layer_of_kind(layer_config)
 
     def setup(self) -> None:
+        # Before binding, so before the first frame can arrive: the first step's allocations and the thread pools'
+        # set-up happen here, not while live frames queue. Changes nothing (FFLayer.warm_up); latency still counts
+        # from each frame's own source timestamp.
+        started = time.perf_counter()
+        self.layer.warm_up(max(2, self.batching.learn_every_rows or self.batching.max_rows))
+        self.log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
         ep = self.endpoints
         self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
         self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True)
@@ -136,6 +160,8 @@ class LayerWorker(Worker):
         if self.negative.sock in ready:
             with self.phases("negatives"):
                 self._take_negative()
+            if self.scheduled:
+                self._drain_negatives(LIVE_MAX_HELD)  # a layer below sends a step's negatives in a burst: take them all
         if self.input.sock in ready:
             self._take_batch()
         elif time.monotonic() - self._last_wake_step > IDLE_WAKE_S:
@@ -143,6 +169,8 @@ class LayerWorker(Worker):
                 self._step_paired()  # let nothing wait past its deadline
             if self.layer.pending_count:
                 self._step_negatives_only()  # the wake path is idle (a paused or phased source): sleep alone
+        if self.scheduled:
+            self._learn_if_due()
         if time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
             self.save() if self.checkpoint_dir else self._remember()
 
@@ -202,19 +230,40 @@ class LayerWorker(Worker):
                 self._step_negatives_only()
         else:
             self.pairing.add_negative(msg.seq, inputs)
+            if not self.scheduled:  # scheduled: the loop decides when to step (_learn_if_due)
+                self._step_paired()
+
+    def _learn_if_due(self) -> None:
+        """Scheduled learning: one step on every ready row once learn_every_rows are ready, or learn_every_ms
+        after the last step; frames waiting at the input are forwarded first (unless half of max_held waits)."""
+        if self._stepping:
+            return
+        pairing, b = self.pairing, self.batching
+        if self.input.sock.poll(0) and len(pairing.held) < pairing.max_held // 2:
+            return
+        rows = pairing.ready_rows()
+        since_ms = (time.monotonic() - self._last_learn) * 1000
+        if rows and ((b.learn_every_rows and rows >= b.learn_every_rows) or (b.learn_every_ms and since_ms >= b.learn_every_ms)):
             self._step_paired()
+        else:
+            self._step_expired()
 
     def _step_paired(self) -> None:
         """Step every held positive whose negatives are in, then what waited too long, alone.
 
-        With batching.forward_first, those ready at once (the layer fell behind) make one step: learning
+        With batching.forward_first or scheduled learning, those ready at once make one step: learning
         catches up on a larger batch instead of queueing steps.
         """
         ready = self.pairing.ready_by_seq()
-        groups = [ready] if ready and self.batching.forward_first else [[pair] for pair in ready]
+        groups = [ready] if ready and (self.batching.forward_first or self.scheduled) else [[pair] for pair in ready]
         for group in groups:
             with self.phases("learn"):
                 self._step(torch.cat([positives for positives, _ in group]), [n for _, negatives in group for n in negatives])
+        if ready:
+            self._last_learn = time.monotonic()
+        self._step_expired()
+
+    def _step_expired(self) -> None:
         late_positives, orphan_negatives = self.pairing.expired()
         for inputs in orphan_negatives:
             self.layer.add_negative_inputs(inputs)  # joins the next step
@@ -233,14 +282,26 @@ class LayerWorker(Worker):
         The negatives go first, so that with a chained sleep (route "chain") their activity reaches the next
         layer before the positives' does, and it can step at once too.
         """
-        if negatives:
-            chain = (lambda h: self._chain_negatives(negatives, h)) if self.negative_output is not None else None
-            grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False, on_forward=chain)
-            self.layer.add_negative(grads)  # one negative batch per positive batch: equal weight, as in the reference
-            self.layer.last_negative_stats = neg_stats
-        grads, stats, h = self.layer.wake(positives, labels, on_forward=on_forward)
-        self._apply(grads)
+        self._stepping = True
+        try:
+            if negatives:
+                chain = (lambda h: self._chain_negatives(negatives, h)) if self.negative_output is not None else None
+                grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False, on_forward=chain)
+                self.layer.add_negative(grads)  # one negative batch per positive batch: equal weight, as in the reference
+                self.layer.last_negative_stats = neg_stats
+            self._forward_arrivals()
+            grads, stats, h = self.layer.wake(positives, labels, on_forward=on_forward)
+            self._forward_arrivals()
+            self._apply(grads)
+        finally:
+            self._stepping = False
         return stats, h
+
+    def _forward_arrivals(self) -> None:
+        """Scheduled learning: frames that arrived during a step go on now, between its passes, on the weights
+        the step has not yet changed; their rows are held for a later step. Forwarding never waits a whole step."""
+        if self.scheduled and self.input.sock.poll(0):
+            self._take_batch()
 
     def _chain_negatives(self, negatives: list[tuple[int, torch.Tensor]], h: torch.Tensor) -> None:
         """Send the next layer its negative inputs: this layer's normalised activity on the negatives, per source batch."""
@@ -404,6 +465,7 @@ class LayerWorker(Worker):
             # More frames waiting: forward them first and learn when the input is idle, on the merged batches
             # (bounded: past half of max_held the layer steps whatever it can, even with frames waiting).
             busy = self.batching.forward_first and bool(self.input.sock.poll(0)) and len(self.pairing.held) < self.pairing.max_held // 2
+            busy = busy or self.scheduled  # scheduled: every frame is forwarded and held; _learn_if_due steps
         negatives = self.pairing.take_if_ready([m.seq for m, _ in kept]) if self.pairing is not None and not busy else None
         if self.pairing is None or negatives is not None:
             # One forward pass serves the activity sent on and this step's gradient (the negatives, if any,
@@ -472,8 +534,12 @@ class LayerWorker(Worker):
     # ending ------------------------------------------------------------------------------
     def drain(self) -> None:
         if self.pairing is not None:
-            for held in list(self.pairing.held):
-                self._wake_and_apply(held.inputs)
+            self._step_paired()  # what has its negatives steps paired; the rest alone
+            held = [h.inputs for h in self.pairing.held]
+            if held and (self.batching.forward_first or self.scheduled):
+                held = [torch.cat(held)]  # one merged step, as these modes take them
+            for inputs in held:
+                self._wake_and_apply(inputs)
             self.pairing.held.clear()
         if self.layer.pending_count:
             self._step_negatives_only()

@@ -58,6 +58,10 @@ class Pairing:
         self.paired += 1
         return [(s, self.negatives.pop(s)[0]) for s in sorted(set(seqs))]
 
+    def ready_rows(self) -> int:
+        """Rows of the held positives whose negatives have all arrived (what a step would take now)."""
+        return sum(len(h.inputs) for h in self.held if all(s in self.negatives for s in h.seqs))
+
     def ready(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
         return [(inputs, [n for _, n in negatives]) for inputs, negatives in self.ready_by_seq()]

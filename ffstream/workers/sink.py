@@ -124,7 +124,8 @@ class SinkWorker(Worker):
             self.latency.add(now - msg.t_src, rows)
         if self._scores_file and msg.trace:
             for r in range(rows):
-                row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src, "goodness": [layer[r] for layer in msg.trace]}
+                row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src,
+                       "latency_ms": round((now - msg.t_src) * 1000, 3), "goodness": [layer[r] for layer in msg.trace]}
                 if step is not None:
                     row["step"] = step
                 if msg.label is not None:
