@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--batch", type=_positive, default=64)
     throughput.add_argument("--frames", type=_positive, default=5000, help="frames for each frames/s run (default 5000)")
     throughput.add_argument("--memory-seconds", type=float, default=600.0, help="length of the memory run, seconds (default 600)")
+    throughput.add_argument("--memory-only", action="store_true", help="run only the memory part (layer-worker RSS over --memory-seconds)")
+    throughput.add_argument("--memory-every", type=float, default=10.0, help="seconds between RSS samples of the memory part's series (default 10)")
     throughput.add_argument("--latency-frames", type=_positive, default=600, help="frames of the 30 frames/s latency run (default 600)")
     throughput.add_argument("--latency-learn-every-rows", type=int, default=LATENCY_LEARN_EVERY_ROWS,
                             help=f"latency run: a layer step per this many rows, forwarding at once (default {LATENCY_LEARN_EVERY_ROWS}; 0: a step per frame)")

@@ -120,7 +120,8 @@ class Supervisor:
         specs += [("sleep", None)] if self.cfg.sleep.enabled else []
         specs += [("source", None)]
         env = {**os.environ, "FFSTREAM_THREADS": str(thread_budget(self.cfg)), "PYTHONUNBUFFERED": "1"}
-        self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k != "FFSTREAM_THREADS")}
+        # The config's variables are in run.json already; the thread budget and the heap diagnostics are not config.
+        self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k not in ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S"))}
         for kind, index in specs:
             name = f"layer{index}" if kind == "layer" else kind
             child = Child(name, self._argv(kind, index), self.run_dir / "logs" / f"{name}.log")

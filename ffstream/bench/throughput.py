@@ -12,7 +12,8 @@ negatives, sleep on in both):
   where the time went (wait, recv, forward, learn, send, snapshot, dream);
 - peak_fraction: learning-path FLOP/s at pipeline_fps over a torch.mm peak measured here and now;
 - latency_p50_ms / latency_p99_ms: the sink's source-to-sink latency with the source paced to 30 frames/s, batch 1;
-- rss_growth: per layer worker, VmRSS at the end of a --memory-seconds run over VmRSS at 10 % of it, minus 1.
+- rss_growth: per layer worker, VmRSS at the end of a --memory-seconds run over VmRSS at 10 % of it, minus 1;
+  memory.series: VmRSS and RssAnon of each layer every --memory-every seconds (`--memory-only` runs this part alone).
 
 FLOPs counted per frame and layer of D inputs and N units, the same for both runs: forward 2·D·N plus
 weight gradient 2·D·N, for the positive and again for the negative pass, so 8·D·N. Neither run has a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tempfile
 import threading
 import time
@@ -73,14 +75,21 @@ def matmul_peak_gflops(n: int = 2000, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def vm_rss_kib(pid: int) -> int | None:
+def proc_status_kib(pid: int, fields: tuple[str, ...] = ("VmRSS", "RssAnon")) -> dict[str, int]:
+    """The named KiB fields of /proc/PID/status (VmRSS: all resident; RssAnon: the heap and other anonymous pages); {} if gone."""
+    out = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key, _, value = line.partition(":")
+            if key in fields:
+                out[key] = int(value.split()[0])
     except OSError:
-        return None
-    return None
+        return {}
+    return out
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    return proc_status_kib(pid, ("VmRSS",)).get("VmRSS")
 
 
 def _pipeline(cfg: RunConfig, on_start=None) -> dict:
@@ -130,20 +139,37 @@ def latency(cfg: RunConfig) -> dict:
             "busy_s": {f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]}}
 
 
-def memory(cfg: RunConfig, seconds: float) -> dict:
-    """VmRSS (KiB) of each layer worker at 10 % of `seconds` and at the end; the run is then interrupted."""
+def memory(cfg: RunConfig, seconds: float, every_s: float = 10.0) -> dict:
+    """VmRSS (KiB) of each layer worker at 10 % of `seconds` and at the end; the run is then interrupted.
+
+    Also a series every `every_s` seconds (t_s from the start of the workers, VmRSS and RssAnon per layer,
+    the 1-minute load average): where growth happens, and whether it levels off.
+    """
     samples: dict[str, dict[str, int | None]] = {}
+    series: list[dict] = []
 
     def watch(supervisor) -> None:
         done = threading.Event()  # pacing a timed measurement, not waiting on a peer
+        started = time.monotonic()
 
         def layer_pids() -> dict[str, int]:
             return {n: c.process.pid for n, c in supervisor.children.items() if n.startswith("layer") and c.process is not None}
 
+        def wait_until(t_s: float) -> None:
+            """Until t_s after the start, taking a series point every every_s on the way."""
+            while (left := t_s - (time.monotonic() - started)) > 0:
+                next_point = every_s * (len(series) + 1) - (time.monotonic() - started) if every_s > 0 else left
+                done.wait(min(left, max(0.0, next_point)))
+                if every_s > 0 and time.monotonic() - started >= every_s * (len(series) + 1):
+                    status = {n: proc_status_kib(pid) for n, pid in layer_pids().items()}
+                    series.append({"t_s": round(time.monotonic() - started, 1), "load_1m": round(os.getloadavg()[0], 2),
+                                   "rss_kib": {n: s.get("VmRSS") for n, s in status.items()},
+                                   "anon_kib": {n: s.get("RssAnon") for n, s in status.items()}})
+
         def sample() -> None:
-            done.wait(0.1 * seconds)
+            wait_until(0.1 * seconds)
             samples.update({n: {"start_kib": vm_rss_kib(pid)} for n, pid in layer_pids().items()})
-            done.wait(0.9 * seconds)
+            wait_until(seconds)
             for n, pid in layer_pids().items():
                 samples.setdefault(n, {})["end_kib"] = vm_rss_kib(pid)
             supervisor.interrupted = True  # ends watch(); stop() then drains every worker
@@ -156,12 +182,13 @@ def memory(cfg: RunConfig, seconds: float) -> dict:
         s = samples[name]
         if s.get("start_kib") and s.get("end_kib"):
             growth[name] = round(s["end_kib"] / s["start_kib"] - 1, 4)
-    return {"seconds": seconds, "frames": summary["sink"].get("frames"), "rss_kib": samples, "rss_growth": growth}
+    return {"seconds": seconds, "frames": summary["sink"].get("frames"), "rss_kib": samples, "rss_growth": growth, "series": series}
 
 
 def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, frames: int = 5000,
                          memory_seconds: float = 600.0, latency_rate_fps: float = 30.0, latency_frames: int = 600,
-                         latency_batch: int = 1, seed: int = 0, latency_learn_every_rows: int = LATENCY_LEARN_EVERY_ROWS) -> dict:
+                         latency_batch: int = 1, seed: int = 0, latency_learn_every_rows: int = LATENCY_LEARN_EVERY_ROWS,
+                         memory_every_s: float = 10.0) -> dict:
     started = time.time()
     cfg = throughput_config(layers, batch, frames, seed=seed)
     peak = matmul_peak_gflops()
@@ -172,7 +199,7 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
     achieved = flops * (pipe["fps"] or 0) / 1e9
     lat = latency(throughput_config(layers, latency_batch, latency_frames, rate_fps=latency_rate_fps, seed=seed,
                                     learn_every_rows=latency_learn_every_rows))
-    mem = memory(throughput_config(layers, batch, None, seed=seed), memory_seconds)
+    mem = memory(throughput_config(layers, batch, None, seed=seed), memory_seconds, memory_every_s)
     return {
         "layers": list(layers), "batch": batch, "frames": frames, "task": TASK, "size": [28, 28],
         "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -194,6 +221,33 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
     }
 
 
+def memory_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, seconds: float = 600.0,
+                     every_s: float = 10.0, seed: int = 0) -> dict:
+    """The memory part alone (`--memory-only`): what throughput_benchmark reports as rss_growth and memory."""
+    started = time.time()
+    mem = memory(throughput_config(layers, batch, None, seed=seed), seconds, every_s)
+    return {"layers": list(layers), "batch": batch, "task": TASK, "size": [28, 28], "torch": torch.__version__,
+            "rss_growth": mem["rss_growth"], "memory": mem, "wall_s": round(time.time() - started, 1)}
+
+
+def _rss_rows(r: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, g in r["rss_growth"].items():
+        kib = r["memory"]["rss_kib"][name]
+        rows.append((f"{name} RSS growth", f"{100 * g:+.2f} %", f"{kib['start_kib'] / 1024:.0f} -> {kib['end_kib'] / 1024:.0f} MiB over {r['memory']['seconds']:g} s, target < 5 %"))
+    return rows
+
+
+def format_memory(r: dict) -> str:
+    """The memory part's figures, then its series: one line per sample, VmRSS MiB per layer and the load average."""
+    rows = _rss_rows(r)
+    head = f"memory: layers {r['layers']}, batch {r['batch']}, 28x28 synthetic, {r['task']}, sleep on, {r['memory']['frames']} frames"
+    width = max((len(n) for n, _, _ in rows), default=0)
+    series = [f"  t {p['t_s']:>6.1f} s  load {p['load_1m']:5.2f}  " + "  ".join(f"{n} {kib / 1024:.0f}" for n, kib in sorted(p["rss_kib"].items()) if kib)
+              for p in r["memory"].get("series", [])]
+    return "\n".join([head, *(f"  {n:<{width}}  {v:>10}  {note}" for n, v, note in rows), "  VmRSS MiB:", *series])
+
+
 def format_result(r: dict) -> str:
     rows = [
         ("in-process frames/s", f"{r['inprocess_fps']:.1f}", f"{r['inprocess']['frames']} frames, {r['threads']} torch threads"),
@@ -208,9 +262,7 @@ def format_result(r: dict) -> str:
         ("latency run: steps per layer", f"{r['latency_steps_per_layer']}",
          f"{r['latency']['frames']} frames, a step per {r['latency_learn_every_rows']} rows (0: per frame), forwarding at once"),
     ]
-    for name, g in r["rss_growth"].items():
-        kib = r["memory"]["rss_kib"][name]
-        rows.append((f"{name} RSS growth", f"{100 * g:+.2f} %", f"{kib['start_kib'] / 1024:.0f} -> {kib['end_kib'] / 1024:.0f} MiB over {r['memory']['seconds']:g} s, target < 5 %"))
+    rows += _rss_rows(r)
     head = f"throughput: layers {r['layers']}, batch {r['batch']}, 28x28 synthetic, {r['task']}, sleep on, torch {r['torch']}"
     width = max(len(n) for n, _, _ in rows)
     busy = [f"  {part} {name} busy s: " + ", ".join(f"{k} {v:g}" for k, v in sorted(phases.items(), key=lambda kv: -kv[1]))

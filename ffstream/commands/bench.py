@@ -30,8 +30,14 @@ def bench_command(args) -> int:
         from ffstream.bench.throughput import format_result as format_throughput
         from ffstream.bench.throughput import throughput_benchmark
 
+        if args.memory_only:
+            from ffstream.bench.throughput import format_memory, memory_benchmark
+
+            result = memory_benchmark(args.layers, args.batch, args.memory_seconds, args.memory_every)
+            print(json.dumps(result) if args.json else format_memory(result), flush=True)
+            return 0
         result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames,
-                                      latency_learn_every_rows=args.latency_learn_every_rows)
+                                      latency_learn_every_rows=args.latency_learn_every_rows, memory_every_s=args.memory_every)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0
     if args.bench in ("sleep-gap", "ablations"):

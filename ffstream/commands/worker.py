@@ -33,6 +33,8 @@ def worker_command(args) -> int:
     if cfg.security.curve_dir:
         security.enable(worker.context, cfg.security.curve_dir, cfg.security.curve_client)
     worker.handle_signals()
+    if os.environ.get("FFSTREAM_HEAP_LOG_S"):  # diagnostics: the heap's figures in this worker's log, every N seconds
+        malloc.log_heap_every(float(os.environ["FFSTREAM_HEAP_LOG_S"]), lambda: repr(worker))
     worker.run()
     return 0
 
