@@ -23,8 +23,12 @@ def make_socket(
     connect: str | list[str] | None = None,
     hwm: int = 16,
     max_message: int = wire.DEFAULT_MAX_PAYLOAD + wire.MAX_HEADER_BYTES,
+    before_connect: Callable[[zmq.Socket], None] | None = None,
 ) -> zmq.Socket:
-    """A socket with LINGER 0 and MAXMSGSIZE set, bound or connected. The stable side binds."""
+    """A socket with LINGER 0 and MAXMSGSIZE set, bound or connected. The stable side binds.
+
+    before_connect(sock), if given, runs just before connecting: a socket monitor attached there sees every handshake.
+    """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
@@ -34,6 +38,8 @@ def make_socket(
         security.secure(ctx, sock, bind, connect)  # CURVE, when enabled for ctx and the address is not loopback
         if bind:
             sock.bind(bind)
+        if before_connect is not None and connect:
+            before_connect(sock)
         for addr in [connect] if isinstance(connect, str) else connect or []:
             sock.connect(addr)
     except zmq.ZMQError as exc:

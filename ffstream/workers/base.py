@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ffstream import security, wire
 from ffstream.health import Heartbeat
-from ffstream.transport import make_socket
+from ffstream.transport import POLL_MS, make_socket
 
 # At close, how long a data output may spend handing over what is queued (inside the 10 s shutdown budget).
 # It is not a delivery guarantee: a PULL peer drops what it had not read when its sender goes away. That is
@@ -27,6 +28,9 @@ FLUSH_MS = 3000
 # At close, how long the metrics socket may spend handing the final figures to a live monitor (a dashboard
 # would otherwise show a finished worker's last periodic figures). A PUB drops at once what no peer takes.
 METRICS_FLUSH_MS = 500
+# At start, the longest a worker waits for the peer its data output connects to (a worker downstream still
+# importing torch and warming up; see await_peers). Past it, the worker starts anyway, as it would without.
+PEER_WAIT_S = 30.0
 
 
 class Worker:
@@ -62,6 +66,7 @@ class Worker:
         self.started_at = time.time()
         self.dropped: Counter[str] = Counter()  # malformed or unusable messages, by reason
         self._sockets: list[tuple[zmq.Socket, bool]] = []  # and whether it is a data output to flush at close
+        self._awaiting: dict[zmq.Socket, tuple[list[str], zmq.Socket | None]] = {}  # ready=True sockets: (addresses, monitor or None: the heartbeat's)
         self._metrics_sock: zmq.Socket | None = None
         self._last_metrics = 0.0
         self._closed = False
@@ -121,6 +126,9 @@ class Worker:
             if self.heartbeat:
                 self.heartbeat.close()
             security.release(self.context)  # the CURVE authenticator, if any, must stop before the context terminates
+            for _, monitor in self._awaiting.values():  # a ready=True socket never awaited (setup failed): its monitor too
+                if monitor is not None:
+                    monitor.close(linger=0)
             for sock, is_output in self._sockets:
                 sock.close(linger=FLUSH_MS if is_output else METRICS_FLUSH_MS if sock is self._metrics_sock else 0)
             if self._own_context:
@@ -128,18 +136,62 @@ class Worker:
             self.log.info("stopped: %r", self)
 
     # sockets and metrics -----------------------------------------------------------
-    def socket(self, kind: int, *, output: bool = False, watch: bool = True, **kwargs: Any) -> zmq.Socket:
+    def socket(self, kind: int, *, output: bool = False, watch: bool = True, ready: bool = False, **kwargs: Any) -> zmq.Socket:
         """A socket that close() will close.
 
         Outputs (data that must not be lost) get a bounded linger at close, so the last
         batches and the end-of-stream marker reach a live peer; everything else gets 0.
+        ready: a connecting socket whose peers `await_peers` will wait for (its handshakes are watched from the start).
         """
-        sock = make_socket(self.context, kind, **kwargs)
+        connect = kwargs.get("connect")
+        addresses = [connect] if isinstance(connect, str) else list(connect or [])
+        monitors: list[zmq.Socket] = []
+
+        def watch_handshakes(sock: zmq.Socket) -> None:  # before connecting: no handshake can pass unseen
+            if watch and self.heartbeat:  # connecting sockets must reach a peer to be healthy
+                self.heartbeat.watch(sock, addresses)
+            elif ready:
+                monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+
+        sock = make_socket(self.context, kind, before_connect=watch_handshakes, **kwargs)
         self._sockets.append((sock, output))
-        if watch and self.heartbeat and kwargs.get("connect"):  # connecting sockets must reach a peer to be healthy
-            connect = kwargs["connect"]
-            self.heartbeat.watch(sock, [connect] if isinstance(connect, str) else list(connect))
+        if ready:
+            self._awaiting[sock] = (addresses, monitors[0] if monitors else None)
         return sock
+
+    def await_peers(self, sock: zmq.Socket, timeout_s: float = PEER_WAIT_S) -> bool:
+        """The start-up handshake: wait until `sock` (made with ready=True) has shaken hands with every peer it connects to.
+
+        A worker that binds its own input only after this lets frames in only once the workers downstream are
+        up and warm, so the first frames of a paced source do not queue behind their start-up. Bounded: after
+        timeout_s it goes on (logged), as it would without. inproc peers live in this process: no wait.
+        """
+        addresses, monitor = self._awaiting.pop(sock)
+        wanted = [a for a in addresses if not a.startswith("inproc://")]
+        deadline = time.monotonic() + timeout_s
+        handshakes, last_beat = 0, 0.0
+        try:
+            while wanted and not self.stopping:
+                if monitor is None:  # the heartbeat watches this socket; it beats meanwhile: alive, not yet connected
+                    if time.monotonic() - last_beat >= self.metrics_interval:
+                        self.heartbeat.beat()
+                        last_beat = time.monotonic()
+                    self.heartbeat.poll_events()
+                    if all(self.heartbeat.peers.get(a) for a in wanted):
+                        return True
+                    self._stop.wait(0.01)  # a poll interval, bounded by the deadline below
+                elif monitor.poll(POLL_MS):
+                    handshakes += recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                    if handshakes >= len(wanted):
+                        return True
+                if time.monotonic() > deadline:
+                    self.log.warning("no handshake with %s after %.0f s; starting without it", ", ".join(wanted), timeout_s)
+                    return False
+            return not wanted
+        finally:
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
 
     def metrics(self) -> dict[str, Any]:
         """This worker's live figures; subclasses extend it."""

@@ -134,7 +134,7 @@ class LayerWorker(Worker):
         return layer_of_kind(layer_config)
 
     def setup(self) -> None:
-        # Before binding, so before the first frame can arrive: the first step's allocations and the thread pools'
+        # Before binding, so before the first frame can arrive (see await_peers): the first step's allocations and the thread pools'
         # set-up happen here, not while live frames queue. Changes nothing (FFLayer.warm_up); latency still counts
         # from each frame's own source timestamp.
         started = time.perf_counter()
@@ -144,10 +144,13 @@ class LayerWorker(Worker):
         # allocated at start, not a checkpoint period later into a heap the steps have fragmented (RSS grew by 32+ MB then).
         self._remember()
         ep = self.endpoints
-        self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
-        self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True)
-        self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
+        # Downstream first: this layer binds its input (and the layer below or the source can start sending) only once
+        # the next worker is up and warm, so the first frames of a live stream do not queue behind start-up.
+        self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True, ready=True)
         self.negative_output = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True) if ep.negative_output else None
+        self.await_peers(self.output)
+        self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
+        self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
         self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
         self.poller = zmq.Poller()
         for r in (self.input, self.negative, self.snapshot):
@@ -324,7 +327,9 @@ class LayerWorker(Worker):
 
     def _apply(self, grads) -> None:
         self.layer.apply_gradients(grads)
-        if not all(bool(torch.isfinite(t).all()) for t in self.layer.weights().values()):
+        # A NaN or inf anywhere makes the sum non-finite, so one reduction tells: 0.2 ms on a 2000x2000 weight
+        # against 9.5 ms for isfinite(w).all() (which builds a 4M-element mask), a quarter of a batch-64 step.
+        if not all(bool(torch.isfinite(t.sum())) for t in self.layer.weights().values()):
             self._roll_back()
             return
         self.updates += 1

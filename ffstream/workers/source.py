@@ -112,7 +112,11 @@ class SourceWorker(Worker):
         return min(totals) if totals else None
 
     def setup(self) -> None:
-        self.output = self.socket(zmq.PUSH, connect=self.output_addr, hwm=4, output=True)
+        # A file or paced source waits for layer 1 to bind, which it does once the stack above it is up and warm
+        # (Worker.await_peers); a live camera never waits: what no one takes is dropped, as at any other time.
+        self.output = self.socket(zmq.PUSH, connect=self.output_addr, hwm=4, output=True, ready=not self.source.live)
+        if not self.source.live:
+            self.await_peers(self.output)
         self.publisher = None
         if self.publish_addr:
             self.publisher = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=4, output=True)
