@@ -53,6 +53,16 @@ def test_scheduled_layer_forwards_every_frame_at_once_and_steps_once_on_all_rows
     assert m["updates"] == 1 and m["paired"] == 3 and m["unpaired_positives"] == 0, m
 
 
+def test_a_time_schedule_steps_on_whatever_is_ready_and_only_with_its_negatives(start_layer):
+    rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_ms=1.0))
+    send(rig.input, frames(seq=1))
+    receive(rig.output)
+    assert rig.ask_snapshot().extra["version"] == 0, "a positive stepped before its negatives were in"
+    send(rig.negative, wire.Message("negative_update", negative_inputs(1), seq=1, extra={"form": "inputs"}))
+    eventually(lambda: rig.worker.layer.version == 1, what="the timed step")
+    assert rig.worker.metrics()["paired"] == 1
+
+
 def test_scheduled_learning_needs_paired_negatives():
     cfg = RunConfig(stream=StreamConfig(source="synthetic:64", batch=1, task="unsupervised"),
                     model=ModelConfig(layers=(32,), learn_every_rows=8), sleep=SleepConfig(enabled=False))
