@@ -215,7 +215,7 @@ class LayerWorker(Worker):
         staleness = 0 if version is None else max(0, self.layer.version - version)
         self.recent["staleness"].add(staleness)
         self.whole_run["staleness"].add(staleness)
-        if self.layer.pending_count >= MAX_PENDING_NEGATIVES:
+        if self.layer.pending_count >= MAX_PENDING_NEGATIVES and not self._stepping:
             self._step_negatives_only()
 
     def _drain_negatives(self, most: int = 16) -> None:
@@ -293,16 +293,28 @@ class LayerWorker(Worker):
         try:
             if negatives:
                 chain = (lambda h: self._chain_negatives(negatives, h)) if self.negative_output is not None else None
-                grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False, on_forward=chain)
+                grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False,
+                                                                 on_forward=self._then_arrivals(chain))
                 self.layer.add_negative(grads)  # one negative batch per positive batch: equal weight, as in the reference
                 self.layer.last_negative_stats = neg_stats
             self._forward_arrivals()
-            grads, stats, h = self.layer.wake(positives, labels, on_forward=on_forward)
+            grads, stats, h = self.layer.wake(positives, labels, on_forward=self._then_arrivals(on_forward))
             self._forward_arrivals()
             self._apply(grads)
         finally:
             self._stepping = False
         return stats, h
+
+    def _then_arrivals(self, on_forward):
+        """Scheduled learning: on_forward, then the frames that arrived meanwhile, between a pass's forward and backward halves."""
+        if not self.scheduled:
+            return on_forward
+
+        def then(h: torch.Tensor) -> None:
+            if on_forward is not None:
+                on_forward(h)
+            self._forward_arrivals()
+        return then
 
     def _forward_arrivals(self) -> None:
         """Scheduled learning: frames that arrived during a step go on now, between its passes, on the weights
