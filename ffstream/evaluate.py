@@ -69,10 +69,14 @@ def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarra
     return result
 
 
-def fit_probe(stack: FFStack, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> LinearReadout:
-    """A linear probe trained after the fact on frozen features (the unsupervised protocol), shuffled minibatches."""
+def fit_probe(stack: FFStack, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int, label_classes: int | None = None,
+              epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> LinearReadout:
+    """A linear probe trained after the fact on frozen features, shuffled minibatches.
+
+    label_classes: a supervised stack's label slots, filled with the neutral label (None: unsupervised).
+    """
     with torch.no_grad():
-        features = torch.cat([stack.readout_features(x[i : i + EVAL_BATCH], None, layers) for i in range(0, len(x), EVAL_BATCH)])
+        features = torch.cat([stack.readout_features(x[i : i + EVAL_BATCH], label_classes, layers) for i in range(0, len(x), EVAL_BATCH)])
     probe = LinearReadout(features.shape[1], num_classes, lr=lr, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

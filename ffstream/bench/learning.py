@@ -30,18 +30,32 @@ def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int,
     )
 
 
+def probe_layers(num_layers: int, supervised: bool) -> list[int]:
+    """The probe's layers (0-based): every layer of a supervised stack, the last three of an unsupervised one.
+
+    Supervised, the probe reads layer 1 too: it sees the image with the neutral label, and measured with
+    3×1000 after 2 epochs it added 0.9 points over layers 2..L alone (86.73 against 85.83 %).
+    """
+    return list(range(num_layers)) if supervised else readout_layers(num_layers, supervised=False)
+
+
 def score(checkpoint_dir: str, cfg: RunConfig, test_spec: str) -> dict:
-    """Test accuracy by energy and softmax head (supervised), or of a probe fitted on frozen train features."""
-    images, labels = dataset_arrays(test_spec, Preprocess(size=cfg.stream.size, color=cfg.stream.color))
+    """Test accuracy by energy and by the online softmax head (supervised), and of a linear probe fitted
+    afterwards on the frozen normalised activities of the training split (both tasks)."""
+    preprocess = Preprocess(size=cfg.stream.size, color=cfg.stream.color)
+    images, labels = dataset_arrays(test_spec, preprocess)
     result = evaluate(checkpoint_dir, images, labels)
-    if cfg.stream.supervised:
-        return {k: result[k] for k in ("accuracy_energy", "accuracy_softmax", "n")}
     stack, _ = load_stack(checkpoint_dir)
-    train_x, train_y = dataset_arrays(cfg.stream.source, Preprocess(size=cfg.stream.size, color=cfg.stream.color))
-    layers = readout_layers(len(stack), supervised=False)
-    probe = fit_probe(stack, layers, torch.from_numpy(train_x).flatten(1), torch.from_numpy(train_y), 10, seed=cfg.stream.seed)
+    train_x, train_y = dataset_arrays(cfg.stream.source, preprocess)
+    supervised = cfg.stream.supervised
+    label_classes = cfg.stream.num_classes if supervised and not stack.competes else None
+    layers = probe_layers(len(stack), supervised)
+    probe = fit_probe(stack, layers, torch.from_numpy(train_x).flatten(1), torch.from_numpy(train_y), 10, label_classes, seed=cfg.stream.seed)
     x, y = torch.from_numpy(images).flatten(1), torch.from_numpy(labels)
-    return {"accuracy_probe": readout_accuracy(stack, probe, layers, x, y, None), "accuracy_online_probe": result["accuracy_softmax"], "n": result["n"]}
+    scores = {"accuracy_probe": readout_accuracy(stack, probe, layers, x, y, label_classes), "probe_layers": [i + 1 for i in layers], "n": result["n"]}
+    if supervised:
+        return {"accuracy_energy": result["accuracy_energy"], "accuracy_softmax": result["accuracy_softmax"], **scores}
+    return {**scores, "accuracy_online_probe": result["accuracy_softmax"]}
 
 
 def run_pipeline(cfg: RunConfig, test_spec: str) -> dict:
