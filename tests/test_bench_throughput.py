@@ -22,4 +22,8 @@ def test_throughput_benchmark_reports_every_figure():
     assert set(r["rss_growth"]) == {"layer1", "layer2"}, f"one RSS figure per layer worker, got {r['rss_growth']}"
     assert all(math.isfinite(g) for g in r["rss_growth"].values())
     assert r["latency"]["frames"] == 60, "the paced latency run delivers all its frames"
+    # Steps are reported: the latency run learns on a schedule (a step per 32 rows: 60 frames are 2, 3 with the end),
+    # the frames/s runs one step per batch in both (2000 / 16 = 125).
+    assert r["latency_learn_every_rows"] == 32 and all(1 <= s <= 3 for s in r["latency_steps_per_layer"]), r["latency_steps_per_layer"]
+    assert r["inprocess_steps_per_layer"] == 125 and all(s == 125 for s in r["pipeline_steps_per_layer"]), r["pipeline_steps_per_layer"]
     assert "ratio pipeline / in-process" in format_result(r)

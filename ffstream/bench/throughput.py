@@ -124,6 +124,7 @@ def pipeline_fps(cfg: RunConfig) -> dict:
     sink = summary["sink"]
     return {"frames": sink.get("frames"), "wall_s": summary["wall_s"], "fps": sink.get("fps"),
             "layer_fps": [layer["fps"] for layer in summary["layers"]],
+            "steps": [layer["updates"] for layer in summary["layers"]],  # optimiser steps per layer: the reference takes one per batch
             "busy_s": {**{f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]},
                        "sleep": (summary.get("sleep") or {}).get("busy_s")}}
 
@@ -207,6 +208,8 @@ def throughput_benchmark(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), bat
         "inprocess_fps_1_thread": ref1["fps"],
         "pipeline_fps": pipe["fps"],
         "ratio": round(pipe["fps"] / ref["fps"], 3) if ref["fps"] and pipe["fps"] else None,
+        # Fairness: both take one step per batch of `batch` frames (the pipeline's micro-batches are not merged).
+        "inprocess_steps_per_layer": math.ceil(frames / batch), "pipeline_steps_per_layer": pipe["steps"],
         "matmul_peak_gflops": round(peak, 2),
         "learning_flops_per_frame": flops,
         "achieved_gflops": round(achieved, 2),
