@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,19 +69,19 @@ def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarra
     return result
 
 
-def fit_probe(stack: FFStack, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int, label_classes: int | None = None,
-              epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> LinearReadout:
-    """A linear probe trained after the fact on frozen features, shuffled minibatches.
-
-    label_classes: a supervised stack's label slots, filled with the neutral label (None: unsupervised).
-    """
+def batched_features(features: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """features(frames) over x in EVAL_BATCH chunks, without gradients."""
     with torch.no_grad():
-        features = torch.cat([stack.readout_features(x[i : i + EVAL_BATCH], label_classes, layers) for i in range(0, len(x), EVAL_BATCH)])
+        return torch.cat([features(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+
+
+def fit_probe(features: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 3, lr: float = 1e-3, seed: int = 0) -> LinearReadout:
+    """A linear probe trained after the fact on frozen features (N, F), shuffled minibatches of 100."""
     probe = LinearReadout(features.shape[1], num_classes, lr=lr, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 100):
+        order = torch.randperm(len(features), generator=gen)
+        for i in range(0, len(features), 100):
             rows = order[i : i + 100]
             probe.learn(features[rows], y[rows])
     return probe

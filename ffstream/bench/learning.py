@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
-from ffstream.evaluate import evaluate, fit_probe, load_stack, readout_accuracy
+from ffstream.evaluate import batched_features, evaluate, fit_probe, load_stack
+from ffstream.recurrent_eval import is_recurrent, load_recurrent_stack
 from ffstream.ff.stack import readout_layers
 from ffstream.reference import train_reference
 from ffstream.runner import resolve_stream, run_stack
@@ -39,21 +41,34 @@ def probe_layers(num_layers: int, supervised: bool) -> list[int]:
     return list(range(num_layers)) if supervised else readout_layers(num_layers, supervised=False)
 
 
+def frozen_features(checkpoint_dir: str, cfg: RunConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[int]]:
+    """The saved stack's probe features as a function of flattened frames, and the probe's layers (0-based).
+
+    Supervised stacks see the neutral label; a recurrent one is read at the window's last step.
+    """
+    supervised = cfg.stream.supervised
+    if is_recurrent(checkpoint_dir):
+        recurrent, _ = load_recurrent_stack(checkpoint_dir)
+        layers = probe_layers(len(recurrent), supervised)
+        return (lambda x: recurrent.readout_features(x, layers)), layers
+    stack, _ = load_stack(checkpoint_dir)
+    label_classes = cfg.stream.num_classes if supervised and not stack.competes else None
+    layers = probe_layers(len(stack), supervised)
+    return (lambda x: stack.readout_features(x, label_classes, layers)), layers
+
+
 def score(checkpoint_dir: str, cfg: RunConfig, test_spec: str) -> dict:
     """Test accuracy by energy and by the online softmax head (supervised), and of a linear probe fitted
     afterwards on the frozen normalised activities of the training split (both tasks)."""
     preprocess = Preprocess(size=cfg.stream.size, color=cfg.stream.color)
     images, labels = dataset_arrays(test_spec, preprocess)
     result = evaluate(checkpoint_dir, images, labels)
-    stack, _ = load_stack(checkpoint_dir)
     train_x, train_y = dataset_arrays(cfg.stream.source, preprocess)
-    supervised = cfg.stream.supervised
-    label_classes = cfg.stream.num_classes if supervised and not stack.competes else None
-    layers = probe_layers(len(stack), supervised)
-    probe = fit_probe(stack, layers, torch.from_numpy(train_x).flatten(1), torch.from_numpy(train_y), 10, label_classes, seed=cfg.stream.seed)
-    x, y = torch.from_numpy(images).flatten(1), torch.from_numpy(labels)
-    scores = {"accuracy_probe": readout_accuracy(stack, probe, layers, x, y, label_classes), "probe_layers": [i + 1 for i in layers], "n": result["n"]}
-    if supervised:
+    features, layers = frozen_features(checkpoint_dir, cfg)
+    probe = fit_probe(batched_features(features, torch.from_numpy(train_x).flatten(1)), torch.from_numpy(train_y), 10, seed=cfg.stream.seed)
+    predicted = probe.predict(batched_features(features, torch.from_numpy(images).flatten(1)))
+    scores = {"accuracy_probe": int((predicted == torch.from_numpy(labels)).sum()) / len(labels), "probe_layers": [i + 1 for i in layers], "n": result["n"]}
+    if cfg.stream.supervised:
         return {"accuracy_energy": result["accuracy_energy"], "accuracy_softmax": result["accuracy_softmax"], **scores}
     return {**scores, "accuracy_online_probe": result["accuracy_softmax"]}
 
