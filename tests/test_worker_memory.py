@@ -1,8 +1,9 @@
 """Layer-worker memory: what keeps RSS level over a long run (BENCHMARKS.md, "Memory").
 
 Two causes were measured: the optimiser's state was copied into the last-good state only a checkpoint period
-after start (now at set-up, after the warm-up has made it), and glibc kept the steps' free heap holes resident. These tests check each remedy; the 10-minute
-figure is a benchmark, not a test.
+after start (now at set-up, after the warm-up has made it), and glibc kept the steps' free heap holes resident
+(now trimmed, and a step sums its gradients in reused tensors, so fewer weight-sized temporaries scatter
+the heap). These tests check each remedy; the 10-minute figure is a benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from ffstream import malloc
+from ffstream.ff import FFLayer, LayerConfig
 from test_workers import eventually, frames, receive, send, start_layer  # noqa: F401 (a fixture)
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim and mallinfo2 are glibc's")
@@ -34,10 +37,41 @@ def test_last_good_state_holds_the_optimiser_moments_before_the_first_frame(star
     assert rig.worker._good[1]["state"][0]["exp_avg"].data_ptr() == copied[0]["exp_avg"].data_ptr(), "no new copy at the first step"
 
 
-def test_layer_trims_the_heap_each_checkpoint_period(start_layer, monkeypatch):
+def test_steps_sum_gradients_in_reused_tensors_and_leave_the_callers_alone():
+    """A step on positives plus pending negatives sums them in the layer's own reused tensors, with exactly
+    the result of a fresh sum, and never writes into the gradients it was handed."""
+    cfg = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)
+    layer, twin = FFLayer(cfg), FFLayer(cfg)
+    gen = torch.Generator().manual_seed(0)
+    addresses = None
+    for _ in range(3):
+        x, n = torch.rand(4, 16, generator=gen), torch.rand(4, 16, generator=gen)
+        negative, _, _ = layer.local_gradients(n, positive=False)
+        handed = [g.clone() for g in negative]
+        layer.add_negative(negative)
+        positive, _, _ = layer.wake(x)
+        layer.apply_gradients(positive)
+        assert all(torch.equal(a, b) for a, b in zip(negative, handed)), "the caller's negative gradients are untouched"
+        # the twin: the same step with a fresh sum
+        twin_negative, _, _ = twin.local_gradients(n, positive=False)
+        twin_positive, _, _ = twin.wake(x)
+        for param, grad in zip(twin.parameters(), [a + b for a, b in zip(twin_positive, twin_negative)]):
+            param.grad = grad
+        twin.optimizer.step()
+        twin.optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(layer.weight, twin.weight) and torch.equal(layer.bias, twin.bias)
+        now = [b.data_ptr() for b in layer._grad_sum]
+        assert addresses in (None, now), "the same tensors every step"
+        addresses = now
+
+
+def test_layer_trims_the_heap_every_period(start_layer, monkeypatch):
+    from ffstream.workers import layer as layer_worker
+
     calls = []
     monkeypatch.setattr(malloc, "trim", lambda: calls.append(1) or True)
-    rig = start_layer(checkpoint_every_s=0.0)  # every loop turn is past the period
+    monkeypatch.setattr(layer_worker, "TRIM_EVERY_S", 0.0)  # every loop turn is past the period
+    rig = start_layer()
     eventually(lambda: len(calls) >= 2, what="malloc.trim() from the layer's loop")
     assert rig.ask_snapshot().kind == "snapshot", "the worker still answers after trimming"
 

@@ -41,7 +41,10 @@ class FFLayer(nn.Module):
         self.register_buffer("running_mean", torch.zeros(self.units))  # (N,) EMA of each unit's activity
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # optimiser steps taken: the weights' version
         self.optimizer = self._make_optimizer()
-        self._pending: Gradients | None = None  # summed negative gradients not yet applied
+        self._pending: Gradients | None = None  # summed negative gradients not yet applied (in _grad_sum's tensors)
+        # Parameter-sized tensors reused by every step to sum its gradients: a fresh weight-sized sum per step
+        # (16 MB at 2000 x 2000, two per step) scattered the steps' allocations over a growing heap (RSS crept up).
+        self._grad_sum: Gradients | None = None
         self._pending_inputs: list[torch.Tensor] = []  # negative inputs whose gradient the next step takes
         self.pending_count = 0  # negative batches waiting for the next step
         self.last_negative_stats: dict | None = None  # goodness and p of the last negatives applied
@@ -173,7 +176,8 @@ class FFLayer(nn.Module):
     def add_negative(self, grads: Gradients, scale: float = 1.0) -> None:
         """Queue a negative gradient (computed elsewhere, maybe on older weights) for the next step."""
         if self._pending is None:
-            self._pending = [g.detach() * scale for g in grads]  # a new tensor: the caller's is left alone
+            # Into the reused sum, never into the caller's tensors.
+            self._pending = [torch.mul(g.detach(), scale, out=buf) for g, buf in zip(grads, self._sum_buffers(grads))]
         else:
             for acc, g in zip(self._pending, grads):
                 acc.add_(g, alpha=scale)
@@ -187,11 +191,11 @@ class FFLayer(nn.Module):
             self._pending_inputs = []
             self.pending_count -= batches
             # Each negative batch weighs as much as one positive batch, as in the interleaved reference.
-            self.add_negative([g * batches for g in neg_grads])
+            self.add_negative(neg_grads, scale=batches)
             self.pending_count -= 1
         total = grads
         if self._pending is not None:
-            total = self._pending if total is None else [a + b for a, b in zip(total, self._pending)]
+            total = self._pending if total is None else [p.add_(g) for p, g in zip(self._pending, total)]  # p is ours
         if total is None:
             return
         for param, grad in zip(self.parameters(), total):
@@ -200,6 +204,14 @@ class FFLayer(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         self._pending, self.pending_count = None, 0
         self.steps += 1
+
+    def _sum_buffers(self, like: Gradients) -> Gradients:
+        """The reused gradient sum, (re)made only when the gradients' shapes, dtypes or devices change."""
+        fits = self._grad_sum is not None and len(self._grad_sum) == len(like) and all(
+            b.shape == g.shape and b.dtype == g.dtype and b.device == g.device for b, g in zip(self._grad_sum, like))
+        if not fits:
+            self._grad_sum = [torch.empty_like(g) for g in like]
+        return self._grad_sum
 
     def warm_up(self, rows: int = 2) -> None:
         """Allocate what the first step would (autograd's buffers, the optimiser's moments) without changing anything.
