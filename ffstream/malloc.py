@@ -5,7 +5,7 @@ A layer worker allocates and frees the same large buffers on every step: weight-
 glibc's defaults the mmap threshold moves up after the first large free, so these land in per-thread
 arenas that fragment, and RSS of layers 2-4 grew by 30-50 % over two minutes (BENCHMARKS.md). A fixed
 threshold above the largest per-step buffer, few arenas and a high trim threshold keep those buffers in
-one reused heap. That heap still never shrinks by itself, so layers call trim() once a checkpoint period
+one reused heap. That heap still never shrinks by itself, so layers call trim() every 10 s
 (measured in BENCHMARKS.md, "Memory"). heap_stats() and FFSTREAM_HEAP_LOG_S tell use from fragmentation.
 No effect, and no error, where libc is not glibc.
 """
@@ -55,8 +55,8 @@ def trim() -> bool:
 
     The high trim threshold above keeps the heap's free top, and glibc never returns free holes below the top
     by itself: over minutes, the steps' temporaries land in new places and RSS becomes the heap's high-water
-    mark, not its use. Trimmed pages the next steps want are faulted in again (about 0.1 s per 100 MB), so a
-    worker trims once a checkpoint period, not per step. False where libc is not glibc.
+    mark, not its use. Trimmed pages the next steps want are faulted in again (about 1.5 µs a 4 KiB page, measured), so a
+    layer trims every few seconds (workers/layer.py TRIM_EVERY_S), not per step. False where libc is not glibc.
     """
     try:
         malloc_trim = _libc().malloc_trim
