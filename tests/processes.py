@@ -19,6 +19,19 @@ def ipc_topology(directory: Path, num_layers: int) -> Topology:
     return Topology.local(num_layers, monitor_publish=f"ipc://{directory}/monitor.pub", run_dir=str(directory))
 
 
+def run_local_stack(cfg: RunConfig, directory: Path) -> dict:
+    """`ffstream run`'s supervisor on private ipc:// sockets until the stream ends; its summary (fails on a worker failure)."""
+    from ffstream.runner import resolve_stream, run_stack
+
+    cfg.topology = ipc_topology(directory, len(cfg.model.layers))
+    resolve_stream(cfg)
+    cfg.check()
+    summary, supervisor, failure = run_stack(cfg)
+    assert failure is None, failure
+    supervisor.cleanup()
+    return summary
+
+
 def write_config(cfg: RunConfig, path: Path) -> Path:
     path.write_text(json.dumps(dataclasses.asdict(cfg)))
     return path

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from ffstream import wire
-from ffstream.config import ConfigError, ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
+from ffstream.config import ConfigError, ModelConfig, RunConfig, SleepConfig, StreamConfig
 from ffstream.ff import FFLayer, LayerConfig, rms_normalize
-from ffstream.runner import resolve_stream, run_stack
+from ffstream.runner import resolve_stream
 from ffstream.workers.layer import Batching
+from processes import run_local_stack
 from test_workers import LAYER, ROWS, eventually, frames, receive, send, start_layer, weights_of  # noqa: F401 (a fixture)
 
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -99,12 +100,7 @@ def test_scheduled_stack_of_processes_steps_once_per_n_rows_and_pairs_every_fram
         model=ModelConfig(layers=(64, 64), max_batch=1, learn_every_rows=every),
         sleep=SleepConfig(route="chain"),
     )
-    cfg.topology = Topology.local(2, monitor_publish=f"ipc://{tmp_path}/monitor", run_dir=str(tmp_path))
-    resolve_stream(cfg)
-    cfg.check()
-    summary, supervisor, failure = run_stack(cfg)
-    assert failure is None, failure
-    supervisor.cleanup()
+    summary = run_local_stack(cfg, tmp_path)
     assert summary["sink"]["frames"] == total
     for layer in summary["layers"]:
         assert layer["frames"] == total, layer

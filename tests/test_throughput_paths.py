@@ -13,11 +13,11 @@ import torch
 import zmq
 
 from ffstream import malloc, wire
-from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
+from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig
 from ffstream.ff import FFLayer, rms_normalize
-from ffstream.runner import resolve_stream, run_stack
 from ffstream.workers.sleep import SleepPlan
 from ffstream.workers.stats import Phases
+from processes import run_local_stack
 from test_workers import LAYER, ROWS, eventually, frames, receive, send, start_layer, unique, weights_of  # noqa: F401 (a fixture)
 
 
@@ -124,12 +124,7 @@ def test_chained_float16_run_end_to_end(tmp_path):
         model=ModelConfig(layers=(64, 64, 64), max_batch=32, wire_float16=True),
         sleep=SleepConfig(route="chain"),
     )
-    cfg.topology = Topology.local(3, monitor_publish=f"ipc://{tmp_path}/monitor", run_dir=str(tmp_path))
-    resolve_stream(cfg)
-    cfg.check()
-    summary, supervisor, failure = run_stack(cfg)
-    assert failure is None, failure
-    supervisor.cleanup()
+    summary = run_local_stack(cfg, tmp_path)
     assert summary["sink"]["frames"] == 640
     for layer in summary["layers"]:
         assert layer["frames"] == 640 and layer["negative_updates"] >= 15, layer
