@@ -16,8 +16,8 @@ import torch
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
 from ffstream.evaluate import batched_features, evaluate, fit_probe, load_stack
-from ffstream.recurrent_eval import is_recurrent, load_recurrent_stack
 from ffstream.ff.stack import readout_layers
+from ffstream.recurrent_eval import is_recurrent, load_recurrent_stack
 from ffstream.reference import train_reference
 from ffstream.runner import resolve_stream, run_stack
 from ffstream.sources import Preprocess, dataset_arrays
