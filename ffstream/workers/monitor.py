@@ -37,9 +37,6 @@ class MonitorWorker(Worker):
         self.collect = self.socket(zmq.XSUB, bind=self.collect_addr, hwm=1000)
         self.publish = self.socket(zmq.XPUB, bind=self.publish_addr, hwm=1000)
         self.collect.send(b"\x01")  # subscribe to everything the workers publish
-        self.poller = zmq.Poller()
-        self.poller.register(self.collect, zmq.POLLIN)
-        self.poller.register(self.publish, zmq.POLLIN)
         if self.http_addr:
             try:
                 self.web = DashboardServer(self.http_addr, self.board).start()
@@ -48,6 +45,11 @@ class MonitorWorker(Worker):
                 # The page is a window on the run, not part of it: a taken port must not stop the metrics feed.
                 self.web_error = f"cannot serve {self.http_addr}: {exc}"
                 self.log.error("no dashboard: %s", self.web_error)
+        # Made last: tests and health checks read a poller as "set-up finished", the dashboard's outcome included.
+        poller = zmq.Poller()
+        poller.register(self.collect, zmq.POLLIN)
+        poller.register(self.publish, zmq.POLLIN)
+        self.poller = poller
 
     def step(self) -> None:
         ready = dict(self.poller.poll(POLL_MS))
