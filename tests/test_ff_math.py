@@ -734,6 +734,30 @@ def test_contract_layer_does_not_mutate_inputs(layer_cfg):
     assert all(torch.equal(g, g0) for g, g0 in zip(grads, grads0)), "a queued gradient was mutated"
 
 
+def test_contract_paired_gradients_equal_the_two_passes(layer_cfg):
+    """One pass over positives and negatives gives the sum of each one's gradient, stats and activity, and moves
+    the peer running mean as the positive step alone would."""
+    if getattr(layer_cfg, "competition", 0):
+        pytest.skip("channel-wise competition learns from labels, with no negatives to pair")
+    paired, separate = make_layer(layer_cfg), make_layer(layer_cfg)
+    x_pos, x_neg = inputs(layer_cfg, 4, 0), inputs(layer_cfg, 3, 1)
+    seen = []
+    grads, pos_stats, neg_stats, h_pos, h_neg = paired.paired_gradients(
+        x_pos, x_neg, on_negative_forward=lambda h: seen.append(("neg", len(h))), on_positive_forward=lambda h: seen.append(("pos", len(h))))
+    neg_grads, want_neg_stats, want_h_neg = separate.local_gradients(x_neg, positive=False)
+    pos_grads, want_pos_stats, want_h_pos = separate.wake(x_pos)
+    assert seen == [("neg", 3), ("pos", 4)], "the negatives' activity is handed on first"
+    for got, pos, neg in zip(grads, pos_grads, neg_grads):
+        torch.testing.assert_close(got, pos + neg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_pos, want_h_pos, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_neg, want_h_neg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(paired.running_mean, separate.running_mean, rtol=1e-5, atol=1e-7)
+    for got, want in ((pos_stats, want_pos_stats), (neg_stats, want_neg_stats)):
+        assert got.keys() == want.keys()
+        assert all(math.isclose(got[k], want[k], rel_tol=1e-4, abs_tol=1e-6) for k in got)
+    assert paired.version == 0, "gradients only: no step taken"
+
+
 def test_contract_layer_state_dict_round_trip(layer_cfg):
     layer = make_layer(layer_cfg)
     train(layer)

@@ -214,3 +214,20 @@ def test_scoring_a_clip_with_and_without_top_down():
     assert not np.allclose(with_top_down[1:, 0], without[1:, 0])
     _, history = stack.run(torch.from_numpy(clip[:1]).flatten(1), iterations=1)
     assert np.isclose(with_top_down[0, 0], float(history[0][0].pow(2).sum()))
+
+
+def test_a_paired_step_keeps_each_batch_own_context_row():
+    """Video: positives and negatives each share one context row; the paired step runs them as two passes, so that
+    neither loses the one-row product, and its gradient is still the sum of the two batches' gradients."""
+    layer, twin = RecurrentFFLayer(layer_cfg(), top_down_features=3), RecurrentFFLayer(layer_cfg(), top_down_features=3)
+    x = torch.randn(4, 6, generator=gen(0))
+    z_pos, z_neg = torch.randn(1, 3, generator=gen(1)), torch.randn(1, 3, generator=gen(2))
+    pos, neg = layer.pack(x, z_pos.expand(4, 3), torch.zeros(4, 5)), layer.pack(x.flip(0), z_neg.expand(4, 3), torch.zeros(4, 5))
+    grads, _, _, h_pos, h_neg = layer.paired_gradients(pos, neg)
+    neg_grads, _, want_neg = twin.local_gradients(neg, positive=False)
+    pos_grads, _, want_pos = twin.wake(pos)
+    assert [tuple(g.shape) for g in grads] == [(5, 6), (5,), (5, 3)]
+    for got, a, b in zip(grads, pos_grads, neg_grads):
+        torch.testing.assert_close(got, a + b)
+    torch.testing.assert_close(h_pos, want_pos)
+    torch.testing.assert_close(h_neg, want_neg)

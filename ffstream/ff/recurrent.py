@@ -94,6 +94,10 @@ class RecurrentFFLayer(FFLayer):
         pre = pre + nn.functional.linear(rms_normalize(z), self.top_down)
         return self.damping * old.detach() + (1 - self.damping) * torch.relu(pre)
 
+    def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two passes: each batch may share one context row (video), which one pass over both would lose."""
+        return self(x_neg), self(x_pos)
+
     def weights(self) -> dict[str, torch.Tensor]:
         return {**super().weights(), "top_down": self.top_down.detach()}
 

@@ -68,11 +68,11 @@ class FFStack:
         """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer."""
         stats = []
         for layer in self.layers:
-            # One forward pass per batch and sign: the negative gradient's pass also gives h_neg (before the
-            # step, as the sleep worker's snapshot would see it), and the positive one gives h_pos.
-            neg_grads, neg_stats, h_neg = layer.local_gradients(x_neg, positive=False)
-            layer.add_negative(neg_grads)
-            h_pos, pos_stats = layer.learn(x_pos)
+            # One forward pass over both batches gives h_neg (before the step, as the sleep worker's snapshot
+            # would see it) and h_pos, and one backward pass the step's whole gradient, as a layer worker does.
+            grads, pos_stats, neg_stats, h_pos, h_neg = layer.paired_gradients(x_pos, x_neg)
+            pos_stats["negatives_applied"] = layer.pending_count + 1
+            layer.apply_gradients(grads)
             stats.append({"pos": pos_stats, "neg": neg_stats})
             x_pos, x_neg = layer.normalize(h_pos), layer.normalize(h_neg)
         return stats

@@ -298,13 +298,15 @@ class LayerWorker(Worker):
         self._stepping = True
         try:
             if negatives:
+                # One pass over both batches (as the reference's step): the negatives' mean loss weighs as much as
+                # the positives', and their activity is handed on first.
                 chain = (lambda h: self._chain_negatives(negatives, h)) if self.negative_output is not None else None
-                grads, neg_stats, _ = self.layer.local_gradients(torch.cat([n for _, n in negatives]), positive=False,
-                                                                 on_forward=self._then_arrivals(chain))
-                self.layer.add_negative(grads)  # one negative batch per positive batch: equal weight, as in the reference
+                grads, stats, neg_stats, h, _ = self.layer.paired_gradients(
+                    positives, torch.cat([n for _, n in negatives]), labels,
+                    on_negative_forward=self._then_arrivals(chain), on_positive_forward=self._then_arrivals(on_forward))
                 self.layer.last_negative_stats = neg_stats
-            self._forward_arrivals()
-            grads, stats, h = self.layer.wake(positives, labels, on_forward=self._then_arrivals(on_forward))
+            else:
+                grads, stats, h = self.layer.wake(positives, labels, on_forward=self._then_arrivals(on_forward))
             self._forward_arrivals()
             self._apply(grads)
         finally:
