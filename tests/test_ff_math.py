@@ -617,6 +617,23 @@ def test_label_scores_sum_goodness_over_layers_2_to_l(variant):
     torch.testing.assert_close(with_first[:, 0], sign * sum((h * h).sum(dim=1) for h in hs))
 
 
+def test_label_goodness_is_each_layer_and_energy_reads_both_ways():
+    from ffstream.evaluate import energy_accuracies
+
+    stack = FFStack(stack_cfgs((8, 6, 5, 4)))
+    x, k = torch.rand(40, 8, generator=gen(0)), 4
+    per_layer = stack.label_goodness(x, k)
+    assert per_layer.shape == (40, k, 3)
+    hs = manual_forward(stack, embed_label(x, torch.full((40,), 2), k, stack.label_scale))
+    for i, h in enumerate(hs):
+        torch.testing.assert_close(per_layer[:, 2, i], (h * h).sum(dim=1))
+    y = torch.randint(0, k, (40,), generator=gen(1))
+    got = energy_accuracies(stack, x, y, k)
+    skip_first = float((per_layer[:, :, 1:].sum(dim=2).argmax(dim=1) == y).float().mean())
+    every_layer = float((per_layer.sum(dim=2).argmax(dim=1) == y).float().mean())
+    assert got == pytest.approx({"accuracy_energy": skip_first, "accuracy_energy_all_layers": every_layer})
+
+
 def test_label_scores_single_layer_uses_it():
     stack = FFStack([sgd_cfg(6, 5)])
     x = torch.rand(2, 6, generator=gen(0))

@@ -24,7 +24,9 @@ def eval_command(args) -> int:
         return 0
     fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     print(f"{result['n']} frames of {args.source}, layers {result['layers']} ({result['task']})")
-    print(f"  accuracy by energy:       {fmt(result['accuracy_energy'])}")
+    print(f"  accuracy by energy:       {fmt(result['accuracy_energy'])} (layers 2..L)")
+    if result.get("accuracy_energy_all_layers") is not None:
+        print(f"                            {fmt(result['accuracy_energy_all_layers'])} (all layers)")
     print(f"  accuracy by softmax head: {fmt(result['accuracy_softmax'])}")
     if result.get("readout_error"):
         print(f"  ({result['readout_error']})")

@@ -78,22 +78,29 @@ class FFStack:
         return stats
 
     def label_scores(self, x: torch.Tensor, num_classes: int, skip_first: bool = True) -> torch.Tensor:
-        """Energy prediction: goodness summed over layers 2..L for every candidate label.
+        """Energy prediction: goodness summed over layers 2..L (all layers with skip_first=False) for every candidate label.
 
-        x: (B, D) frames -> (B, K) scores, higher is more likely. In the "min"
-        variant positives have low goodness, so the sign is flipped.
+        x: (B, D) frames -> (B, K) scores, higher is more likely. In the "min" variant positives have low
+        goodness, so the sign is flipped.
         """
         first = 1 if skip_first and len(self.layers) > 1 else 0
+        return self.label_goodness(x, num_classes)[:, :, first:].sum(dim=2)
+
+    def label_goodness(self, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Each layer's goodness for every candidate label, sign-flipped in the "min" variant: (B, D) -> (B, K, L).
+
+        One pass per label gives every layer's figure, so readouts over different layers cost no more passes.
+        """
         if self.competes:
             # CwComp: one pass, no label in the input; a class's score is its channel group's goodness.
             hs = self.activities(x)
-            return sum(layer.class_scores(h).flatten(2).mean(dim=2) for layer, h in zip(self.layers[first:], hs[first:]))
+            return torch.stack([layer.class_scores(h).flatten(2).mean(dim=2) for layer, h in zip(self.layers, hs)], dim=2)
         sign = 1.0 if self.layers[0].cfg.variant == "max" else -1.0
         labels = torch.empty(x.shape[0], dtype=torch.long)
         scores = []
         for k in range(num_classes):
             hs = self.activities(embed_label(x, labels.fill_(k), num_classes, self.label_scale))
-            scores.append(sum(layer.goodness(h) for layer, h in zip(self.layers[first:], hs[first:])))
+            scores.append(torch.stack([layer.goodness(h) for layer, h in zip(self.layers, hs)], dim=1))
         return sign * torch.stack(scores, dim=1)
 
     def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
