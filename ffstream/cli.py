@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learn-every-ms", type=float, help="live video: forward each frame at once, learn on what is ready this many ms after the last step")
     run.add_argument("--wire-float16", action="store_true", default=None, help="send activity between workers as float16 (computed in float32)")
     run.add_argument("--lr", type=float, help="layer learning rate (default 0.001)")
+    run.add_argument("--label-scale", type=float, help="supervised: value of the label slot written into the frame (default 4.0)")
+    run.add_argument("--label-relative", action="store_true", default=None,
+                     help="supervised: the label slot is --label-scale times the frame's RMS, so it weighs the same in every frame")
     run.add_argument("--optimizer", choices=("adam", "sgd"), help="layer optimiser (default adam)")
     run.add_argument("--goodness", choices=("sumsq", "meansq"), help="goodness function (default sumsq)")
     run.add_argument("--variant", choices=("max", "min"), help="positives have high (max, default) or low (min) goodness")
@@ -178,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--sleep-every", type=_positive, default=10)
     learning.add_argument("--negatives", choices=("random", "hard", "hybrid"))
     learning.add_argument("--lr", type=float, default=1e-3)
+    learning.add_argument("--label-scale", type=float, default=4.0, help="supervised: value of the label slot (default 4.0)")
+    learning.add_argument("--label-relative", action="store_true", help="supervised: the label slot is --label-scale times the frame's RMS")
     learning.add_argument("--seed", type=int, default=0)
     learning.add_argument("--max-frames", type=_positive, help="train on the first N frames only (a quick check)")
     learning.add_argument("--no-reference", action="store_true", help="skip the in-process reference")

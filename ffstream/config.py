@@ -82,6 +82,7 @@ class ModelConfig:
     weight_decay: float = 0.0  # per step
     peer_weight: float = 0.03  # peer normalisation λ; 0 is off
     label_scale: float = 4.0  # value of the one-hot label slot written into the frame (pixels are 0..1)
+    label_relative: bool = False  # the slot value is label_scale × the frame's RMS, so the label weighs the same in every frame
     lr_decay: bool = True  # decay the layers' learning rate linearly over a stream of known length
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
@@ -115,6 +116,8 @@ class ModelConfig:
         self.layers = tuple(s.size if s.kind == "dense" else str(s) for s in specs)  # one entry per layer ("conv" is three)
         if self.competition and any(s.kind == "dense" for s in specs):
             raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
+        if self.recurrent and self.label_relative:
+            raise ConfigError("model.label_relative writes the label into the frame; the recurrent network takes it at the top (use label_scale)")
         if self.recurrent and any(s.kind != "dense" for s in specs):
             raise ConfigError("model.recurrent needs dense layers (--layers N,N,...); conv and local layers are feed-forward only")
         positive("model.max_batch", self.max_batch)

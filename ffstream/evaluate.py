@@ -21,7 +21,7 @@ def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
     paths = checkpoint.stack_layer_paths(directory)
     configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
     meta = checkpoint.checkpoint_config(paths[0])[1]
-    stack = FFStack(configs, label_scale=float(meta.get("label_scale", 1.0)))
+    stack = FFStack(configs, label_scale=float(meta.get("label_scale", 1.0)), label_relative=bool(meta.get("label_relative", False)))
     for layer, path in zip(stack.layers, paths):
         checkpoint.load_layer(path, layer)
     return stack, meta

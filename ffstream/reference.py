@@ -42,7 +42,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     """Train in one process and save checkpoints like the pipeline's; returns frames, wall time and accuracy."""
     s = cfg.stream
     torch.manual_seed(s.seed)
-    stack = FFStack(cfg.layer_configs(), label_scale=cfg.model.label_scale)
+    stack = FFStack(cfg.layer_configs(), label_scale=cfg.model.label_scale, label_relative=cfg.model.label_relative)
     classes = s.num_classes if s.supervised else None
     # Channel-wise competition learns from labels at every layer, with no negative data.
     with_negatives = with_negatives and not stack.competes
@@ -65,7 +65,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 correct += int((readout.predict(features) == y).sum())
                 evaluated += len(y)
                 readout.learn(features, y)
-            x = embed_label(flat, y, classes, stack.label_scale) if classes and not stack.competes else flat
+            x = embed_label(flat, y, classes, stack.label_scale, stack.label_relative) if classes and not stack.competes else flat
             if dreamer is None:
                 stack.learn_positive(x, y if stack.competes else None)
             else:
@@ -75,7 +75,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 stack.learn_interleaved(x, negatives)
             frames += len(flat)
     wall = time.time() - started
-    meta = {"num_classes": classes, "label_scale": stack.label_scale, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}
+    meta = {"num_classes": classes, "label_scale": stack.label_scale, "label_relative": stack.label_relative, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}
     for i, layer in enumerate(stack.layers, start=1):
         save_layer(layer_path(checkpoint_dir, i), layer, {"index": i, **meta})
     if readout is not None:

@@ -61,7 +61,7 @@ def frame_goodness(stack: FFStack, pixels: np.ndarray, num_classes: int | None) 
     """pixels: float32 (B, C, H, W) -> goodness (B, L). Supervised stacks see the neutral label, as when predicting."""
     x = torch.from_numpy(np.ascontiguousarray(pixels, np.float32)).flatten(1)  # (B, D)
     if num_classes:
-        x = neutral_label(x, num_classes, stack.label_scale)
+        x = neutral_label(x, num_classes, stack.label_scale, stack.label_relative)
     with torch.no_grad():
         hs = stack.activities(x)
         return torch.stack([layer.goodness(h) for layer, h in zip(stack.layers, hs)], dim=1).double().numpy()

@@ -617,6 +617,21 @@ def test_label_scores_sum_goodness_over_layers_2_to_l(variant):
     torch.testing.assert_close(with_first[:, 0], sign * sum((h * h).sum(dim=1) for h in hs))
 
 
+def test_a_relative_label_is_the_scale_times_the_frame_rms():
+    x = torch.rand(3, 10, generator=gen(0))
+    x[2] *= 5.0  # a brighter frame
+    rms = torch.sqrt((x[:, 4:] ** 2).mean(dim=1))  # the pixels outside the 4 label slots
+    labelled = embed_label(x, torch.tensor([1, 3, 0]), 4, 2.0, relative=True)
+    torch.testing.assert_close(labelled[torch.arange(3), torch.tensor([1, 3, 0])], 2.0 * rms)
+    assert (labelled[:, :4] != 0).sum() == 3 and torch.equal(labelled[:, 4:], x[:, 4:])
+    torch.testing.assert_close(neutral_label(x, 4, 2.0, relative=True)[:, :4], (2.0 * rms / 4)[:, None].expand(3, 4))
+    # After layer 1's normalisation the label weighs the same in a dark and a bright copy of a frame.
+    bright = torch.cat([x[:1, :4], 3.0 * x[:1, 4:]], dim=1)
+    a, b = (rms_normalize(embed_label(f, torch.tensor([2]), 4, 2.0, relative=True)) for f in (x[:1], bright))
+    torch.testing.assert_close(a, b)
+    assert torch.equal(embed_label(x, torch.tensor([1, 3, 0]), 4, 2.0), embed_label(x, torch.tensor([1, 3, 0]), 4, 2.0, relative=False))
+
+
 def test_label_goodness_is_each_layer_and_energy_reads_both_ways():
     from ffstream.evaluate import energy_accuracies
 

@@ -32,11 +32,11 @@ def seeded_batches(seed: int = 5):
         yield seq, frames, labels
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_worker_pipeline_equals_in_process_stack(tmp_path, socket, optimizer):
+@pytest.mark.parametrize("optimizer,label_relative", [("adam", False), ("sgd", False), ("adam", True)])
+def test_worker_pipeline_equals_in_process_stack(tmp_path, socket, optimizer, label_relative):
     cfg = RunConfig(
         stream=StreamConfig(size=(8, 8), batch=BATCH, task="supervised", num_classes=NUM_CLASSES, seed=3),
-        model=ModelConfig(layers=LAYERS, optimizer=optimizer, lr=0.01, max_batch=BATCH),
+        model=ModelConfig(layers=LAYERS, optimizer=optimizer, lr=0.01, max_batch=BATCH, label_relative=label_relative),
         sleep=SleepConfig(enabled=False),
         topology=ipc_topology(tmp_path, len(LAYERS)),
         checkpoint_dir=str(tmp_path / "ck"),
@@ -61,11 +61,13 @@ def test_worker_pipeline_equals_in_process_stack(tmp_path, socket, optimizer):
 
     reference = FFStack(cfg.layer_configs())
     for seq, frames, labels in seeded_batches():
-        x = embed_label(torch.from_numpy(frames).flatten(1), torch.tensor(labels), NUM_CLASSES, cfg.model.label_scale)
+        x = embed_label(torch.from_numpy(frames).flatten(1), torch.tensor(labels), NUM_CLASSES, cfg.model.label_scale, label_relative)
         reference.learn_positive(x)
     for i, ref_layer in enumerate(reference.layers, start=1):
         tensors, meta = checkpoint.read_metadata(checkpoint.layer_path(cfg.checkpoint_dir, i))
         assert int(meta["version"]) == BATCHES
+        extra = checkpoint.checkpoint_config(checkpoint.layer_path(cfg.checkpoint_dir, i))[1]
+        assert extra["label_relative"] is label_relative, "the checkpoint says how labels were written, for eval"
         torch.testing.assert_close(tensors["weight"], ref_layer.weight.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(tensors["bias"], ref_layer.bias.detach(), rtol=1e-5, atol=1e-6)
     # The goodness trace carries every layer's per-frame goodness to the sink.

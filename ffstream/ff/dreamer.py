@@ -91,4 +91,4 @@ class Dreamer:
             wrong = hard_wrong_labels(true, scores, self.generator)
         else:
             wrong = random_wrong_labels(true, self.num_classes, self.generator)
-        return embed_label(flat, wrong, self.num_classes, stack.label_scale)
+        return embed_label(flat, wrong, self.num_classes, stack.label_scale, stack.label_relative)

@@ -19,12 +19,13 @@ class FFStack:
     loop. Between layers only the normalised activity is passed on.
     """
 
-    def __init__(self, configs: Sequence[LayerConfig], label_scale: float = 1.0):
+    def __init__(self, configs: Sequence[LayerConfig], label_scale: float = 1.0, label_relative: bool = False):
         for below, above in zip(configs, configs[1:]):
             if below.width != above.in_features:
                 raise ValueError(f"layer widths do not chain: {below.width} -> {above.in_features}")
         self.layers = [make_layer(c) for c in configs]
         self.label_scale = label_scale  # the value written into a label slot (supervised stacks)
+        self.label_relative = label_relative  # the slot value is label_scale × the frame's RMS (labels.slot_value)
 
     def set_lr_scale(self, scale: float) -> None:
         for layer in self.layers:
@@ -99,14 +100,14 @@ class FFStack:
         labels = torch.empty(x.shape[0], dtype=torch.long)
         scores = []
         for k in range(num_classes):
-            hs = self.activities(embed_label(x, labels.fill_(k), num_classes, self.label_scale))
+            hs = self.activities(embed_label(x, labels.fill_(k), num_classes, self.label_scale, self.label_relative))
             scores.append(torch.stack([layer.goodness(h) for layer, h in zip(self.layers, hs)], dim=1))
         return sign * torch.stack(scores, dim=1)
 
     def readout_features(self, x: torch.Tensor, num_classes: int | None, layers: Sequence[int]) -> torch.Tensor:
         """Each given layer's (0-based) readout features on one pass, its normalised activity or a pooled map; neutral label if supervised."""
         if num_classes and not self.competes:
-            x = neutral_label(x, num_classes, self.label_scale)
+            x = neutral_label(x, num_classes, self.label_scale, self.label_relative)
         hs = self.activities(x)
         return torch.cat([self.layers[i].features(hs[i]) for i in layers], dim=1)
 

@@ -86,6 +86,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             endpoints,
             **layer_kwargs,
             label_scale=cfg.model.label_scale,
+            label_relative=cfg.model.label_relative,
             # every step of a recurrent image is a learned row, so the decay spans them all
             lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
             pair_negatives=cfg.sleep.enabled and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
@@ -125,6 +126,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             plan=cfg.sleep.plan(stream.supervised),
             num_classes=num_classes,
             label_scale=cfg.model.label_scale,
+            label_relative=cfg.model.label_relative,
             head_addr=topo.sink_snapshot,
             source_control_addr=topo.source_control,
             seed=stream.seed,

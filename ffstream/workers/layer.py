@@ -70,6 +70,7 @@ class LayerWorker(Worker):
         *,
         num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
         label_scale: float = 1.0,  # the value of the label's one-hot slot
+        label_relative: bool = False,  # that value times each frame's RMS (ff/labels.py slot_value)
         lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
         pair_negatives: bool = False,  # hold each positive step until the sleep worker's negatives for the same frames arrive
         negatives_alone: bool = False,  # phased sleep: each negative batch is a step of its own, on arrival
@@ -89,6 +90,7 @@ class LayerWorker(Worker):
         self.endpoints = endpoints
         self.num_classes = num_classes
         self.label_scale = label_scale
+        self.label_relative = label_relative
         self.lr_decay_frames = lr_decay_frames
         # forward_first and scheduled learning hold more positives, so that learning catches up on larger merged steps
         live = batching.forward_first or batching.scheduled
@@ -108,7 +110,7 @@ class LayerWorker(Worker):
         self.wire_dtype = wire.DTYPES[wire_dtype] if wire_dtype in wire.FLOAT_DTYPES else None
         if self.wire_dtype is None:
             raise ValueError(f"wire_dtype must be one of {wire.FLOAT_DTYPES}, got {wire_dtype!r}")
-        self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, **(checkpoint_meta or {})}
+        self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, "label_relative": label_relative, **(checkpoint_meta or {})}
         self.layer = self.make_layer(layer_config).to(self.device)
         self.preview_shape = preview_shape
         self._last_preview: float | None = None
@@ -446,11 +448,11 @@ class LayerWorker(Worker):
         x = torch.from_numpy(x.astype(np.float32, copy=False)).to(self.device)
         if self.num_classes:
             if eval_mode:
-                return neutral_label(x, self.num_classes, self.label_scale)
+                return neutral_label(x, self.num_classes, self.label_scale, self.label_relative)
             if msg.label is None or max(msg.label, default=0) >= self.num_classes:
                 self.dropped["label"] += 1
                 return None
-            return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes, self.label_scale)
+            return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes, self.label_scale, self.label_relative)
         return x
 
     def _forward_eval(self, msg: wire.Message) -> None:

@@ -71,6 +71,7 @@ class SleepWorker(Worker):
         plan: SleepPlan = SleepPlan(),
         num_classes: int | None = None,  # labelled stream: wrong-label negatives
         label_scale: float = 1.0,  # value of the label slot, as layer 1 writes it
+        label_relative: bool = False,  # and whether it is relative to each frame's RMS, as layer 1 writes it
         seed: int = 0,
         head_addr: str | None = None,  # REQ, connected: the sink's softmax head, which "hard" negatives sample from
         source_control_addr: str | None = None,  # PUSH, connected: tells a phased source to resume
@@ -92,7 +93,7 @@ class SleepWorker(Worker):
         self.num_classes = num_classes
         self.max_batches = max_batches
         self.exit_on_end = exit_on_end
-        self.stack = FFStack(layer_configs, label_scale=label_scale)  # the snapshot: weights only, never trained here
+        self.stack = FFStack(layer_configs, label_scale=label_scale, label_relative=label_relative)  # the snapshot: weights only, never trained here
         self.versions: list[int | None] = [None] * len(layer_configs)
         self.dreamer = Dreamer(plan.negatives, num_classes, plan.reservoir, seed)
         self.batches = 0
