@@ -26,6 +26,7 @@ IDLE_WAKE_S = 1.0
 MAX_PENDING_NEGATIVES = 8
 LIVE_MAX_HELD = 128  # held positive messages with forward_first or scheduled learning (default Pairing: 16); rows (B, D) each, so small at batch 1
 PREVIEW_EVERY_S = 3.0  # seconds between weight previews (layer 1 only, for the web dashboard's receptive fields)
+END_PAIRING_WAIT_S = 2.0  # at the end of a stream, how long held rows wait for their negatives before the end goes on
 TRIM_EVERY_S = 10.0  # seconds between malloc_trim calls: RSS follows the heap's use, not its high-water mark (ffstream/malloc.py)
 
 
@@ -558,11 +559,26 @@ class LayerWorker(Worker):
 
     def _control(self, msg: wire.Message) -> None:
         if msg.extra.get("command") == "end":
+            if self.pairing is not None:
+                self._step_before_end()
             send(self.output, msg, lambda: self.stopping, timeout_ms=5000)
             if self.exit_on_end:
                 self.finished = True
 
     # ending ------------------------------------------------------------------------------
+    def _step_before_end(self) -> None:
+        """Step the held rows with their negatives before the end goes on, so that the layer above gets their
+        chained negatives before its own end (else it steps those rows alone at its drain). Negatives made
+        from the last frames may still be on their way: wait for them, END_PAIRING_WAIT_S at most."""
+        deadline = time.monotonic() + END_PAIRING_WAIT_S
+        while self.pairing.held and self.pairing.ready_rows() < sum(len(h.inputs) for h in self.pairing.held):
+            left_ms = (deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or self.stopping:
+                break
+            if self.negative.sock.poll(min(POLL_MS, left_ms)):
+                self._drain_negatives(LIVE_MAX_HELD)
+        self._step_paired()
+
     def drain(self) -> None:
         if self.pairing is not None:
             self._step_paired()  # what has its negatives steps paired; the rest alone
