@@ -6,7 +6,9 @@ With `--tensorboard DIR` it also writes every message as TensorBoard scalars.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -70,10 +72,16 @@ def monitor_command(args) -> int:
     live = None if args.json else Live(board.render(), console=console, auto_refresh=False, transient=False)
     last_draw = 0.0
     feed = metrics_feed(args.connect, args.seconds, args.count)
+    # Ctrl-C and SIGTERM only set a flag that the loop reads (at least every REDRAW_S): a KeyboardInterrupt raised
+    # inside TensorBoard's writer could leave its lock held, and the final flush then waited forever.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if live:
             live.start()
         for msg in feed:
+            if stop.is_set():
+                break
             if msg is not None:
                 figures = msg.extra["metrics"]
                 if args.json:
@@ -85,9 +93,9 @@ def monitor_command(args) -> int:
             if live and time.monotonic() - last_draw >= REDRAW_S:
                 last_draw = time.monotonic()
                 live.update(board.render(), refresh=True)
-    except KeyboardInterrupt:
-        pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         feed.close()  # closes the socket and context now, not whenever the generator is collected
         if live:
             live.update(board.render())
