@@ -174,4 +174,7 @@ def test_kill_the_source_of_a_video_it_resumes_where_it_was(tmp_path):
     assert resumed["resumed_from"] is not None and resumed["resumed_from"] > 0, "the source started over instead of resuming"
     assert resumed["resumed_from"] <= victim["frames"]
     assert lost == 0, f"{lost} frames never reached the sink"
-    assert len(rows) < total * 1.1, f"{len(rows)} frames delivered for a stream of {total}: the replay was not a resume"
+    # Only the frames between the saved position and the kill come twice; a restart from frame 0 would send every
+    # frame before the kill again (at least victim["frames"]). How far the saved position lags varies with load
+    # (224 and 480 frames, measured), so the bound is that difference, not a share of the stream.
+    assert duplicated < victim["frames"], f"{duplicated} frames delivered twice, killed at {victim['frames']}: the replay was not a resume"
