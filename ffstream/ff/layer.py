@@ -131,9 +131,17 @@ class FFLayer(nn.Module):
             if positive and self.cfg.peer_weight > 0:
                 loss = loss + self.cfg.peer_weight * self._peer_loss(h)
             grads = torch.autograd.grad(loss, list(self.parameters()))
+        return list(grads), self._stats(g, loss), h.detach()
+
+    def _stats(self, g: torch.Tensor, loss: torch.Tensor) -> dict:
         g = g.detach()
-        stats = {"goodness": float(g.mean()), "p": float(self.probability(g).mean()), "loss": float(loss.detach())}
-        return list(grads), stats, h.detach()
+        return {"goodness": float(g.mean()), "p": float(self.probability(g).mean()), "loss": float(loss.detach())}
+
+    def _move_running_mean(self, h: torch.Tensor) -> None:
+        """Peer normalisation's running mean takes a positive batch's activity h, once per positive step."""
+        if self.cfg.peer_weight > 0:
+            ema = self.cfg.peer_ema
+            self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h))
 
     def paired_gradients(self, x_pos: torch.Tensor, x_neg: torch.Tensor, labels: torch.Tensor | None = None,
                          on_negative_forward=None, on_positive_forward=None) -> tuple[Gradients, dict, dict, torch.Tensor, torch.Tensor]:
@@ -157,14 +165,9 @@ class FFLayer(nn.Module):
             if self.cfg.peer_weight > 0:
                 pos_loss = pos_loss + self.cfg.peer_weight * self._peer_loss(h_pos)
             grads = torch.autograd.grad(pos_loss + neg_loss, list(self.parameters()))
-        h_pos, h_neg = h_pos.detach(), h_neg.detach()
-        if self.cfg.peer_weight > 0:
-            ema = self.cfg.peer_ema
-            self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h_pos))
-        pos_stats, neg_stats = (
-            {"goodness": float(g.detach().mean()), "p": float(self.probability(g.detach()).mean()), "loss": float(loss.detach())}
-            for g, loss in ((g_pos, pos_loss), (g_neg, neg_loss)))
-        return list(grads), pos_stats, neg_stats, h_pos, h_neg
+        h_pos = h_pos.detach()
+        self._move_running_mean(h_pos)
+        return list(grads), self._stats(g_pos, pos_loss), self._stats(g_neg, neg_loss), h_pos, h_neg.detach()
 
     def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_neg, h_pos) from one forward pass over both batches (rows are independent here)."""
@@ -194,9 +197,7 @@ class FFLayer(nn.Module):
         on_forward: as in `local_gradients`.
         """
         grads, stats, h = self.local_gradients(x, positive=True, labels=labels, on_forward=on_forward)
-        if self.cfg.peer_weight > 0:
-            ema = self.cfg.peer_ema
-            self.running_mean.mul_(ema).add_((1 - ema) * self.unit_activity(h))
+        self._move_running_mean(h)
         return grads, stats, h
 
     def add_negative_inputs(self, x: torch.Tensor) -> None:

@@ -72,7 +72,6 @@ class FFStack:
             # One forward pass over both batches gives h_neg (before the step, as the sleep worker's snapshot
             # would see it) and h_pos, and one backward pass the step's whole gradient, as a layer worker does.
             grads, pos_stats, neg_stats, h_pos, h_neg = layer.paired_gradients(x_pos, x_neg)
-            pos_stats["negatives_applied"] = layer.pending_count + 1
             layer.apply_gradients(grads)
             stats.append({"pos": pos_stats, "neg": neg_stats})
             x_pos, x_neg = layer.normalize(h_pos), layer.normalize(h_neg)
