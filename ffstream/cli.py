@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--competition", action="store_true", help="channel-wise competition (CwComp) in conv/local layers; runs without the sleep worker")
     learning.add_argument("--region", type=int, default=1, help="conv/local: goodness region, RxR locations (default 1)")
     learning.add_argument("--size", type=_size, default=(28, 28), help="frame size HxW (default 28x28)")
-    learning.add_argument("--threads", type=_positive, help="torch threads per worker (default: cores / compute workers)")
+    learning.add_argument("--threads", type=_positive, help="torch threads per worker (default: cores / compute workers) and of the in-process reference (default: torch's)")
     learning.add_argument("--epochs", type=_positive, default=1)
     learning.add_argument("--batch", type=_positive, default=64)
     learning.add_argument("--sleep-every", type=_positive, default=10)

@@ -35,3 +35,24 @@ def test_supervised_benchmark_scores_energy_head_and_probe(fashion_mnist):
         assert 0.7 < m["accuracy_probe"] <= 1.0, f"{run} probe = {m['accuracy_probe']}"
     assert r["gap_points"] == pytest.approx(100 * (r["reference"]["accuracy_energy"] - r["pipeline"]["accuracy_energy"]), abs=0.01)
     assert "probe" in format_result(r)
+
+
+def test_threads_set_the_reference_and_are_given_back(fashion_mnist, monkeypatch):
+    import torch
+
+    import ffstream.bench.learning as bench
+
+    seen = []
+    real = bench.train_reference
+
+    def recording(cfg, directory):  # the real reference, noting the threads it ran with
+        seen.append(torch.get_num_threads())
+        return real(cfg, directory)
+
+    monkeypatch.setattr(bench, "train_reference", recording)
+    before = torch.get_num_threads()
+    cfg = learning_config("supervised", (50,), 1, 64, 10, "random", 1e-3, 0, max_frames=640)
+    cfg.threads = 1 if before > 1 else 2
+    out = bench.run_reference(cfg, "fashion-mnist:test")
+    assert seen == [cfg.threads] and out["threads"] == cfg.threads
+    assert torch.get_num_threads() == before, "the caller's threads are restored"

@@ -91,10 +91,16 @@ def run_pipeline(cfg: RunConfig, test_spec: str) -> dict:
 
 
 def run_reference(cfg: RunConfig, test_spec: str) -> dict:
+    # --threads sets the reference's threads too; without it the reference keeps torch's default (every core).
+    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="ffref-") as tmp:
-        torch.set_num_threads(torch.get_num_threads())
-        out = train_reference(cfg, tmp)
-        out.update(score(tmp, cfg, test_spec))
+        torch.set_num_threads(cfg.threads or default_threads)
+        try:
+            out = train_reference(cfg, tmp)
+            out.update(score(tmp, cfg, test_spec))
+        finally:
+            torch.set_num_threads(default_threads)
+        out["threads"] = cfg.threads or default_threads
         return out
 
 
