@@ -8,6 +8,7 @@ positive with its own negatives, and takes about frames / N steps through a stac
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +53,18 @@ def test_scheduled_layer_forwards_every_frame_at_once_and_steps_once_on_all_rows
         np.testing.assert_allclose(weights_of(rig.worker.layer)[name], value, rtol=1e-5, atol=1e-6)
     m = rig.worker.metrics()
     assert m["updates"] == 1 and m["paired"] == 3 and m["unpaired_positives"] == 0, m
+
+
+def test_an_idle_input_does_not_step_a_scheduled_layer_outside_its_schedule(start_layer):
+    from ffstream.workers.layer import IDLE_WAKE_S
+
+    rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_rows=3 * ROWS))
+    send(rig.input, frames(seq=1))
+    receive(rig.output)
+    send(rig.negative, wire.Message("negative_update", negative_inputs(1), seq=1, extra={"form": "inputs"}))
+    eventually(lambda: rig.worker.metrics()["negative_updates"] == 1, what="the negatives held")
+    time.sleep(IDLE_WAKE_S + 0.5)  # past the idle path's wait, well short of the pairing's hold_s (10 s)
+    assert rig.ask_snapshot().extra["version"] == 0, "the idle path stepped 4 of the 12 rows the schedule asks for"
 
 
 def test_a_time_schedule_steps_on_whatever_is_ready_and_only_with_its_negatives(start_layer):

@@ -176,8 +176,8 @@ class LayerWorker(Worker):
         if self.input.sock in ready:
             self._take_batch()
         elif time.monotonic() - self._last_wake_step > IDLE_WAKE_S:
-            if self.pairing is not None:
-                self._step_paired()  # let nothing wait past its deadline
+            if self.pairing is not None and not self.scheduled:
+                self._step_paired()  # let nothing wait past its deadline (scheduled: _learn_if_due below, on its schedule)
             if self.layer.pending_count:
                 self._step_negatives_only()  # the wake path is idle (a paused or phased source): sleep alone
         if self.scheduled:
