@@ -28,8 +28,10 @@ def test_pairing_holds_a_positive_until_its_negatives_arrive():
     positives = torch.ones(2, 3)  # a held micro-batch of inputs
     pairing.add_positive([3, 4], positives)
     pairing.add_negative(3, torch.zeros(1, 2))
+    assert (pairing.ready_rows(), pairing.held_rows()) == (0, 2)
     assert pairing.ready() == []  # batch 4's negatives are still missing
     pairing.add_negative(4, torch.ones(1, 2))
+    assert (pairing.ready_rows(), pairing.held_rows()) == (2, 2)
     ((held, negatives),) = pairing.ready()
     assert held is positives and [float(n.sum()) for n in negatives] == [0.0, 2.0]
     assert pairing.paired == 1 and not pairing.held and not pairing.negatives

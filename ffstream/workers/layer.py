@@ -571,7 +571,7 @@ class LayerWorker(Worker):
         chained negatives before its own end (else it steps those rows alone at its drain). Negatives made
         from the last frames may still be on their way: wait for them, END_PAIRING_WAIT_S at most."""
         deadline = time.monotonic() + END_PAIRING_WAIT_S
-        while self.pairing.held and self.pairing.ready_rows() < sum(len(h.inputs) for h in self.pairing.held):
+        while self.pairing.ready_rows() < self.pairing.held_rows():
             left_ms = (deadline - time.monotonic()) * 1000
             if left_ms <= 0 or self.stopping:
                 break

@@ -62,6 +62,10 @@ class Pairing:
         """Rows of the held positives whose negatives have all arrived (what a step would take now)."""
         return sum(len(h.inputs) for h in self.held if all(s in self.negatives for s in h.seqs))
 
+    def held_rows(self) -> int:
+        """Rows of every held positive, their negatives in or not."""
+        return sum(len(h.inputs) for h in self.held)
+
     def ready(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
         return [(inputs, [n for _, n in negatives]) for inputs, negatives in self.ready_by_seq()]
