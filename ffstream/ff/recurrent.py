@@ -110,6 +110,17 @@ class RecurrentFFLayer(FFLayer):
         return f"{super().extra_repr()}, top-down {self.top_down_features}, damping={self.damping:g}"
 
 
+def top_down_label(labels: torch.Tensor | None, rows: int, num_classes: int, scale: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A supervised top layer's top-down input: (B, K) one-hot labels of value `scale`, or the neutral scale/K in
+    every slot when labels is None. Built here for the top layer worker, the sleep worker's snapshot and the
+    evaluation alike (the layer RMS-normalises it, so only which slot is on matters, not the scale)."""
+    if labels is None:
+        return torch.full((rows, num_classes), scale / num_classes if num_classes else 0.0, device=device)
+    out = torch.zeros(rows, num_classes, device=device)
+    out[torch.arange(rows, device=device), labels.long().to(device)] = scale
+    return out
+
+
 def top_down_widths(configs: Sequence[LayerConfig], num_classes: int | None) -> list[int]:
     """What each layer hears from above: the next layer's width; the top layer the label slots, or nothing."""
     return [c.width for c in configs[1:]] + [num_classes or 0]
@@ -140,15 +151,8 @@ class RecurrentStack:
             layer.set_lr_scale(scale)
 
     def label_input(self, labels: torch.Tensor | None, rows: int) -> torch.Tensor:
-        """The top layer's top-down input: (B, K) one-hot labels, the neutral 1/K when labels is None; (B, 0) unsupervised."""
-        k = self.num_classes or 0
-        if not k:
-            return torch.zeros(rows, 0)
-        if labels is None:
-            return torch.full((rows, k), self.label_scale / k)
-        out = torch.zeros(rows, k)
-        out[torch.arange(rows), labels.long()] = self.label_scale
-        return out
+        """The top layer's top-down input (see `top_down_label`); (B, 0) unsupervised."""
+        return top_down_label(labels, rows, self.num_classes or 0, self.label_scale)
 
     def initial_states(self, rows: int) -> list[torch.Tensor]:
         return [torch.zeros(rows, layer.cfg.width) for layer in self.layers]

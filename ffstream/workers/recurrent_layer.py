@@ -36,7 +36,7 @@ import zmq
 
 from ffstream import wire
 from ffstream.ff import LayerConfig
-from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer
+from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer, top_down_label
 from ffstream.transport import Receiver, try_send
 from ffstream.workers.layer import Batching, LayerWorker
 from ffstream.workers.stats import Ema
@@ -117,13 +117,11 @@ class RecurrentLayerWorker(LayerWorker):
             if not self.label_classes:
                 return torch.zeros(rows, width, device=self.device)
             if eval_mode:
-                return torch.full((rows, width), 1.0 / width, device=self.device)
+                return top_down_label(None, rows, width, self.label_scale, self.device)
             if msg.label is None or max(msg.label, default=0) >= width:
                 self.dropped["label"] += 1
                 return None
-            z = torch.zeros(rows, width, device=self.device)
-            z[torch.arange(rows), torch.tensor(msg.label)] = 1.0
-            return z
+            return top_down_label(torch.tensor(msg.label), rows, width, self.label_scale, self.device)
         self._drain_feedback()
         fb = self.latest_feedback.get(msg.mode)
         frame, step = _position(msg)
