@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=_positive, help="stop after N frames")
     run.add_argument("--epochs", type=_positive, help="passes over a file or dataset (default 1)")
     run.add_argument("--batch", type=_positive, help="frames per batch (default 64)")
-    run.add_argument("--sleep-every", type=_positive, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
+    run.add_argument("--sleep-every", type=_positive, help="wake batches between the sleep worker's snapshot refreshes, as the layers step them (a recurrent image: one per iteration; default 10)")
     run.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="negative data (default: random wrong labels when supervised, hybrid frames otherwise)")
     run.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only)")
     run.add_argument("--sleep-route", choices=("snapshot", "chain"),

@@ -158,7 +158,7 @@ class ModelConfig:
 class SleepConfig:
     enabled: bool = True  # run the sleep worker at all; without it there are no negatives
     negatives: str | None = None  # "random", "hard" or "hybrid"; None: random when supervised, hybrid otherwise
-    sleep_every: int = 10  # wake batches between snapshot refreshes
+    sleep_every: int = 10  # wake batches between snapshot refreshes, as the layers step them (a recurrent image: one per iteration)
     reservoir: int = 4096  # raw frames kept for negatives
     update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)
     phased: bool = False  # sleep in phases: the source pauses after every sleep_every batches while the negatives run

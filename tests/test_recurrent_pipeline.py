@@ -130,14 +130,16 @@ def test_recurrent_run_on_a_real_video(tmp_path):
 
 
 def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
-    s = run_recurrent(tmp_path, "--source", "fashion-mnist", "--max-frames", "256", "--layers", "32,32",
-                      "--iterations", "3", "--window", "2,3", "--checkpoint-dir", str(tmp_path / "ck"), rate_fps=128)
+    s = run_recurrent(tmp_path, "--source", "fashion-mnist", "--max-frames", "256", "--batch", "64", "--layers", "32,32",
+                      "--iterations", "3", "--window", "2,3", "--sleep-every", "6", "--checkpoint-dir", str(tmp_path / "ck"), rate_fps=128)
     assert s["task"] == "supervised"
     assert s["sink"]["frames"] == 256  # each image counted once, at its last step
     assert s["sink"]["evaluated"] == 256  # and scored once, at the window's last step
     for layer in s["layers"]:
         assert layer["frames"] == 3 * 256 and layer["negative_updates"] > 0, layer
     assert s["layers"][0]["rows_with_feedback"] > 0
+    # --sleep-every counts layer steps: 3 a batch, so a fresh snapshot before batches 1 and 3 of the 4
+    assert s["sleep"]["refreshes"] == 2, s["sleep"]
     # `ffstream eval` scores the recurrent checkpoints the paper's way (labels clamped at the top) and by the head.
     ev = subprocess.run([sys.executable, "-m", "ffstream", "eval", "--checkpoint-dir", str(tmp_path / "ck"), "--source", "fashion-mnist:test",
                          "--json"], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240)

@@ -99,6 +99,7 @@ class SleepWorker(Worker):
         self.batches = 0
         self.negatives_made = 0
         self.since_snapshot = 0
+        self.wake_steps_per_batch = 1  # layer steps each source batch makes (a recurrent image: one per iteration)
         self.refreshes = 0
         self.snapshot_timeouts = 0
         self.rate = Rate(time.monotonic)
@@ -139,7 +140,8 @@ class SleepWorker(Worker):
             self._phase(batch, msg.label, msg.seq)
             return
         chain_only = self.plan.route == "chain" and self.plan.negatives != "hard"  # no snapshot needed at all
-        if not chain_only and (self.versions[0] is None or self.since_snapshot >= self.plan.sleep_every):
+        # sleep_every counts wake batches as the layers step them, so that a recurrent image's 8 steps count 8
+        if not chain_only and (self.versions[0] is None or self.since_snapshot * self.wake_steps_per_batch >= self.plan.sleep_every):
             if not self.refresh():
                 return  # no snapshot yet: no negatives rather than negatives from random weights
         self.since_snapshot += 1
