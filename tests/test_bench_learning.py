@@ -8,7 +8,9 @@ in BENCHMARKS.md.
 import json
 
 import pytest
+import torch
 
+import ffstream.bench.learning as bench
 from ffstream.bench.learning import format_result, learning_benchmark, learning_config
 from ffstream.sources import Preprocess, SourceError, dataset_arrays
 
@@ -38,10 +40,6 @@ def test_supervised_benchmark_scores_energy_head_and_probe(fashion_mnist):
 
 
 def test_threads_set_the_reference_and_are_given_back(fashion_mnist, monkeypatch):
-    import torch
-
-    import ffstream.bench.learning as bench
-
     seen = []
     real = bench.train_reference
 

@@ -18,7 +18,7 @@ from ffstream import wire
 from ffstream.config import ConfigError, ModelConfig, RunConfig, SleepConfig, StreamConfig
 from ffstream.ff import FFLayer, LayerConfig, rms_normalize
 from ffstream.runner import resolve_stream
-from ffstream.workers.layer import Batching
+from ffstream.workers.layer import IDLE_WAKE_S, Batching
 from processes import run_local_stack
 from test_workers import LAYER, ROWS, eventually, frames, receive, send, start_layer, weights_of  # noqa: F401 (a fixture)
 
@@ -56,8 +56,6 @@ def test_scheduled_layer_forwards_every_frame_at_once_and_steps_once_on_all_rows
 
 
 def test_an_idle_input_does_not_step_a_scheduled_layer_outside_its_schedule(start_layer):
-    from ffstream.workers.layer import IDLE_WAKE_S
-
     rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_rows=3 * ROWS))
     send(rig.input, frames(seq=1))
     receive(rig.output)

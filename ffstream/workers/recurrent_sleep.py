@@ -34,13 +34,16 @@ class RecurrentSleepWorker(SleepWorker):
         if self.plan.update != "inputs":
             raise ValueError("the recurrent sleep worker sends negative inputs only (sleep.update = 'inputs')")
         self.steps = recurrent.iterations if static_images else 1
-        # A snapshot every sleep_every layer steps, not source batches: at 8 steps a batch, every 10 batches left the
-        # negatives 35 steps stale on average and cost 4 points of energy accuracy (72.3 against 76.6 %, 2×500, 10,000 frames).
-        self.wake_steps_per_batch = self.steps
         self.carry_state = not static_images
         self.stack = RecurrentStack(layer_configs, self.num_classes, label_scale, recurrent)  # the snapshot, never trained here
         self.generator = torch.Generator().manual_seed(kwargs.get("seed", 0))
         self.negative_states: list[torch.Tensor] | None = None  # video: the negative run's states at its newest frame
+
+    @property
+    def wake_steps_per_batch(self) -> int:
+        # A snapshot every sleep_every layer steps, not source batches: at 8 steps a batch, every 10 batches left the
+        # negatives 35 steps stale on average and cost 4 points of energy accuracy (72.3 against 76.6 %, 2×500, 10,000 frames).
+        return self.steps
 
     def dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
         if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):

@@ -60,6 +60,7 @@ class SleepPlan:
 
 class SleepWorker(Worker):
     kind = "sleep"
+    wake_steps_per_batch = 1  # layer steps each source batch makes (a recurrent image: one per iteration)
 
     def __init__(
         self,
@@ -99,7 +100,6 @@ class SleepWorker(Worker):
         self.batches = 0
         self.negatives_made = 0
         self.since_snapshot = 0
-        self.wake_steps_per_batch = 1  # layer steps each source batch makes (a recurrent image: one per iteration)
         self.refreshes = 0
         self.snapshot_timeouts = 0
         self.rate = Rate(time.monotonic)
