@@ -61,7 +61,10 @@ def test_an_idle_input_does_not_step_a_scheduled_layer_outside_its_schedule(star
     receive(rig.output)
     send(rig.negative, wire.Message("negative_update", negative_inputs(1), seq=1, extra={"form": "inputs"}))
     eventually(lambda: rig.worker.metrics()["negative_updates"] == 1, what="the negatives held")
-    time.sleep(IDLE_WAKE_S + 0.5)  # past the idle path's wait, well short of the pairing's hold_s (10 s)
+    # Wait on the worker's own idle clock (well short of the pairing's hold_s, 10 s); then two snapshot handshakes:
+    # the loop pass that answers the first also runs the idle check, so the second sees what that check did.
+    eventually(lambda: time.monotonic() - rig.worker._last_wake_step > IDLE_WAKE_S + 0.1, what="the idle path's wait to pass")
+    rig.ask_snapshot()
     assert rig.ask_snapshot().extra["version"] == 0, "the idle path stepped 4 of the 12 rows the schedule asks for"
 
 
