@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--epochs", type=_positive, default=1, help="Fashion-MNIST: passes over the 60,000 training images (default 1)")
     rec.add_argument("--batch", type=_positive, default=64, help="Fashion-MNIST: images per source batch (default 64)")
     rec.add_argument("--max-frames", type=_positive, help="Fashion-MNIST: train on the first N frames only")
+    rec.add_argument("--lr", type=float, default=1e-3, help="learning rate of every layer, both pipelines (default 0.001)")
     rec.add_argument("--iterations", type=_positive, default=8, help="recurrent steps per image (default 8)")
     rec.add_argument("--window", type=_window, default=(3, 5), help="steps FIRST,LAST (1-based) whose goodness classifies (default 3,5)")
     rec.add_argument("--video", default="/usr/share/doc/opencv-doc/examples/data/vtest.avi", help="a video file; 'none' skips the video part")

@@ -29,10 +29,10 @@ DEFAULT_VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
 def image_comparison(layers: tuple[int, ...], epochs: int, batch: int, max_frames: int | None, iterations: int, window: tuple[int, int],
-                     seed: int = 0, negatives: str | None = None) -> dict:
+                     seed: int = 0, negatives: str | None = None, lr: float = 1e-3) -> dict:
     out = {}
     for name, recurrent in (("feedforward", False), ("recurrent", True)):
-        cfg = learning_config("supervised", layers, epochs, batch, 10, negatives, 1e-3, seed, max_frames=max_frames,
+        cfg = learning_config("supervised", layers, epochs, batch, 10, negatives, lr, seed, max_frames=max_frames,
                               recurrent=recurrent, iterations=iterations, window=window)
         cfg.check()
         resolve_stream(cfg)
@@ -51,12 +51,13 @@ def goodness_profile(scores_path: Path) -> dict:
             "relative_change": round(float(change), 4) if change is not None else None}
 
 
-def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames: int | None, seed: int = 0, epochs: int = 1) -> dict:
+def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames: int | None, seed: int = 0, epochs: int = 1,
+                     lr: float = 1e-3) -> dict:
     out = {"epochs": epochs}
     for name, recurrent in (("feedforward", False), ("recurrent", True)):
         with tempfile.TemporaryDirectory(prefix="ffrec-") as tmp:
             cfg = RunConfig(stream=StreamConfig(source=video, batch=batch, max_frames=max_frames, task="unsupervised", seed=seed, epochs=epochs),
-                            model=ModelConfig(layers=layers, max_batch=batch, recurrent=recurrent), scores=f"{tmp}/scores.jsonl")
+                            model=ModelConfig(layers=layers, lr=lr, max_batch=batch, recurrent=recurrent), scores=f"{tmp}/scores.jsonl")
             resolve_stream(cfg)
             cfg.check()
             cfg.topology = Topology.local(len(layers), monitor_publish=f"ipc://{tmp}/monitor", run_dir=tmp)
@@ -72,19 +73,20 @@ def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames
 
 
 def recurrent_benchmark(layers, epochs, batch, max_frames, iterations, window, video, video_batch, video_frames, images=True, seed=0,
-                        video_epochs=1) -> dict:
-    result: dict = {"layers": list(layers), "iterations": iterations, "window": list(window)}
+                        video_epochs=1, lr=1e-3) -> dict:
+    """Both pipelines at the same learning rate `lr` (a recurrent image makes `iterations` layer steps, so it may want less)."""
+    result: dict = {"layers": list(layers), "iterations": iterations, "window": list(window), "lr": lr}
     if images:
         result["images"] = {"epochs": epochs, "batch": batch, "max_frames": max_frames,
-                            **image_comparison(tuple(layers), epochs, batch, max_frames, iterations, window, seed)}
+                            **image_comparison(tuple(layers), epochs, batch, max_frames, iterations, window, seed, lr=lr)}
     if video:
         result["video"] = {"source": video, "batch": video_batch, "max_frames": video_frames,
-                           **video_comparison(video, tuple(layers), video_batch, video_frames, seed, video_epochs)}
+                           **video_comparison(video, tuple(layers), video_batch, video_frames, seed, video_epochs, lr)}
     return result
 
 
 def format_result(r: dict) -> str:
-    lines = [f"recurrent vs feedforward, layers {r['layers']}, {r['iterations']} iterations, window {r['window']}"]
+    lines = [f"recurrent vs feedforward, layers {r['layers']}, {r['iterations']} iterations, window {r['window']}, lr {r['lr']:g}"]
     if "images" in r:
         im = r["images"]
         lines.append(f"Fashion-MNIST, {im['epochs']} epoch(s), max frames {im['max_frames']}, batch {im['batch']}:")

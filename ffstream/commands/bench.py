@@ -23,7 +23,7 @@ def bench_command(args) -> int:
         video = None if args.video == "none" else args.video
         result = recurrent_benchmark(args.layers, args.epochs, args.batch, args.max_frames, args.iterations, args.window, video,
                                      args.video_batch, args.video_frames, images=not args.no_images, seed=args.seed,
-                                     video_epochs=args.video_epochs)
+                                     video_epochs=args.video_epochs, lr=args.lr)
         print(json.dumps(result) if args.json else format_recurrent(result), flush=True)
         return 0
     if args.bench == "throughput":
