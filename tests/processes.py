@@ -7,7 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from ffstream.config import RunConfig, Topology
 
@@ -66,3 +70,13 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> list[int]:
             p.kill()
             codes.append(p.wait())
     return codes
+
+
+def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.02) -> None:
+    """Poll with a deadline, for things that signal nothing (a worker's setup in another thread, an HTTP endpoint)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        pause.wait(interval)

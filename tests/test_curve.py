@@ -17,23 +17,13 @@ import zmq
 from ffstream import security, wire
 from ffstream.transport import make_socket
 from ffstream.workers.monitor import MonitorWorker
-from processes import ROOT, env
+from processes import ROOT, env, wait_for
 
 DEADLINE_S = 15.0
 
 
 def metrics(name: str) -> list:
     return wire.encode(wire.Message("metrics", np.zeros(0, np.float32), stream=name, extra={"metrics": {"name": name}}))
-
-
-def wait_for(predicate, timeout: float = DEADLINE_S, what: str = "condition") -> None:
-    """Poll with a deadline (the thing waited for is a worker's setup in another thread, which signals nothing)."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        pause.wait(0.02)
 
 
 def test_keys_generate_writes_pairs_with_private_secrets(tmp_path):
@@ -86,7 +76,7 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     caplog.set_level(logging.WARNING, logger="ffstream.security")
     thread.start()
     try:
-        wait_for(lambda: hasattr(worker, "poller"), what="the monitor's setup")
+        wait_for(lambda: hasattr(worker, "poller"), DEADLINE_S, "the monitor's setup")
         collect = worker.collect.getsockopt_string(zmq.LAST_ENDPOINT)
         publish = worker.publish.getsockopt_string(zmq.LAST_ENDPOINT)
         assert worker.collect.getsockopt(zmq.MECHANISM) == zmq.CURVE

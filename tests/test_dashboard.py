@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from ffstream import wire
-from processes import ROOT, env
+from processes import ROOT, env, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -28,6 +28,7 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver; Selenium Manager must never download one
 START_S = 180.0  # six workers import torch on a shared 2-core machine, then the first frames reach the sink
 LAYERS = 2
+SCRAPE_INTERVAL_S = 0.5  # between two scrapes of /metrics while waiting
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +85,21 @@ def sample(families: dict, name: str, sample_name: str, **labels) -> float | Non
     return None
 
 
+def goodness_labels(families: dict) -> set[tuple[str, str]]:
+    """(layer, phase) of every goodness sample scraped."""
+    return {(s.labels["layer"], s.labels["phase"]) for s in families["ffstream_layer_goodness"].samples} if "ffstream_layer_goodness" in families else set()
+
+
 def test_metrics_scrape_of_a_running_stack(stack):
-    deadline = time.monotonic() + 60
-    while True:  # negatives (and their goodness) arrive once the sleep worker has its first snapshot
-        families = scrape(stack)
-        goodness = {(s.labels["layer"], s.labels["phase"]) for s in families.get("ffstream_layer_goodness", type("", (), {"samples": []})).samples}
-        if len(goodness) == 2 * LAYERS and sample(families, "ffstream_latency_seconds", "ffstream_latency_seconds_count"):
-            break
-        assert time.monotonic() < deadline, f"goodness samples so far: {goodness}"
-        time.sleep(0.5)  # a scrape interval, not a wait for a connection
+    families: dict = {}
+
+    def every_layer_and_phase_scraped() -> bool:  # negatives (and their goodness) come once the sleep worker has a snapshot
+        families.clear()
+        families.update(scrape(stack))
+        return len(goodness_labels(families)) == 2 * LAYERS and bool(sample(families, "ffstream_latency_seconds", "ffstream_latency_seconds_count"))
+
+    wait_for(every_layer_and_phase_scraped, 60, "goodness of every layer in both phases, and a latency sample", interval=SCRAPE_INTERVAL_S)
+    goodness = goodness_labels(families)
     assert goodness == {(str(i), phase) for i in range(1, LAYERS + 1) for phase in ("pos", "neg")}
     for name, kind in (("ffstream_layer_goodness", "gauge"), ("ffstream_frames", "counter"), ("ffstream_frames_dropped", "counter"),
                        ("ffstream_latency_seconds", "histogram"), ("ffstream_layer_p_positive", "gauge"), ("ffstream_sleep_staleness", "gauge")):
@@ -106,10 +113,8 @@ def test_metrics_scrape_of_a_running_stack(stack):
     assert sample(families, "ffstream_frames_dropped", "ffstream_frames_dropped_total", worker="source") == 0  # a file never drops
     # The stack is live: the sink's frame counter grows between two scrapes.
     first = sample(families, "ffstream_frames", "ffstream_frames_total", worker="sink")
-    deadline = time.monotonic() + 60
-    while sample(scrape(stack), "ffstream_frames", "ffstream_frames_total", worker="sink") <= first:
-        assert time.monotonic() < deadline, "the sink's frame count did not grow"
-        time.sleep(0.5)
+    wait_for(lambda: sample(scrape(stack), "ffstream_frames", "ffstream_frames_total", worker="sink") > first, 60,
+             "the sink's frame count to grow", interval=SCRAPE_INTERVAL_S)
 
 
 @pytest.mark.skipif(CHROMIUM is None or not Path(CHROMEDRIVER).exists(),
@@ -135,12 +140,13 @@ def test_dashboard_in_headless_chromium(stack):
         wait.until(lambda _: driver.execute_script("return document.querySelectorAll('#goodness canvas').length") == LAYERS)
         wait.until(lambda _: driver.execute_script(
             "const i = document.getElementById('receptive-fields'); return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0"))
-        # The charts drew lines, not just axes: count the pixels in the positive goodness colour on layer 1's chart.
-        blue = driver.execute_script("""
+        # The charts draw lines, not just axes: count the pixels in the positive goodness colour on layer 1's chart.
+        # Waited for, not read once: with a few positive-goodness points the line is short (33 pixels seen once).
+        blue = lambda: driver.execute_script("""
             const c = document.querySelector('#goodness canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 0x1f && d[i + 1] === 0x77 && d[i + 2] === 0xb4) n++;
-            return n;""")
-        assert blue > 50, f"{blue} pixels of the positive-goodness line"
+            return n;""")  # noqa: E731
+        wait.until(lambda _: blue() > 50, message="fewer than 50 pixels of the positive-goodness line after 60 s")
         assert driver.find_element("id", "status").text == "live"
         rows = driver.execute_script("return [...document.querySelectorAll('#workers tbody tr td:first-child')].map(td => td.textContent)")
         assert {"source", "layer1", "layer2", "sleep", "sink", "monitor"} <= set(rows), rows
