@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learn-every-rows", type=_positive, help="live video: forward each frame at once, learn one step per this many rows (needs sleep)")
     run.add_argument("--learn-every-ms", type=float, help="live video: forward each frame at once, learn on what is ready this many ms after the last step")
     run.add_argument("--wire-float16", action="store_true", default=None, help="send activity between workers as float16 (computed in float32)")
-    run.add_argument("--lr", type=float, help="layer learning rate (default 0.001)")
+    run.add_argument("--lr", type=float, help="layer learning rate (default 0.001; 2.5e-4 for a recurrent run on images, whose every image makes --iterations steps)")
     run.add_argument("--label-scale", type=float, help="supervised: value of the label slot written into the frame (default 4.0)")
     run.add_argument("--label-relative", action="store_true", default=None,
                      help="supervised: the label slot is --label-scale times the frame's RMS, so it weighs the same in every frame")

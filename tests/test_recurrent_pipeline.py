@@ -18,6 +18,8 @@ import torch
 import zmq
 
 from ffstream import wire
+from ffstream.checkpoint import checkpoint_config, layer_path
+from ffstream.config import DEFAULT_LR, RECURRENT_IMAGE_LR
 from ffstream.ff import LayerConfig, rms_normalize
 from ffstream.ff.recurrent import RecurrentFFLayer
 from ffstream.workers.layer import LayerEndpoints
@@ -120,6 +122,7 @@ def test_recurrent_run_on_a_real_video(tmp_path):
     assert s["layers"][2]["rows_with_feedback"] is None or s["layers"][2]["rows_with_feedback"] == 0  # the top hears nobody
     rows = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 96 and all(len(r["goodness"]) == 3 for r in rows)
+    assert checkpoint_config(layer_path(tmp_path / "ck", 1))[0].lr == DEFAULT_LR  # video: one step a frame, the usual rate
     # `ffstream score` on its checkpoints: the frames as steps, with top-down and without, on one line.
     score = subprocess.run([sys.executable, "-m", "ffstream", "score", "--source", str(VIDEO), "--checkpoint-dir", str(tmp_path / "ck"),
                             "--out", str(tmp_path / "scores.csv")], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240)
@@ -140,6 +143,8 @@ def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
     assert s["layers"][0]["rows_with_feedback"] > 0
     # --sleep-every counts layer steps: 3 a batch, so a fresh snapshot before batches 1 and 3 of the 4
     assert s["sleep"]["refreshes"] == 2, s["sleep"]
+    # Each image makes 3 layer steps: without --lr the layers learn at the recurrent image rate.
+    assert all(checkpoint_config(layer_path(tmp_path / "ck", i))[0].lr == RECURRENT_IMAGE_LR for i in (1, 2))
     # `ffstream eval` scores the recurrent checkpoints the paper's way (labels clamped at the top) and by the head.
     ev = subprocess.run([sys.executable, "-m", "ffstream", "eval", "--checkpoint-dir", str(tmp_path / "ck"), "--source", "fashion-mnist:test",
                          "--json"], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240)

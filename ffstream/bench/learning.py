@@ -109,7 +109,7 @@ def learning_benchmark(cfg: RunConfig, test_spec: str = "fashion-mnist:test", re
     resolve_stream(cfg)
     result: dict = {"task": cfg.stream.task, "layers": list(cfg.model.layers), "epochs": cfg.stream.epochs, "batch": cfg.stream.batch,
                     "sleep_every": cfg.sleep.sleep_every, "negatives": cfg.sleep.plan(cfg.stream.supervised).negatives,
-                    "lr": cfg.model.lr, "seed": cfg.stream.seed}
+                    "lr": cfg.layer_lr, "seed": cfg.stream.seed}
     if pipeline:
         result["pipeline"] = run_pipeline(cfg, test_spec)
     if reference:
