@@ -72,11 +72,16 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 10.0) -> list[int]:
     return codes
 
 
-def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.02) -> None:
-    """Poll with a deadline, for things that signal nothing (a worker's setup in another thread, an HTTP endpoint)."""
+def eventually(predicate, timeout: float = 5.0, what: str = "a condition", tick=None, interval: float = 0.01) -> None:
+    """Poll `predicate` until it holds, calling `tick` between polls; fail after `timeout` seconds.
+
+    For things that signal nothing: a worker's state in another thread, an HTTP endpoint (interval: the pause
+    between two polls, not a wait for a connection)."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        if tick is not None:
+            tick()
         pause.wait(interval)

@@ -17,7 +17,7 @@ import zmq
 from ffstream import security, wire
 from ffstream.transport import make_socket
 from ffstream.workers.monitor import MonitorWorker
-from processes import ROOT, env, wait_for
+from processes import ROOT, env, eventually
 
 DEADLINE_S = 15.0
 
@@ -76,7 +76,7 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     caplog.set_level(logging.WARNING, logger="ffstream.security")
     thread.start()
     try:
-        wait_for(lambda: hasattr(worker, "poller"), DEADLINE_S, "the monitor's setup")
+        eventually(lambda: hasattr(worker, "poller"), DEADLINE_S, "the monitor's setup")
         collect = worker.collect.getsockopt_string(zmq.LAST_ENDPOINT)
         publish = worker.publish.getsockopt_string(zmq.LAST_ENDPOINT)
         assert worker.collect.getsockopt(zmq.MECHANISM) == zmq.CURVE

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from ffstream import wire
-from processes import ROOT, env, wait_for
+from processes import ROOT, env, eventually
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -99,7 +99,7 @@ def test_metrics_scrape_of_a_running_stack(stack):
         families.update(scrape(stack))
         return len(goodness_labels(families)) == 2 * LAYERS and bool(sample(families, "ffstream_latency_seconds", "ffstream_latency_seconds_count"))
 
-    wait_for(every_layer_and_phase_scraped, 60, "goodness of every layer in both phases, and a latency sample", interval=SCRAPE_INTERVAL_S)
+    eventually(every_layer_and_phase_scraped, 60, "goodness of every layer in both phases, and a latency sample", interval=SCRAPE_INTERVAL_S)
     goodness = goodness_labels(families)
     assert goodness == {(str(i), phase) for i in range(1, LAYERS + 1) for phase in ("pos", "neg")}
     for name, kind in (("ffstream_layer_goodness", "gauge"), ("ffstream_frames", "counter"), ("ffstream_frames_dropped", "counter"),
@@ -114,8 +114,8 @@ def test_metrics_scrape_of_a_running_stack(stack):
     assert sample(families, "ffstream_frames_dropped", "ffstream_frames_dropped_total", worker="source") == 0  # a file never drops
     # The stack is live: the sink's frame counter grows between two scrapes.
     first = sample(families, "ffstream_frames", "ffstream_frames_total", worker="sink")
-    wait_for(lambda: sample(scrape(stack), "ffstream_frames", "ffstream_frames_total", worker="sink") > first, 60,
-             "the sink's frame count to grow", interval=SCRAPE_INTERVAL_S)
+    eventually(lambda: sample(scrape(stack), "ffstream_frames", "ffstream_frames_total", worker="sink") > first, 60,
+               "the sink's frame count to grow", interval=SCRAPE_INTERVAL_S)
 
 
 @pytest.mark.skipif(CHROMIUM is None or not Path(CHROMEDRIVER).exists(),

@@ -35,6 +35,7 @@ from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepPlan, SleepWorker
 from ffstream.workers.source import SourceWorker
+from processes import eventually
 
 LAYER = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4): 16 inputs
 ROWS = 4  # rows per test message
@@ -43,18 +44,6 @@ _names = itertools.count()
 
 
 # helpers ---------------------------------------------------------------------------------------
-def eventually(predicate, timeout: float = 5.0, what: str = "a condition", tick=None) -> None:
-    """Poll `predicate` until it holds, calling `tick` between polls; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        if tick is not None:
-            tick()
-        pause.wait(0.01)  # a poll interval, not a wait for a connection
-
-
 @contextlib.contextmanager
 def running(worker, join_s: float = JOIN_S):
     """Run `worker` in a thread; on the way out stop it, and fail if it does not end or raised."""
