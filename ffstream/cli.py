@@ -9,7 +9,7 @@ import sys
 from ffstream import __version__
 from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
 from ffstream.commands.check import add_arguments as check_arguments
-from ffstream.config import DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, ConfigError
+from ffstream.config import DEFAULT_LR, DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, RECURRENT_IMAGE_LR, ConfigError
 
 EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learn-every-rows", type=_positive, help="live video: forward each frame at once, learn one step per this many rows (needs sleep)")
     run.add_argument("--learn-every-ms", type=float, help="live video: forward each frame at once, learn on what is ready this many ms after the last step")
     run.add_argument("--wire-float16", action="store_true", default=None, help="send activity between workers as float16 (computed in float32)")
-    run.add_argument("--lr", type=float, help="layer learning rate (default 0.001; 2.5e-4 for a recurrent run on images, whose every image makes --iterations steps)")
+    run.add_argument("--lr", type=float, help=f"layer learning rate (default {DEFAULT_LR:g}; {RECURRENT_IMAGE_LR:g} for a recurrent run on images, whose every image makes --iterations steps)")
     run.add_argument("--label-scale", type=float, help="supervised: value of the label slot written into the frame (default 4.0)")
     run.add_argument("--label-relative", action="store_true", default=None,
                      help="supervised: the label slot is --label-scale times the frame's RMS, so it weighs the same in every frame")
@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--batch", type=_positive, default=64, help="frames per source batch (default 64)")
     learning.add_argument("--sleep-every", type=_positive, default=10, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
     learning.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="how the sleep worker makes negatives (default: random wrong labels if supervised, hybrids if not)")
-    learning.add_argument("--lr", type=float, default=1e-3, help="learning rate of every layer (default 0.001)")
+    learning.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate of every layer (default {DEFAULT_LR:g})")
     learning.add_argument("--label-scale", type=float, default=4.0, help="supervised: value of the label slot (default 4.0)")
     learning.add_argument("--label-relative", action="store_true", help="supervised: the label slot is --label-scale times the frame's RMS")
     learning.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling and negatives (default 0)")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--epochs", type=_positive, default=1, help="Fashion-MNIST: passes over the 60,000 training images (default 1)")
     rec.add_argument("--batch", type=_positive, default=64, help="Fashion-MNIST: images per source batch (default 64)")
     rec.add_argument("--max-frames", type=_positive, help="Fashion-MNIST: train on the first N frames only")
-    rec.add_argument("--lr", type=float, default=1e-3, help="learning rate of every layer, both pipelines (default 0.001)")
+    rec.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate of every layer, both pipelines (default {DEFAULT_LR:g})")
     rec.add_argument("--iterations", type=_positive, default=8, help="recurrent steps per image (default 8)")
     rec.add_argument("--window", type=_window, default=(3, 5), help="steps FIRST,LAST (1-based) whose goodness classifies (default 3,5)")
     rec.add_argument("--video", default="/usr/share/doc/opencv-doc/examples/data/vtest.avi", help="a video file; 'none' skips the video part")

@@ -134,7 +134,7 @@ class ModelConfig:
         if self.recurrent:
             self.recurrent_config()
 
-    def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None = None, lr: float = DEFAULT_LR) -> list[LayerConfig]:
+    def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None, lr: float) -> list[LayerConfig]:
         """input_shape: (C, H, W) of a frame; num_classes: the label groups of channel-wise competition; lr: the layers' rate."""
         try:
             return build_configs(

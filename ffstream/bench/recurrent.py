@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from ffstream.bench.learning import learning_config, run_pipeline
-from ffstream.config import ModelConfig, RunConfig, StreamConfig, Topology
+from ffstream.config import DEFAULT_LR, ModelConfig, RunConfig, StreamConfig, Topology
 from ffstream.runner import resolve_stream, run_stack
 
 DEFAULT_VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
 def image_comparison(layers: tuple[int, ...], epochs: int, batch: int, max_frames: int | None, iterations: int, window: tuple[int, int],
-                     seed: int = 0, negatives: str | None = None, lr: float = 1e-3) -> dict:
+                     seed: int = 0, negatives: str | None = None, lr: float = DEFAULT_LR) -> dict:
     out = {}
     for name, recurrent in (("feedforward", False), ("recurrent", True)):
         cfg = learning_config("supervised", layers, epochs, batch, 10, negatives, lr, seed, max_frames=max_frames,
@@ -52,7 +52,7 @@ def goodness_profile(scores_path: Path) -> dict:
 
 
 def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames: int | None, seed: int = 0, epochs: int = 1,
-                     lr: float = 1e-3) -> dict:
+                     lr: float = DEFAULT_LR) -> dict:
     out = {"epochs": epochs}
     for name, recurrent in (("feedforward", False), ("recurrent", True)):
         with tempfile.TemporaryDirectory(prefix="ffrec-") as tmp:
@@ -73,7 +73,7 @@ def video_comparison(video: str, layers: tuple[int, ...], batch: int, max_frames
 
 
 def recurrent_benchmark(layers, epochs, batch, max_frames, iterations, window, video, video_batch, video_frames, images=True, seed=0,
-                        video_epochs=1, lr=1e-3) -> dict:
+                        video_epochs=1, lr=DEFAULT_LR) -> dict:
     """Both pipelines at the same learning rate `lr` (a recurrent image makes `iterations` layer steps, so it may want less)."""
     result: dict = {"layers": list(layers), "iterations": iterations, "window": list(window), "lr": lr}
     if images:
