@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ffstream.ff import (
     FFLayer,
@@ -29,6 +30,8 @@ from ffstream.ff import (
 )
 from ffstream.ff.goodness import ff_loss
 from ffstream.ff.negatives import (
+    BLUR_KERNEL,
+    blur_matrix,
     blurred_mask,
     hard_wrong_labels,
     hybrid,
@@ -414,6 +417,24 @@ def test_blurred_mask_is_binary_coherent_and_seeded():
     assert 0.2 < m.mean().item() < 0.8, "both regions should be present"
     assert torch.equal(m, blurred_mask((8, 28, 28), gen(0), blur_steps=8))
     assert not torch.equal(m, blurred_mask((8, 28, 28), gen(1), blur_steps=8))
+
+
+def blur_by_convolution(mask: torch.Tensor, blur_steps: int) -> torch.Tensor:
+    """The paper's blur pass by pass on (B, H, W): [1/4, 1/2, 1/4] each way, the edge value repeated."""
+    mask = mask.unsqueeze(1)
+    k = torch.tensor(BLUR_KERNEL, dtype=mask.dtype)
+    horizontal, vertical = k.view(1, 1, 1, 3), k.view(1, 1, 3, 1)
+    for _ in range(blur_steps):
+        mask = F.conv2d(F.pad(mask, (1, 1, 0, 0), mode="replicate"), horizontal)
+        mask = F.conv2d(F.pad(mask, (0, 0, 1, 1), mode="replicate"), vertical)
+    return mask.squeeze(1)
+
+
+@pytest.mark.parametrize("shape, steps", [((3, 28, 28), 8), ((2, 17, 40), 3), ((2, 5, 9), 1), ((1, 6, 6), 0)])
+def test_blur_matrix_is_the_papers_pass_by_pass_blur(shape, steps):
+    bits = torch.randint(0, 2, shape, generator=gen(3)).double()
+    by_matrix = blur_matrix(shape[1], steps).double() @ bits @ blur_matrix(shape[2], steps).double().T
+    torch.testing.assert_close(by_matrix, blur_by_convolution(bits, steps), atol=1e-6, rtol=0)
 
 
 def test_blurred_mask_without_blur_is_noise():
