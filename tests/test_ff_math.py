@@ -692,7 +692,8 @@ def test_learn_interleaved_with_zero_negative_equals_positive():
     a.learn_interleaved(x, torch.zeros(4, 6))
     b.learn_positive(x)
     for la, lb in zip(a.layers, b.layers):
-        torch.testing.assert_close(la.weight, lb.weight, rtol=0, atol=0)
+        # to rounding: the paired step's one product over both batches sums the rows in another order
+        torch.testing.assert_close(la.weight, lb.weight, rtol=1e-6, atol=1e-8)
         assert la.version == lb.version == 1
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ffstream.ff.config import LayerConfig
-from ffstream.ff.goodness import ff_loss, goodness, probability_positive
+from ffstream.ff.goodness import ff_loss, goodness, logit_positive, probability_positive
 from ffstream.ff.norm import rms_normalize
 
 Gradients = list[torch.Tensor]  # one tensor per parameter, in `parameters()` order: [weight (N, D), bias (N,)]
@@ -154,6 +155,8 @@ class FFLayer(nn.Module):
         mean as `wake` does. on_negative_forward(h_neg), then on_positive_forward(h_pos), get the activities
         before the backward pass. Returns (gradients, positive stats, negative stats, h_pos, h_neg).
         """
+        if type(self) is FFLayer:  # subclasses change the forward pass or the loss: autograd for them
+            return self._closed_form_paired_gradients(x_pos, x_neg, on_negative_forward, on_positive_forward)
         with torch.enable_grad():
             h_neg, h_pos = self.paired_forward(x_pos.detach(), x_neg.detach())
             if on_negative_forward is not None:
@@ -168,6 +171,44 @@ class FFLayer(nn.Module):
         h_pos = h_pos.detach()
         self._move_running_mean(h_pos)
         return list(grads), self._stats(g_pos, pos_loss), self._stats(g_neg, neg_loss), h_pos, h_neg.detach()
+
+    def _closed_form_paired_gradients(self, x_pos: torch.Tensor, x_neg: torch.Tensor, on_negative_forward=None,
+                                      on_positive_forward=None) -> tuple[Gradients, dict, dict, torch.Tensor, torch.Tensor]:
+        """`paired_gradients` of this class's maths written out, without autograd: the same sums (tests compare them).
+
+        The two matrix products are all that is left: a batch-64 step of a 2000x2000 layer on one thread
+        spent about 2.6 of its 29 ms in autograd's small operations and their bookkeeping.
+        With z = W·x̂ + b, h = relu(z), G = Σh² (or mean h²) and the logit s·(G − θ)/T:
+        dL/dG = −(s/T)·σ(−logit)/B on a positive row, +(s/T)·σ(logit)/B on a negative one; dG/dh = 2h (2h/N);
+        peer normalisation adds λ·(2/N)·(r − mean r)·(1 − ema)/B to each positive row's dL/dh, r the running mean.
+        """
+        c = self.cfg
+        negatives = len(x_neg)
+        with torch.no_grad():
+            x_hat = rms_normalize(torch.cat([x_neg, x_pos]).flatten(1))
+            h = torch.relu(torch.addmm(self.bias, x_hat, self.weight.t()))
+            h_neg, h_pos = h[:negatives], h[negatives:]
+            if on_negative_forward is not None:
+                on_negative_forward(h_neg)
+            if on_positive_forward is not None:
+                on_positive_forward(h_pos)
+            g = self.goodness(h)
+            g_neg, g_pos = g[:negatives], g[negatives:]
+            logit = logit_positive(g, c.theta, c.temperature, c.variant)
+            sign_over_t = (1.0 if c.variant == "max" else -1.0) / c.temperature
+            d_goodness = torch.cat([torch.sigmoid(logit[:negatives]) * (sign_over_t / negatives),
+                                    torch.sigmoid(-logit[negatives:]) * (-sign_over_t / len(x_pos))])
+            d_z = h * (d_goodness * (2.0 if c.goodness == "sumsq" else 2.0 / c.width)).unsqueeze(1)  # h is 0 where relu cut
+            pos_loss = F.softplus(-logit[negatives:]).mean()
+            neg_loss = F.softplus(logit[:negatives]).mean()
+            if c.peer_weight > 0:
+                running = c.peer_ema * self.running_mean + (1 - c.peer_ema) * self.unit_activity(h_pos)
+                pos_loss = pos_loss + c.peer_weight * (running.mean() - running).pow(2).mean()
+                d_peer = (running - running.mean()) * (c.peer_weight * 2.0 / c.width * (1 - c.peer_ema) / len(x_pos))
+                d_z[negatives:] += (h_pos > 0) * d_peer
+            grads = [d_z.t() @ x_hat, d_z.sum(dim=0)]
+        self._move_running_mean(h_pos)
+        return grads, self._stats(g_pos, pos_loss), self._stats(g_neg, neg_loss), h_pos, h_neg
 
     def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_neg, h_pos) from one forward pass over both batches (rows are independent here)."""
