@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ffstream.ff.config import LayerConfig
@@ -199,11 +198,11 @@ class FFLayer(nn.Module):
             d_goodness = torch.cat([torch.sigmoid(logit[:negatives]) * (sign_over_t / negatives),
                                     torch.sigmoid(-logit[negatives:]) * (-sign_over_t / len(x_pos))])
             d_z = h * (d_goodness * (2.0 if c.goodness == "sumsq" else 2.0 / c.width)).unsqueeze(1)  # h is 0 where relu cut
-            pos_loss = F.softplus(-logit[negatives:]).mean()
-            neg_loss = F.softplus(logit[:negatives]).mean()
+            pos_loss = ff_loss(g_pos, True, c.theta, c.temperature, c.variant)  # the losses' values, for the stats
+            neg_loss = ff_loss(g_neg, False, c.theta, c.temperature, c.variant)
             if c.peer_weight > 0:
+                pos_loss = pos_loss + c.peer_weight * self._peer_loss(h_pos)
                 running = c.peer_ema * self.running_mean + (1 - c.peer_ema) * self.unit_activity(h_pos)
-                pos_loss = pos_loss + c.peer_weight * (running.mean() - running).pow(2).mean()
                 d_peer = (running - running.mean()) * (c.peer_weight * 2.0 / c.width * (1 - c.peer_ema) / len(x_pos))
                 d_z[negatives:] += (h_pos > 0) * d_peer
             grads = [d_z.t() @ x_hat, d_z.sum(dim=0)]
