@@ -68,6 +68,40 @@ def test_feedback_arrives_and_changes_the_output(zmq_context, socket):
     assert (worker.rows_without_feedback, worker.rows_with_feedback) == (ROWS, ROWS)
 
 
+def test_interleaved_batches_keep_their_own_state_and_feedback(zmq_context, socket):
+    """Layer 1 of 2, static images, two batches' steps in turn (A0 B0 A1 B1, as the source sends them): step 1 of
+    each batch continues from that batch's own step 0 and hears the layer above on that batch."""
+    ep, feedback = endpoints(), unique("fb")
+    worker = RecurrentLayerWorker(1, BELOW, ep, top_down_features=ABOVE.width, feedback_input=feedback, feedback_output=None,
+                                  iterations=2, context=zmq_context)
+    out = socket(zmq.PULL)
+    out.bind(ep.output)
+    rng = np.random.default_rng(6)
+    top_down = {frame: rng.random((ROWS, ABOVE.width), dtype=np.float32) for frame in (0, 1)}
+    with running(worker):
+        inp, fb = socket(zmq.PUSH), socket(zmq.PUSH)
+        inp.connect(ep.input)
+        fb.connect(feedback)
+        first = {frame: frames(seq=frame * 2, seed=frame, mode="eval", extra={"frame": frame, "step": 0, "iterations": 2}) for frame in (0, 1)}
+        for frame in (0, 1):
+            send(inp, first[frame])
+            receive(out)
+        heard = {}
+        for frame in (0, 1):
+            send(fb, wire.Message("feedback", top_down[frame], seq=frame * 2, mode="eval", extra={"frame": frame, "step": 0}))
+            eventually(lambda: worker.feedback_in.sock.poll(0), what="the feedback to arrive")
+            send(inp, frames(seq=frame * 2 + 1, seed=frame, mode="eval", extra={"frame": frame, "step": 1, "iterations": 2}))
+            heard[frame] = receive(out)
+    reference = RecurrentFFLayer(BELOW, ABOVE.width)  # same seed, and eval copies never learn
+    for frame in (0, 1):
+        x = torch.from_numpy(np.asarray(first[frame].array).reshape(ROWS, -1).copy())
+        with torch.no_grad():
+            h0 = reference(reference.pack(x, torch.zeros(ROWS, ABOVE.width), torch.zeros(ROWS, BELOW.width)))
+            h1 = reference(reference.pack(x, torch.from_numpy(top_down[frame]), h0))
+        np.testing.assert_allclose(heard[frame].array[:, -BELOW.width :], rms_normalize(h1).numpy(), rtol=1e-5, atol=1e-6)
+    assert worker.rows_with_feedback == 2 * ROWS
+
+
 def test_a_slow_layer_above_never_stalls_the_layer_below(zmq_context, socket):
     """Video mode, two real recurrent layers. The layer above gets only every 10th batch (it has fallen behind);
     the layer below learns every batch at once, with the newest (older and older) feedback there is."""

@@ -546,3 +546,21 @@ def test_sink_progressive_accuracy_scores_and_end(zmq_context, socket, tmp_path)
     for line in lines:
         assert line["goodness"] == [layer[line["row"]] for layer in traces[line["seq"]]]
         assert line["label"] == [0, 1, 2, 0][line["row"]]
+
+
+def test_recurrent_image_source_interleaves_two_batches_steps(zmq_context, socket):
+    """Static images for a recurrent stack: A0 B0 A1 B1, then C0 C1 (the stream's odd batch out), then the end;
+    max_frames counts the frames of both batches of a group."""
+    addr = unique("src-out")
+    consumer = socket(zmq.PULL)
+    consumer.bind(addr)
+    worker = SourceWorker(CountingSource(100, num_classes=3), addr, None, batch=4, max_frames=10, eval_every=0,
+                          iterations=2, interleave=2, context=zmq_context)
+    with running(worker):
+        received = []
+        while not received or received[-1].kind != "control":
+            received.append(receive(consumer))
+    steps = [(msg.extra["frame"], msg.extra["step"], msg.seq, len(msg.array)) for msg in received[:-1]]
+    assert steps == [(0, 0, 0, 4), (1, 0, 2, 4), (0, 1, 1, 4), (1, 1, 3, 4), (2, 0, 4, 2), (2, 1, 5, 2)]
+    assert [msg.array[0, 0, 0, 0] for msg in received[:-1]] == [0, 4, 0, 4, 8, 8], "each batch's own frames at every step"
+    assert worker.frames == 10 and worker.batches == 3

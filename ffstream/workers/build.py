@@ -12,7 +12,7 @@ from ffstream.sources import Preprocess, open_source
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import LayerWorker
 from ffstream.workers.monitor import MonitorWorker
-from ffstream.workers.recurrent_layer import RecurrentLayerWorker
+from ffstream.workers.recurrent_layer import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
@@ -66,6 +66,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             run_id=topo.layer_inputs[0],
             iterations=cfg.steps_per_batch,
             eval_steps=cfg.model.window[1] if cfg.steps_per_batch > 1 else None,
+            interleave=INTERLEAVED_BATCHES,  # used only with more than one step per batch
             **common,
         )
     if kind == "layer":

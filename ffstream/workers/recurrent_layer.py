@@ -6,7 +6,7 @@
 
 Each layer (but the top) binds a PULL with a receive queue of one message and,
 before every forward pass, drains it without waiting, keeping only the newest
-message per mode (learn or eval). Each layer (but the bottom) sends its
+message per mode (learn or eval) and, on static images, per batch. Each layer (but the bottom) sends its
 normalised activity down with a non-blocking send that is dropped when the
 queue is full. So a slow layer above only makes the feedback older, never the
 layer below slower.
@@ -14,7 +14,9 @@ layer below slower.
 Which feedback belongs to which step is read from the header: "frame" is the
 source batch and "step" the iteration of it.
 - Static images (`iterations` > 1): the source sends each batch `iterations`
-  times. The feedback of an earlier step of the same frames is used row by row;
+  times, two batches' steps in turn (INTERLEAVED_BATCHES), so that the layer
+  above has finished step t−1 of a batch by the time this one starts its step t.
+  The feedback of an earlier step of the same frames is used row by row;
   anything else (another batch, no feedback yet) counts as silence from above.
   The old state is this layer's own state of the previous step of those frames.
 - Video (`iterations` = 1): consecutive batches are the steps. The newest frame
@@ -40,6 +42,11 @@ from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer, top_down_label
 from ffstream.transport import Receiver, try_send
 from ffstream.workers.layer import Batching, LayerWorker
 from ffstream.workers.stats import Ema
+
+# Static images: the source interleaves this many batches' steps (A1 B1 A2 B2 ...), so that while a layer works on
+# one batch's step the layer above works on the other's, and each layer hears the one above one step late.
+INTERLEAVED_BATCHES = 2
+HELD_KEYS = 4 * INTERLEAVED_BATCHES  # states and feedback kept: the interleaved batches, learn and eval, with room to spare
 
 
 class RecurrentLayerWorker(LayerWorker):
@@ -68,8 +75,9 @@ class RecurrentLayerWorker(LayerWorker):
         self.feedback_output = feedback_output
         self.label_classes = label_classes
         self.iterations = iterations
-        self.latest_feedback: dict[str, wire.Message] = {}  # mode -> the newest feedback message
-        self.states: dict[str, tuple[int, torch.Tensor]] = {}  # mode -> (frame, this layer's state (B, N) at its last step)
+        # Keyed by _key: (mode, frame) for static images, whose batches the source interleaves; (mode, None) for video.
+        self.latest_feedback: dict[tuple, wire.Message] = {}  # the newest feedback message
+        self.states: dict[tuple, tuple[int, torch.Tensor]] = {}  # (frame, this layer's state (B, N) at its last step)
         self.feedback_received = 0
         self.feedback_sent = 0
         self.feedback_dropped = 0  # sends refused because the layer below had not taken the last one
@@ -87,6 +95,10 @@ class RecurrentLayerWorker(LayerWorker):
             self.feedback_in = Receiver(self.socket(zmq.PULL, bind=self.feedback_input, hwm=1), name=f"{self.name}.fb")
         self.feedback_out = self.socket(zmq.PUSH, connect=self.feedback_output, hwm=1, watch=False) if self.feedback_output else None
 
+    def _key(self, msg: wire.Message) -> tuple:
+        """Which state and feedback a message goes with: its batch's own on static images, the newest on video."""
+        return (msg.mode, _position(msg)[0] if self.iterations > 1 else None)
+
     # top-down input ------------------------------------------------------------------------
     def _drain_feedback(self) -> None:
         """Take everything queued, keep the newest per mode: never waits."""
@@ -98,7 +110,7 @@ class RecurrentLayerWorker(LayerWorker):
                 self.dropped["feedback"] += 1
                 continue
             self.feedback_received += 1
-            self.latest_feedback[msg.mode] = msg
+            _remember(self.latest_feedback, self._key(msg), msg)
 
     def _inputs(self, msg: wire.Message, eval_mode: bool) -> torch.Tensor | None:
         """[x from below | z from above at t−1 | own state at t−1]: (B, D+T+N)."""
@@ -123,7 +135,7 @@ class RecurrentLayerWorker(LayerWorker):
                 return None
             return top_down_label(torch.tensor(msg.label), rows, width, self.label_scale, self.device)
         self._drain_feedback()
-        fb = self.latest_feedback.get(msg.mode)
+        fb = self.latest_feedback.get(self._key(msg))
         frame, step = _position(msg)
         if fb is not None and self.iterations > 1:
             fb_frame, fb_step = _position(fb)
@@ -139,7 +151,7 @@ class RecurrentLayerWorker(LayerWorker):
         return torch.zeros(rows, width, device=self.device)
 
     def _old_state(self, msg: wire.Message, rows: int) -> torch.Tensor:
-        held = self.states.get(msg.mode)
+        held = self.states.get(self._key(msg))
         width = self.layer.cfg.width
         if held is None:
             return torch.zeros(rows, width, device=self.device)
@@ -155,7 +167,7 @@ class RecurrentLayerWorker(LayerWorker):
         for msg in messages:
             rows = slice(start, start + len(msg.array))
             start = rows.stop
-            self.states[msg.mode] = (_position(msg)[0], h[rows].detach())
+            _remember(self.states, self._key(msg), (_position(msg)[0], h[rows].detach()))
             if self.feedback_out is None:
                 continue
             frame, step = _position(msg)
@@ -182,6 +194,14 @@ class RecurrentLayerWorker(LayerWorker):
     def dropped_total(self) -> int:
         extra = sum(self.feedback_in.rejected.values()) if getattr(self, "feedback_in", None) is not None else 0
         return super().dropped_total() + extra
+
+
+def _remember(held: dict, key: tuple, value: Any) -> None:
+    """held[key] = value, the oldest keys dropped past HELD_KEYS: the batches in flight, per mode, and no more."""
+    held.pop(key, None)
+    held[key] = value
+    while len(held) > HELD_KEYS:
+        del held[next(iter(held))]
 
 
 def _position(msg: wire.Message) -> tuple[int, int]:

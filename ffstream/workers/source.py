@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from ffstream import wire
-from ffstream.sources import FrameSource
+from ffstream.sources import FrameSource, Position
 from ffstream.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers.base import Worker
 from ffstream.workers.source_position import PositionStore, SavedPosition
@@ -55,6 +55,7 @@ class SourceWorker(Worker):
         run_id: str | None = None,  # names this run, so that a restart within it keeps an ended stream ended
         iterations: int = 1,  # recurrent static images: send each batch this many times, as steps 0..n-1 (seq = batch·n + step)
         eval_steps: int | None = None,  # with iterations > 1: eval copies of the first this many steps only; None: all
+        interleave: int = 1,  # with iterations > 1: send the steps of this many batches in turn (A1 B1 A2 B2 ...)
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -72,6 +73,9 @@ class SourceWorker(Worker):
         self.phase_length = phase_length
         self.iterations = iterations
         self.eval_steps = iterations if eval_steps is None else eval_steps
+        if interleave < 1:
+            raise ValueError(f"interleave must be at least 1, got {interleave}")
+        self.interleave = interleave if iterations > 1 else 1
         self.control_addr = control_addr
         self.pauses = 0
         self.resume_timeouts = 0
@@ -148,36 +152,57 @@ class SourceWorker(Worker):
             return
         if self.rate_fps and not self._pace():
             return
-        frames = self._next_frames()
-        if not frames:
+        group = self._next_group()
+        if not group:
             self._end()
             return
-        pixels = np.stack([f.pixels for f in frames])  # (B, C, H, W)
-        labels = [int(f.label) for f in frames] if self.labelled else None
-        t_src = min(f.t_src for f in frames)
         self._count_subscriptions()
-        evaluate = labels is not None and self.eval_every and self.batches % self.eval_every == 0
-        for step in range(self.iterations):
+        batches = []
+        for i, (frames, _) in enumerate(group):
+            pixels = np.stack([f.pixels for f in frames])  # (B, C, H, W)
+            labels = [int(f.label) for f in frames] if self.labelled else None
+            batches.append((self.batches + i, pixels, labels, min(f.t_src for f in frames)))
+            # The sleep worker's copy, once per batch, before the batch's steps: its negatives are made meanwhile.
+            self._publish(wire.Message("frames", pixels, seq=self.batches + i, t_src=batches[-1][3], label=labels))
+        n = self.iterations
+        for step in range(n):
             # Recurrent static images: the header says which batch ("frame") and which iteration of it ("step") this is.
-            n, extra = self.iterations, ({"frame": self.batches, "step": step, "iterations": self.iterations} if self.iterations > 1 else {})
-            if evaluate and step < self.eval_steps:
-                self._emit(wire.Message("frames", pixels, seq=self.batches * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
-            learn = wire.Message("frames", pixels, seq=self.batches * n + step, t_src=t_src, label=labels, extra=extra)
-            self._emit(learn)
-        learn = wire.Message("frames", pixels, seq=self.batches, t_src=t_src, label=labels)  # the sleep worker's copy: once per batch
-        if self.publisher is not None:
-            if self.source.live:
-                try_send(self.publisher, learn)
-            else:
-                send(self.publisher, learn, lambda: self.stopping)
-        self.batches += 1
-        self.frames += len(frames)
-        self.fps.add(len(frames))
-        self._sent.append(SavedPosition(self.source.position, self.frames, self.batches))
+            # Interleaved batches keep a pipeline of layers busy while each layer hears the one above one
+            # step late on every batch when they keep pace: the layer above works on the other batch's step meanwhile.
+            for index, pixels, labels, t_src in batches:
+                extra = {"frame": index, "step": step, "iterations": n} if n > 1 else {}
+                if labels is not None and self.eval_every and index % self.eval_every == 0 and step < self.eval_steps:
+                    self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
+                self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, extra=extra))
+        for frames, position in group:
+            self.batches += 1
+            self.frames += len(frames)
+            self.fps.add(len(frames))
+            self._sent.append(SavedPosition(position, self.frames, self.batches))
+            if self.control is not None and self.batches % self.phase_length == 0:
+                self._await_resume()
         if self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
             self._save_position()
-        if self.control is not None and self.batches % self.phase_length == 0:
-            self._await_resume()
+
+    def _next_group(self) -> list[tuple[list, Position]]:
+        """The next `interleave` batches of frames (fewer at the end of the stream), each with the source's position
+        after it, where a restart resumes once it is delivered; [] when the stream has ended."""
+        group: list[tuple[list, Position]] = []
+        while len(group) < self.interleave:
+            frames = self._next_frames(taken=sum(len(g) for g, _ in group))
+            if not frames:
+                break
+            group.append((frames, self.source.position))
+        return group
+
+    def _publish(self, msg: wire.Message) -> None:
+        """A batch for the sleep worker, if there is one: dropped when it is behind on a live stream, else waited for."""
+        if self.publisher is None:
+            return
+        if self.source.live:
+            try_send(self.publisher, msg)
+        else:
+            send(self.publisher, msg, lambda: self.stopping)
 
     def _await_resume(self) -> None:
         """Phased sleep: the wake phase is over; wait (bounded) while the network sleeps on it."""
@@ -206,8 +231,9 @@ class SourceWorker(Worker):
             self._stop.wait(due - now)
         return not self.stopping
 
-    def _next_frames(self) -> list:
-        room = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames)
+    def _next_frames(self, taken: int = 0) -> list:
+        """Up to a batch of frames; taken: frames already read for this step but not yet counted in self.frames."""
+        room = self.batch if self.max_frames is None else min(self.batch, self.max_frames - self.frames - taken)
         frames: list = []
         if room <= 0:
             return frames
