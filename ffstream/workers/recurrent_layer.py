@@ -101,7 +101,7 @@ class RecurrentLayerWorker(LayerWorker):
 
     # top-down input ------------------------------------------------------------------------
     def _drain_feedback(self) -> None:
-        """Take everything queued, keep the newest per mode: never waits."""
+        """Take everything queued, keep the newest per mode (and batch, on static images): never waits."""
         while self.feedback_in is not None and self.feedback_in.sock.poll(0):
             msg = self.feedback_in.recv_ready()
             if msg is None:

@@ -158,12 +158,13 @@ class SourceWorker(Worker):
             return
         self._count_subscriptions()
         batches = []
-        for i, (frames, _) in enumerate(group):
+        for index, (frames, _) in enumerate(group, start=self.batches):
             pixels = np.stack([f.pixels for f in frames])  # (B, C, H, W)
             labels = [int(f.label) for f in frames] if self.labelled else None
-            batches.append((self.batches + i, pixels, labels, min(f.t_src for f in frames)))
+            t_src = min(f.t_src for f in frames)
+            batches.append((index, pixels, labels, t_src))
             # The sleep worker's copy, once per batch, before the batch's steps: its negatives are made meanwhile.
-            self._publish(wire.Message("frames", pixels, seq=self.batches + i, t_src=batches[-1][3], label=labels))
+            self._publish(wire.Message("frames", pixels, seq=index, t_src=t_src, label=labels))
         n = self.iterations
         for step in range(n):
             # Recurrent static images: the header says which batch ("frame") and which iteration of it ("step") this is.
@@ -174,15 +175,16 @@ class SourceWorker(Worker):
                 if labels is not None and self.eval_every and index % self.eval_every == 0 and step < self.eval_steps:
                     self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
                 self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, extra=extra))
+        phases_before = self.batches // self.phase_length if self.control is not None else 0
         for frames, position in group:
             self.batches += 1
             self.frames += len(frames)
             self.fps.add(len(frames))
             self._sent.append(SavedPosition(position, self.frames, self.batches))
-            if self.control is not None and self.batches % self.phase_length == 0:
-                self._await_resume()
         if self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
             self._save_position()
+        if self.control is not None and self.batches // self.phase_length > phases_before:
+            self._await_resume()
 
     def _next_group(self) -> list[tuple[list, Position]]:
         """The next `interleave` batches of frames (fewer at the end of the stream), each with the source's position
