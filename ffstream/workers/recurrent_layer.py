@@ -77,7 +77,7 @@ class RecurrentLayerWorker(LayerWorker):
         self.iterations = iterations
         # Keyed by _key: (mode, frame) for static images, whose batches the source interleaves; (mode, None) for video.
         self.latest_feedback: dict[tuple, wire.Message] = {}  # the newest feedback message
-        self.states: dict[tuple, tuple[int, torch.Tensor]] = {}  # (frame, this layer's state (B, N) at its last step)
+        self.states: dict[tuple, torch.Tensor] = {}  # this layer's state (B, N) at its last step
         self.feedback_received = 0
         self.feedback_sent = 0
         self.feedback_dropped = 0  # sends refused because the layer below had not taken the last one
@@ -151,15 +151,11 @@ class RecurrentLayerWorker(LayerWorker):
         return torch.zeros(rows, width, device=self.device)
 
     def _old_state(self, msg: wire.Message, rows: int) -> torch.Tensor:
-        held = self.states.get(self._key(msg))
+        state = self.states.get(self._key(msg))  # static images: the key names the batch, so it is these frames'
         width = self.layer.cfg.width
-        if held is None:
+        if state is None or (self.iterations > 1 and len(state) != rows):
             return torch.zeros(rows, width, device=self.device)
-        frame, state = held
-        if self.iterations > 1:
-            same = frame == _position(msg)[0] and len(state) == rows
-            return state if same else torch.zeros(rows, width, device=self.device)
-        return state[-1:].expand(rows, width)
+        return state if self.iterations > 1 else state[-1:].expand(rows, width)
 
     # after each forward pass: remember the state, send the activity down -----------------
     def _on_activity(self, messages: list[wire.Message], h: torch.Tensor, act: np.ndarray) -> None:
@@ -167,7 +163,7 @@ class RecurrentLayerWorker(LayerWorker):
         for msg in messages:
             rows = slice(start, start + len(msg.array))
             start = rows.stop
-            _remember(self.states, self._key(msg), (_position(msg)[0], h[rows].detach()))
+            _remember(self.states, self._key(msg), h[rows].detach())
             if self.feedback_out is None:
                 continue
             frame, step = _position(msg)
