@@ -104,6 +104,7 @@ class ModelConfig:
     window: tuple[int, int] = (3, 5)  # recurrent, image datasets: 1-based steps whose goodness/activity classify
     competition: bool = False  # CwComp: conv/local channels split into one group per class, softmax over groups; no negatives
     region: int = 1  # conv/local: goodness pooled over region x region output locations, each region its own loss
+    batch_norm: bool = False  # conv/local: each channel standardised by running statistics, then ReLU, before the per-location RMS
 
     def recurrent_config(self) -> RecurrentConfig:
         try:
@@ -119,6 +120,8 @@ class ModelConfig:
         except ValueError as exc:
             raise ConfigError(f"model.layers (--layers): {exc}") from None
         self.layers = tuple(s.size if s.kind == "dense" else str(s) for s in specs)  # one entry per layer ("conv" is three)
+        if self.batch_norm and all(s.kind == "dense" for s in specs):
+            raise ConfigError("model.batch_norm (--batch-norm) standardises conv/local channels: the layers have none")
         if self.competition and any(s.kind == "dense" for s in specs):
             raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
         if self.recurrent and self.label_relative:
@@ -141,6 +144,7 @@ class ModelConfig:
                 parse_layers(self.layers), input_shape, seed,
                 competition=(num_classes or 0) if self.competition else 0,
                 region=self.region,
+                batch_norm=self.batch_norm,
                 goodness=self.goodness,
                 variant=self.variant,
                 threshold=self.threshold,

@@ -19,8 +19,10 @@ import torch
 from ffstream.checkpoint import layer_path, read_metadata
 from ffstream.evaluate import load_stack
 from ffstream.ff.negatives import hybrid
+from ffstream.ff.spatial import channel_normalize
 from ffstream.ff.stack import FFStack
 from ffstream.sources import Preprocess, open_source
+from ffstream.sources.idx import FASHION_MNIST_DIR
 from processes import ROOT, env
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
@@ -131,3 +133,31 @@ def test_conv_stack_learns_from_a_colour_video_and_resumes(tmp_path):
     assert second["layers"][0]["frames"] == frames
     resumed, _ = load_stack(tmp_path / "ck")
     assert all(after > before for after, before in zip([layer.version for layer in resumed.layers], versions))
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
+def test_batch_norm_statistics_travel_with_the_weights(tmp_path):
+    """--batch-norm through real workers: the layers keep running channel statistics, the sleep worker's snapshots and
+    the checkpoints carry them (a snapshot without them fails the sleep worker), and a reloaded stack passes up what the
+    layers did."""
+    summary = tmp_path / "bn.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--task", "unsupervised", "--layers",
+         "conv:8x3x3,conv:16x3x3/2", "--batch-norm", "--max-frames", "1280", "--no-progress", "--checkpoint-dir",
+         str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/bn.monitor"],
+        capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert set(result["exit_codes"].values()) == {0}, result["exit_codes"]
+    assert result["sleep"]["negatives"] > 0 and result["sleep"]["refreshes"] > 0 and result["sleep"]["dropped"] == 0
+    assert all(layer["negative_updates"] > 0 for layer in result["layers"]), result["layers"]
+
+    stack, _ = load_stack(tmp_path / "ck")
+    x = torch.rand(4, 28 * 28, generator=torch.Generator().manual_seed(0))
+    for layer, h in zip(stack.layers, stack.activities(x)):
+        assert layer.cfg.batch_norm
+        assert not torch.equal(layer.channel_mean, torch.zeros_like(layer.channel_mean))  # moved by the positive steps
+        assert not torch.equal(layer.channel_var, torch.ones_like(layer.channel_var))
+        plain = layer.normalize(h) - channel_normalize(h)
+        assert plain.abs().max() > 1e-3, "the reloaded layer passes up its map without the statistics"

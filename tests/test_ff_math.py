@@ -750,6 +750,7 @@ SHAPES = {
     "conv": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), stride=2, seed=11, **kw),
     "local": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), stride=1, seed=11, **kw),
     "conv-region-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), seed=11, region=2, competition=2, **kw),
+    "conv-batchnorm": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), seed=11, batch_norm=True, **kw),
 }
 LAYER_KINDS = {f"{shape}-{recipe}": (shape, recipe) for shape in SHAPES for recipe in LEARNING}
 
@@ -805,7 +806,8 @@ def test_contract_paired_gradients_equal_the_two_passes(layer_cfg):
         torch.testing.assert_close(got, pos + neg, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h_pos, want_h_pos, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h_neg, want_h_neg, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(paired.running_mean, separate.running_mean, rtol=1e-5, atol=1e-7)
+    for (name, got), (_, want) in zip(paired.named_buffers(), separate.named_buffers()):  # the peer mean, batch-norm statistics
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=name)
     for got, want in ((pos_stats, want_pos_stats), (neg_stats, want_neg_stats)):
         assert got.keys() == want.keys()
         assert all(math.isclose(got[k], want[k], rel_tol=1e-4, abs_tol=1e-6) for k in got)
@@ -819,7 +821,9 @@ def test_contract_layer_state_dict_round_trip(layer_cfg):
     fresh.load_state_dict(layer.state_dict())
     x = inputs(layer_cfg, 5, 9)
     with torch.no_grad():
-        assert torch.equal(fresh(x), layer(x))
+        h = layer(x)
+        assert torch.equal(fresh(x), h)
+        assert torch.equal(fresh.normalize(h), layer.normalize(h))  # what goes up: batch-norm statistics came along
     assert fresh.version == layer.version == 3
     assert torch.equal(fresh.running_mean, layer.running_mean)
 

@@ -37,7 +37,7 @@ def test_channel_normalize_works_per_location():
 def one_by_one_conv(**kw) -> ConvFFLayer:
     """A 1x1 conv from 1 to 2 channels on a 1x2 image, weights [1, -1], bias 0."""
     layer = ConvFFLayer(SpatialConfig.build("conv", (1, 1, 2), channels=2, kernel=(1, 1), **{**SGD, **kw}))
-    layer.load_weights({"weight": torch.tensor([1.0, -1.0]).view(2, 1, 1, 1), "bias": torch.zeros(2)})
+    layer.load_weights({**layer.weights(), "weight": torch.tensor([1.0, -1.0]).view(2, 1, 1, 1), "bias": torch.zeros(2)})
     return layer
 
 
@@ -155,6 +155,44 @@ def test_stack_passes_channel_normalised_maps_up():
     assert features.shape == (3, 4 * 49 + 6 * 16)
     torch.testing.assert_close(features[:, :196], F.adaptive_avg_pool2d(channel_normalize(h1), 7).flatten(1))
     torch.testing.assert_close(features[:, 196:], channel_normalize(h2).flatten(1))
+
+
+def test_batch_norm_standardises_channels_by_running_statistics_of_positive_steps():
+    layer = one_by_one_conv(batch_norm=True, stats_ema=0.0)  # EMA 0: the statistics are the last positive batch's
+    x = torch.tensor([[3.0, -1.0], [1.0, 1.0]])
+    # x̂ = [3, -1]/√5 and [1, 1]: channel 0 (weight 1) is relu(x̂), channel 1 (weight −1) relu(−x̂).
+    r5 = math.sqrt(5)
+    values = {0: [3 / r5, 0.0, 1.0, 1.0], 1: [0.0, 1 / r5, 0.0, 0.0]}  # each channel over both frames and both locations
+    mean = {c: sum(v) / 4 for c, v in values.items()}
+    var = {c: sum((u - mean[c]) ** 2 for u in v) / 4 for c, v in values.items()}  # the batch's, not unbiased
+
+    before = {k: v.clone() for k, v in layer.weights().items()}
+    layer.add_negative(layer.local_gradients(x, positive=False)[0])
+    torch.testing.assert_close(layer.channel_mean, torch.zeros(2))  # a negative pass moves nothing
+    h, _ = layer.learn(x)
+    torch.testing.assert_close(layer.channel_mean, torch.tensor([mean[0], mean[1]]))
+    torch.testing.assert_close(layer.channel_var, torch.tensor([var[0], var[1]]))
+
+    # What goes up: (h − mean)/√(var + 1e-5) per channel, cut at zero, then each location's RMS.
+    standard = {c: [max(0.0, (u - mean[c]) / math.sqrt(var[c] + 1e-5)) for u in v] for c, v in values.items()}
+    expected = channel_normalize(torch.tensor([[standard[0][0:2], standard[1][0:2]], [standard[0][2:4], standard[1][2:4]]]).unsqueeze(2))
+    torch.testing.assert_close(layer.normalize(h), expected)
+    torch.testing.assert_close(layer.features(h), expected.flatten(1))  # a readout reads what goes up
+
+    # A snapshot (the sleep worker's, the sink's) carries the statistics; without batch_norm it has none.
+    assert set(layer.weights()) == {"weight", "bias", "channel_mean", "channel_var"} and set(before) == set(layer.weights())
+    copy = one_by_one_conv(batch_norm=True)
+    copy.load_weights(layer.weights())
+    torch.testing.assert_close(copy.normalize(h), layer.normalize(h))
+    assert set(one_by_one_conv().weights()) == {"weight", "bias"}
+
+
+def test_batch_norm_config_is_checked():
+    with pytest.raises(ValueError, match="stats_ema"):
+        one_by_one_conv(batch_norm=True, stats_ema=1.0)
+    from ffstream import config
+    with pytest.raises(config.ConfigError, match="--batch-norm"):
+        config.load(environ={"FFSTREAM_MODEL_LAYERS": "100,100", "FFSTREAM_MODEL_BATCH_NORM": "true"}).check()
 
 
 def test_config_expands_the_default_conv_stack_to_one_entry_per_layer():

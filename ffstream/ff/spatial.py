@@ -7,6 +7,9 @@ goodness functions for many regions of an image"). `region` pools that
 goodness over r×r locations first, so that a region, not a pixel, is judged.
 Before the activity goes up, each location's channel vector is RMS-normalised,
 so that the next layer sees only the direction of every location's activity.
+With `batch_norm`, each channel is first standardised by running statistics of
+the positive batches, then cut at zero (batch norm without its affine part):
+a channel that fires everywhere no longer drowns the rest.
 
 Channel-wise competition (CwComp, Papachristodoulou et al. 2024) splits the
 channels into one group per class. A group's goodness is the class's score;
@@ -30,6 +33,7 @@ from ffstream.ff.layer import FFLayer
 from ffstream.ff.norm import EPS, rms_normalize
 
 SPATIAL_KINDS = ("conv", "local")
+BATCH_NORM_EPS = 1e-5  # added to a channel's running variance (torch's BatchNorm default)
 
 
 def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -49,6 +53,8 @@ class SpatialConfig(LayerConfig):
     region: int = 1  # goodness is pooled over region×region output locations before the loss; 1: every location its own
     competition: int = 0  # CwComp: the channels split into this many label groups, softmax over groups; 0: plain FF
     readout_grid: int = 7  # a readout sees each channel averaged over grid×grid cells of the map (fewer if the map is smaller)
+    batch_norm: bool = False  # before the per-location RMS: each channel standardised by running statistics, then ReLU
+    stats_ema: float = 0.9  # batch_norm: the running statistics keep this much of their value at each positive step
 
     @classmethod
     def build(cls, kind: str, in_shape: tuple[int, int, int], channels: int, kernel: tuple[int, int], stride: int = 1,
@@ -74,6 +80,8 @@ class SpatialConfig(LayerConfig):
         c, h, w = self.in_shape
         if c * h * w != self.in_features or self.channels * self.out_hw[0] * self.out_hw[1] != self.width:
             raise ValueError(f"shapes do not add up: {self.in_shape} -> {self.out_shape}, in_features {self.in_features}, width {self.width}")
+        if not 0 <= self.stats_ema < 1:
+            raise ValueError(f"stats_ema must be in [0, 1), got {self.stats_ema}")
         if self.competition and (self.competition < 2 or self.channels % self.competition):
             raise ValueError(f"competition splits the {self.channels} channels into {self.competition} equal groups: it must divide them")
 
@@ -94,7 +102,7 @@ class SpatialConfig(LayerConfig):
         return float(self.channels) if self.goodness == "sumsq" else 2.0
 
     def digest(self) -> str:
-        fields = ("kind", "in_shape", "channels", "kernel", "stride", "padding", "goodness", "variant", "competition")
+        fields = ("kind", "in_shape", "channels", "kernel", "stride", "padding", "goodness", "variant", "competition", "batch_norm")
         blob = json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k in fields}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -116,6 +124,15 @@ class SpatialFFLayer(FFLayer):
     """The shared part of ConvFFLayer and LocalFFLayer; subclasses give the parameters and the linear map."""
 
     cfg: SpatialConfig
+
+    def __init__(self, cfg: SpatialConfig):
+        super().__init__(cfg)
+        if cfg.batch_norm:
+            # Running, not per-batch, statistics: a frame's activity going up must not depend on the batch it came
+            # in (a live video's micro-batch can be one frame), and the sleep worker's snapshot must treat a
+            # negative as the layer treats a positive. They move at positive steps only, as peer normalisation's mean.
+            self.register_buffer("channel_mean", torch.zeros(cfg.channels))
+            self.register_buffer("channel_var", torch.ones(cfg.channels))
 
     @property
     def units(self) -> int:
@@ -149,7 +166,31 @@ class SpatialFFLayer(FFLayer):
         return self.region_goodness(h).flatten(1).mean(dim=1)
 
     def normalize(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cfg.batch_norm:
+            shape = (1, -1, 1, 1)
+            h = torch.relu((h - self.channel_mean.view(shape)) * torch.rsqrt(self.channel_var.view(shape) + BATCH_NORM_EPS))
         return channel_normalize(h)
+
+    def _move_running_mean(self, h: torch.Tensor) -> None:
+        """Peer normalisation's mean, and with batch_norm each channel's running mean and variance, take a positive batch h."""
+        super()._move_running_mean(h)
+        if self.cfg.batch_norm:
+            ema = self.cfg.stats_ema
+            var, mean = torch.var_mean(h.detach(), dim=(0, 2, 3), correction=0)
+            self.channel_mean.mul_(ema).add_((1 - ema) * mean)
+            self.channel_var.mul_(ema).add_((1 - ema) * var)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The parameters, and the running statistics that `normalize` needs (a snapshot runs the layer elsewhere)."""
+        if not self.cfg.batch_norm:
+            return super().weights()
+        return {**super().weights(), "channel_mean": self.channel_mean.detach(), "channel_var": self.channel_var.detach()}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], version: int | None = None) -> None:
+        if self.cfg.batch_norm:
+            self.channel_mean.copy_(tensors["channel_mean"])
+            self.channel_var.copy_(tensors["channel_var"])
+        super().load_weights(tensors, version)
 
     def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
         return h.mean(dim=(0, 2, 3))
@@ -164,10 +205,10 @@ class SpatialFFLayer(FFLayer):
         return weight.reshape(c.channels, c.in_shape[0], *c.kernel)
 
     def features(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, C'·g·g): the channel-normalised map averaged over a g×g grid, so that a readout stays small."""
+        """(B, C'·g·g): the normalised map (what goes up) averaged over a g×g grid, so that a readout stays small."""
         g = self.cfg.readout_grid
         grid = (min(g, h.shape[2]), min(g, h.shape[3]))
-        return F.adaptive_avg_pool2d(channel_normalize(h), grid).flatten(1)
+        return F.adaptive_avg_pool2d(self.normalize(h), grid).flatten(1)
 
     def class_scores(self, h: torch.Tensor) -> torch.Tensor:
         """CwComp: h (B, C', H', W') -> (B, K, H'/r, W'/r), each group's mean h² per region (the class logits)."""
@@ -188,5 +229,6 @@ class SpatialFFLayer(FFLayer):
     def extra_repr(self) -> str:
         c = self.cfg
         comp = f", competition={c.competition}" if c.competition else ""
+        comp += ", batch norm" if c.batch_norm else ""
         return (f"{c.kind} {c.in_shape}->{c.out_shape}, kernel {c.kernel[0]}x{c.kernel[1]}/{c.stride}, region {c.region}, "
                 f"θ={c.theta:g}{comp}, {c.optimizer} lr={c.lr:g}")

@@ -64,10 +64,10 @@ def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
 
 
 def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], seed: int = 0, competition: int = 0,
-                  region: int = 1, **learning) -> list[LayerConfig]:
+                  region: int = 1, batch_norm: bool = False, **learning) -> list[LayerConfig]:
     """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
 
-    competition (CwComp label groups) and region apply to the spatial layers. Layer i is seeded seed + i.
+    competition (CwComp label groups), region and batch_norm apply to the spatial layers. Layer i is seeded seed + i.
     """
     configs: list[LayerConfig] = []
     shape: tuple[int, ...] = tuple(in_shape)
@@ -83,7 +83,7 @@ def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], se
             raise ValueError(f"layer {i + 1} ({spec}) of the layers needs an image below it, but layer {i} is dense")
         try:
             cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, seed=seed + i,
-                                      competition=competition, region=region, **learning)
+                                      competition=competition, region=region, batch_norm=batch_norm, **learning)
         except ValueError as exc:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers: {exc}") from None
         configs.append(cfg)
