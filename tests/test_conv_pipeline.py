@@ -136,16 +136,17 @@ def test_conv_stack_learns_from_a_colour_video_and_resumes(tmp_path):
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
-def test_batch_norm_statistics_travel_with_the_weights(tmp_path):
+@pytest.mark.parametrize("update", ["inputs", "gradient"])
+def test_batch_norm_statistics_travel_with_the_weights(tmp_path, update):
     """--batch-norm through real workers: the layers keep running channel statistics, the sleep worker's snapshots and
-    the checkpoints carry them (a snapshot without them fails the sleep worker), and a reloaded stack passes up what the
-    layers did."""
+    the checkpoints carry them (the sleep worker refuses a snapshot without them: no refresh would count), and a
+    reloaded stack passes up what the layers did. update: what the sleep worker sends the layers (sleep.update)."""
     summary = tmp_path / "bn.json"
     run = subprocess.run(
         [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--task", "unsupervised", "--layers",
          "conv:8x3x3,conv:16x3x3/2", "--batch-norm", "--max-frames", "1280", "--no-progress", "--checkpoint-dir",
          str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/bn.monitor"],
-        capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300,
+        capture_output=True, text=True, env={**env(), "FFSTREAM_SLEEP_UPDATE": update}, cwd=ROOT, timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(summary.read_text())

@@ -379,7 +379,8 @@ class LayerWorker(Worker):
 
     def _queue_negative_gradient(self, msg: wire.Message) -> None:
         parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
-        expected = {k: tuple(v.shape) for k, v in self.layer.weights().items()}
+        # The gradient's tensors are the weight's and the bias's; a snapshot may carry more (batch-norm statistics).
+        expected = {k: tuple(v.shape) for k, v in self.layer.weights().items() if k in ("weight", "bias")}
         if {k: tuple(v.shape) for k, v in parts.items()} != expected:
             raise wire.WireError("negative_shape", f"negative update shapes do not match {expected}")
         self.layer.add_negative([torch.from_numpy(parts[k].copy()).to(self.device) for k in ("weight", "bias")])
