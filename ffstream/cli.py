@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--batch", type=_positive, default=64, help="frames per source batch (default 64)")
     learning.add_argument("--sleep-every", type=_positive, default=10, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
     learning.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="how the sleep worker makes negatives (default: random wrong labels if supervised, hybrids if not)")
+    learning.add_argument("--sleep-route", choices=("snapshot", "chain"), default="snapshot",
+                          help="negatives for layers 2..L: made on snapshots (default), or passed up by each layer at its step (chain)")
     learning.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate of every layer (default {DEFAULT_LR:g})")
     learning.add_argument("--label-scale", type=float, default=4.0, help="supervised: value of the label slot (default 4.0)")
     learning.add_argument("--label-relative", action="store_true", help="supervised: the label slot is --label-scale times the frame's RMS")

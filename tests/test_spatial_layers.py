@@ -177,7 +177,7 @@ def test_batch_norm_standardises_channels_by_running_statistics_of_positive_step
     standard = {c: [max(0.0, (u - mean[c]) / math.sqrt(var[c] + 1e-5)) for u in v] for c, v in values.items()}
     expected = channel_normalize(torch.tensor([[standard[0][0:2], standard[1][0:2]], [standard[0][2:4], standard[1][2:4]]]).unsqueeze(2))
     torch.testing.assert_close(layer.normalize(h), expected)
-    torch.testing.assert_close(layer.features(h), expected.flatten(1))  # a readout reads what goes up
+    torch.testing.assert_close(layer.features(h), channel_normalize(h).flatten(1))  # a readout reads the map before the cut
 
     # A snapshot (the sleep worker's, the sink's) carries the statistics; without batch_norm it has none.
     assert set(layer.weights()) == {"weight", "bias", "channel_mean", "channel_var"} and set(before) == set(layer.weights())

@@ -24,11 +24,13 @@ from ffstream.sources import Preprocess, dataset_arrays
 
 
 def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int, sleep_every: int, negatives: str | None,
-                    lr: float, seed: int, source: str = "fashion-mnist:train", max_frames: int | None = None, **model: object) -> RunConfig:
+                    lr: float, seed: int, source: str = "fashion-mnist:train", max_frames: int | None = None, sleep_route: str = "snapshot",
+                    **model: object) -> RunConfig:
     return RunConfig(
         stream=StreamConfig(source=source, batch=batch, epochs=epochs, task=task, num_classes=10, seed=seed, max_frames=max_frames),
         model=ModelConfig(layers=layers, lr=lr, max_batch=batch, **model),
-        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives, enabled=not model.get("competition")),  # CwComp needs no negatives
+        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives, route=sleep_route,
+                          enabled=not model.get("competition")),  # CwComp needs no negatives
     )
 
 

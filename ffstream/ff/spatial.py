@@ -205,10 +205,16 @@ class SpatialFFLayer(FFLayer):
         return weight.reshape(c.channels, c.in_shape[0], *c.kernel)
 
     def features(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, C'·g·g): the normalised map (what goes up) averaged over a g×g grid, so that a readout stays small."""
+        """(B, C'·g·g): the channel-normalised map averaged over a g×g grid, so that a readout stays small.
+
+        Not batch norm's standardised map, which goes up: its cut at each channel's mean drops what a linear
+        readout can use (in process, 20-80-240 unsupervised with batch norm, the probe read 89.43 % here against
+        88.14 % on the standardised map after 1 epoch, 89.96 against 88.83 % after 3; CwComp lost a little,
+        88.11 against 88.68 % after 1 epoch).
+        """
         g = self.cfg.readout_grid
         grid = (min(g, h.shape[2]), min(g, h.shape[3]))
-        return F.adaptive_avg_pool2d(self.normalize(h), grid).flatten(1)
+        return F.adaptive_avg_pool2d(channel_normalize(h), grid).flatten(1)
 
     def class_scores(self, h: torch.Tensor) -> torch.Tensor:
         """CwComp: h (B, C', H', W') -> (B, K, H'/r, W'/r), each group's mean h² per region (the class logits)."""
