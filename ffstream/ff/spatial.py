@@ -8,8 +8,8 @@ goodness over r×r locations first, so that a region, not a pixel, is judged.
 Before the activity goes up, each location's channel vector is RMS-normalised,
 so that the next layer sees only the direction of every location's activity.
 With `batch_norm`, each channel is first standardised by running statistics of
-the positive batches, then cut at zero (batch norm without its affine part):
-a channel that fires everywhere no longer drowns the rest.
+the positive batches, then cut at zero (batch norm without its affine part), so
+that only where a channel fires above its usual level goes up.
 
 Channel-wise competition (CwComp, Papachristodoulou et al. 2024) splits the
 channels into one group per class. A group's goodness is the class's score;
