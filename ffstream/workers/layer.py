@@ -334,8 +334,11 @@ class LayerWorker(Worker):
             self._take_batch()
 
     def _chain_negatives(self, negatives: list[tuple[int, torch.Tensor]], h: torch.Tensor) -> None:
-        """Send the next layer its negative inputs: this layer's normalised activity on the negatives, per source batch."""
-        act = self.layer.normalize(h).cpu().numpy()
+        """Send the next layer its negative inputs: this layer's normalised activity on the negatives, per source batch.
+
+        Flat rows (B, D), as the sleep worker sends them: a spatial layer's (B, C, H, W) map was refused as a bad shape.
+        """
+        act = self.layer.normalize(h).flatten(1).cpu().numpy()
         if not np.isfinite(act).all():
             self.dropped["non_finite_negative"] += len(negatives)
             return
