@@ -228,7 +228,8 @@ class SleepWorker(Worker):
             return
         x = self.dreamer.negatives(batch, labels, self.stack, self.head)
         self.dreamer.observe(batch)
-        self.staleness.add(self.since_snapshot - 1)
+        # Chained, the live layers judge and pass up every negative: no snapshot ages (it was reported as hundreds of batches).
+        self.staleness.add(0 if self.plan.route == "chain" else self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
             if self.plan.route == "chain":  # layer 1's inputs only, judged and passed up by the live layers
