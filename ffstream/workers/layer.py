@@ -382,11 +382,12 @@ class LayerWorker(Worker):
 
     def _queue_negative_gradient(self, msg: wire.Message) -> None:
         parts = wire.unpack_tensors(msg.array, msg.extra.get("tensors"))
-        # The gradient's tensors are the weight's and the bias's; a snapshot may carry more (batch-norm statistics).
-        expected = {k: tuple(v.shape) for k, v in self.layer.weights().items() if k in ("weight", "bias")}
+        # One tensor per parameter, as `Gradients`; a snapshot's `weights()` may carry more (batch-norm statistics).
+        params = dict(self.layer.named_parameters())
+        expected = {k: tuple(p.shape) for k, p in params.items()}
         if {k: tuple(v.shape) for k, v in parts.items()} != expected:
             raise wire.WireError("negative_shape", f"negative update shapes do not match {expected}")
-        self.layer.add_negative([torch.from_numpy(parts[k].copy()).to(self.device) for k in ("weight", "bias")])
+        self.layer.add_negative([torch.from_numpy(parts[k].copy()).to(self.device) for k in params])
         for key in ("goodness_neg", "p_neg"):
             if isinstance(msg.extra.get(key), (int, float)):
                 self._record_negative({key: msg.extra[key]}, int(msg.extra.get("rows", 1)))
