@@ -105,6 +105,7 @@ class ModelConfig:
     competition: bool = False  # CwComp: conv/local channels split into one group per class, softmax over groups; no negatives
     region: int = 1  # conv/local: goodness pooled over region x region output locations, each region its own loss
     batch_norm: bool = False  # conv/local: each channel standardised by running statistics, then ReLU, before the per-location RMS
+    batch_stats: bool = False  # conv/local with competition: CwComp's batch norm, channels standardised by the learning batch, goodness read after
 
     def recurrent_config(self) -> RecurrentConfig:
         try:
@@ -124,6 +125,10 @@ class ModelConfig:
             raise ConfigError("model.batch_norm (--batch-norm) standardises conv/local channels: the layers have none")
         if self.competition and any(s.kind == "dense" for s in specs):
             raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
+        if self.batch_stats and not self.competition:
+            raise ConfigError("model.batch_stats (--batch-stats) reads CwComp's class scores on batch-standardised channels: it needs --competition")
+        if self.batch_stats and self.batch_norm:
+            raise ConfigError("model.batch_stats and model.batch_norm are two kinds of batch norm: choose one")
         if self.recurrent and self.label_relative:
             raise ConfigError("model.label_relative writes the label into the frame; the recurrent network takes it at the top (use label_scale)")
         if self.recurrent and any(s.kind != "dense" for s in specs):
@@ -139,12 +144,14 @@ class ModelConfig:
 
     def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None, lr: float) -> list[LayerConfig]:
         """input_shape: (C, H, W) of a frame; num_classes: the label groups of channel-wise competition; lr: the layers' rate."""
+        competition = (num_classes or 0) if self.competition else 0  # the labels' classes are known once the source is
         try:
             return build_configs(
                 parse_layers(self.layers), input_shape, seed,
-                competition=(num_classes or 0) if self.competition else 0,
+                competition=competition,
                 region=self.region,
                 batch_norm=self.batch_norm,
+                batch_stats=self.batch_stats and competition > 0,
                 goodness=self.goodness,
                 variant=self.variant,
                 threshold=self.threshold,

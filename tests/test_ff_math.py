@@ -751,6 +751,9 @@ SHAPES = {
     "local": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), stride=1, seed=11, **kw),
     "conv-region-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), seed=11, region=2, competition=2, **kw),
     "conv-batchnorm": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), seed=11, batch_norm=True, **kw),
+    "local-pool": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), pool=2, seed=11, **kw),
+    "conv-pool-batchstats-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), pool=2, seed=11,
+                                                                    region=3, competition=2, batch_stats=True, **kw),
 }
 LAYER_KINDS = {f"{shape}-{recipe}": (shape, recipe) for shape in SHAPES for recipe in LEARNING}
 

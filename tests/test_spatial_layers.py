@@ -130,7 +130,22 @@ def test_specs_parse_and_chain_shapes():
     assert parse_layers(("conv",)) == parse_layers("conv")  # as a config file or FFSTREAM_MODEL_LAYERS gives it
 
 
-@pytest.mark.parametrize("text", ["conv:32x3", "conv:0x3x3", "conv:8x3x3/0", "pool:2", "dense:-1", "", "conv:8x3x3,"])
+def test_pooled_specs_parse_and_halve_the_map():
+    specs = parse_layers("conv:20x3x3+pool,local:8x3x3/2+pool3,conv:40x3x3")
+    assert [s.pool for s in specs] == [2, 3, 1]
+    assert [str(s) for s in specs] == ["conv:20x3x3+pool", "local:8x3x3/2+pool3", "conv:40x3x3"]  # round trip
+    configs = build_configs(specs, (1, 28, 28))
+    assert configs[0].map_hw == (28, 28) and configs[0].out_shape == (20, 14, 14)  # the map, then its 2x2 maxima
+    assert configs[1].map_hw == (7, 7) and configs[1].out_shape == (8, 2, 2)  # 7//3: an edge block short of 3 is dropped
+    local = make_layer(configs[1])
+    assert tuple(local.weight.shape) == (49, 8, 20 * 9)  # a filter bank per location of the map, not of the pooled map
+    assert tuple(local(torch.rand(2, configs[1].in_features)).shape) == (2, 8, 2, 2)
+    with pytest.raises(ValueError, match="max-pool does not fit"):
+        build_configs(parse_layers("conv:4x3x3/2+pool3"), (1, 4, 4))  # a 2x2 map
+
+
+@pytest.mark.parametrize("text", ["conv:32x3", "conv:0x3x3", "conv:8x3x3/0", "pool:2", "dense:-1", "", "conv:8x3x3,",
+                                  "conv:8x3x3+pool0", "conv:8x3x3+max", "dense:8+pool"])
 def test_bad_specs_are_refused(text):
     with pytest.raises(ValueError, match="layer"):
         parse_layers(text)
@@ -185,6 +200,79 @@ def test_batch_norm_standardises_channels_by_running_statistics_of_positive_step
     copy.load_weights(layer.weights())
     torch.testing.assert_close(copy.normalize(h), layer.normalize(h))
     assert set(one_by_one_conv().weights()) == {"weight", "bias"}
+
+
+def test_max_pool_keeps_each_blocks_largest_activity():
+    layer = ConvFFLayer(SpatialConfig.build("conv", (1, 2, 4), channels=2, kernel=(1, 1), pool=2, **SGD))
+    layer.load_weights({"weight": torch.tensor([1.0, -1.0]).view(2, 1, 1, 1), "bias": torch.zeros(2)})
+    x = torch.tensor([[1.0, -2.0, 0.0, 0.0], [-1.0, 0.0, 3.0, -1.0]])  # two rows of one frame, mean square 16/8 = 2
+    h = layer(x.view(1, -1))
+    x_hat = x / math.sqrt(2)
+    # channel 0 is relu(x̂), channel 1 relu(−x̂); each keeps the largest of its two 2x2 blocks (columns 0-1, 2-3)
+    expected = torch.tensor([[[1.0, 3.0]], [[2.0, 1.0]]]) / math.sqrt(2)
+    torch.testing.assert_close(h[0], expected)
+    torch.testing.assert_close(h[0], F.max_pool2d(torch.stack([x_hat.relu(), (-x_hat).relu()]), 2))
+
+
+def competing_conv(**kw) -> ConvFFLayer:
+    """one_by_one_conv with two label groups of one channel each, CwComp's batch norm and the class scores of the whole map."""
+    return one_by_one_conv(competition=2, batch_stats=True, region=2, **kw)
+
+
+def test_batch_stats_standardise_by_the_learning_batch_and_keep_running_statistics():
+    layer = competing_conv(stats_ema=0.0)  # EMA 0: the running statistics are the last positive batch's
+    x = torch.tensor([[3.0, -1.0], [1.0, 1.0]])
+    r5 = math.sqrt(5)
+    values = torch.tensor([[[[3 / r5, 0.0]], [[0.0, 1 / r5]]], [[[1.0, 1.0]], [[0.0, 0.0]]]])  # relu(±x̂): (B, C, H, W)
+    var, mean = torch.var_mean(values, dim=(0, 2, 3), correction=0, keepdim=True)
+    standard = (values - mean) / torch.sqrt(var + 1e-5)
+
+    with torch.enable_grad():  # a learning pass: the batch's own statistics
+        torch.testing.assert_close(layer(x), standard)
+    with torch.no_grad():  # before any positive step the running statistics are 0 and 1
+        torch.testing.assert_close(layer(x), values / math.sqrt(1 + 1e-5))
+    layer.add_negative(layer.local_gradients(x, positive=False)[0])
+    torch.testing.assert_close(layer.channel_mean, torch.zeros(2))  # nothing but a positive step moves them
+    h, _ = layer.learn(x, torch.tensor([0, 1]))
+    torch.testing.assert_close(h, standard)  # what goes up is the standardised map, as it is
+    torch.testing.assert_close(layer.normalize(h), h)
+    torch.testing.assert_close(layer.channel_mean, mean.flatten())  # the map's statistics, not the standardised one's
+    torch.testing.assert_close(layer.channel_var, var.flatten())
+    plain = one_by_one_conv(competition=2, region=2)  # the same filters without the standardisation
+    plain.load_weights({"weight": layer.weight.detach(), "bias": layer.bias.detach()})
+    shape = (1, -1, 1, 1)
+    with torch.no_grad():  # readouts and tests: the running statistics
+        running = (plain(x) - layer.channel_mean.view(shape)) / torch.sqrt(layer.channel_var.view(shape) + 1e-5)
+        torch.testing.assert_close(layer(x), running)
+    with torch.enable_grad():  # a batch of one has no spread: the running statistics stand in
+        torch.testing.assert_close(layer(x[:1]), running[:1])
+    assert set(layer.weights()) == {"weight", "bias", "channel_mean", "channel_var"}  # snapshots and checkpoints carry them
+
+
+def test_batch_stats_gradient_runs_through_the_batch_statistics():
+    """CwComp's loss sees each channel relative to the batch: its gradient includes the statistics' dependence on the weights."""
+    layer = competing_conv()
+    x, labels = torch.tensor([[3.0, -1.0], [1.0, 2.0], [-2.0, 1.0]]), torch.tensor([0, 1, 1])
+    grads, _, _ = layer.local_gradients(x, positive=True, labels=labels)
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    x_hat = (x / torch.sqrt(x.pow(2).mean(1, keepdim=True))).view(3, 1, 1, 2)
+    maps = F.batch_norm(F.relu(F.conv2d(x_hat, weight)), None, None, training=True, eps=1e-5)  # torch's, batch statistics
+    scores = maps.pow(2).mean(dim=(2, 3))  # (B, 2): each group's (one channel's) mean square over the whole map
+    expected = torch.autograd.grad(F.cross_entropy(scores, labels), weight)[0]
+    torch.testing.assert_close(grads[0], expected)
+
+
+def test_batch_stats_config_is_checked():
+    with pytest.raises(ValueError, match="needs competition"):
+        one_by_one_conv(batch_stats=True)
+    with pytest.raises(ValueError, match="choose one"):
+        competing_conv(batch_norm=True)
+    from ffstream import config
+    env = {"FFSTREAM_MODEL_LAYERS": "conv:4x3x3", "FFSTREAM_MODEL_BATCH_STATS": "true", "FFSTREAM_STREAM_SOURCE": "fashion-mnist",
+           "FFSTREAM_SLEEP_ENABLED": "false"}
+    with pytest.raises(config.ConfigError, match="--competition"):
+        config.load(environ=env).check()
+    config.load(environ={**env, "FFSTREAM_MODEL_COMPETITION": "true"}).check()
 
 
 def test_batch_norm_config_is_checked():

@@ -23,11 +23,11 @@ class LocalFFLayer(SpatialFFLayer):
     def initial_parameters(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         fan_in = c.in_shape[0] * c.kernel[0] * c.kernel[1]
-        locations = c.out_hw[0] * c.out_hw[1]
-        return torch.randn(locations, c.channels, fan_in, generator=gen) / fan_in**0.5, torch.zeros(c.out_shape)
+        locations = c.map_hw[0] * c.map_hw[1]
+        return torch.randn(locations, c.channels, fan_in, generator=gen) / fan_in**0.5, torch.zeros(c.channels, *c.map_hw)
 
     def linear_map(self, x: torch.Tensor) -> torch.Tensor:
         c = self.cfg
         patches = F.unfold(x, c.kernel, padding=c.padding, stride=c.stride)  # (B, C·kh·kw, L)
         out = torch.bmm(patches.permute(2, 0, 1), self.weight.transpose(1, 2))  # (L, B, C')
-        return out.permute(1, 2, 0).reshape(len(x), *c.out_shape) + self.bias
+        return out.permute(1, 2, 0).reshape(len(x), c.channels, *c.map_hw) + self.bias

@@ -1,7 +1,7 @@
-"""Layer specs (`dense:1000`, `conv:32x3x3/2`, `local:16x5x5`) and the one place a config becomes a layer.
+"""Layer specs (`dense:1000`, `conv:32x3x3/2`, `conv:64x3x3+pool`, `local:16x5x5`) and the one place a config becomes a layer.
 
-    >>> [str(s) for s in parse_layers("conv:32x3x3,conv:64x3x3/2,1000")]
-    ['conv:32x3x3', 'conv:64x3x3/2', 'dense:1000']
+    >>> [str(s) for s in parse_layers("conv:32x3x3,conv:64x3x3/2,conv:96x3x3+pool,1000")]
+    ['conv:32x3x3', 'conv:64x3x3/2', 'conv:96x3x3+pool', 'dense:1000']
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ffstream.ff.local import LocalFFLayer
 from ffstream.ff.spatial import SPATIAL_KINDS, SpatialConfig
 
 LAYER_CLASSES = {"conv": ConvFFLayer, "local": LocalFFLayer}
-SPEC_HELP = "dense:N (or N), conv:CxKHxKW[/S] or local:CxKHxKW[/S], e.g. conv:32x3x3,conv:64x3x3/2,dense:1000"
-_SPATIAL = re.compile(r"^(conv|local):(\d+)x(\d+)x(\d+)(?:/(\d+))?$")
+SPEC_HELP = ("dense:N (or N), conv:CxKHxKW[/S][+pool[P]] or local:CxKHxKW[/S][+pool[P]] (+pool: max over PxP blocks, "
+             "P 2 unless given), e.g. conv:32x3x3,conv:64x3x3/2,dense:1000")
+_SPATIAL = re.compile(r"^(conv|local):(\d+)x(\d+)x(\d+)(?:/(\d+))?(\+pool(\d+)?)?$")
 _DENSE = re.compile(r"^(?:dense:)?(\d+)$")
 
 
@@ -28,12 +29,14 @@ class LayerSpec:
     size: int  # units (dense) or output channels (conv, local)
     kernel: tuple[int, int] = (0, 0)  # (kh, kw), spatial kinds only
     stride: int = 1  # spatial kinds only
+    pool: int = 1  # spatial kinds only: max over pool×pool blocks after the ReLU
 
     def __str__(self) -> str:
         if self.kind == "dense":
             return f"dense:{self.size}"
         stride = f"/{self.stride}" if self.stride != 1 else ""
-        return f"{self.kind}:{self.size}x{self.kernel[0]}x{self.kernel[1]}{stride}"
+        pool = "" if self.pool == 1 else "+pool" if self.pool == 2 else f"+pool{self.pool}"
+        return f"{self.kind}:{self.size}x{self.kernel[0]}x{self.kernel[1]}{stride}{pool}"
 
 
 def parse_layer_spec(item: str | int) -> LayerSpec:
@@ -42,12 +45,12 @@ def parse_layer_spec(item: str | int) -> LayerSpec:
     if m := _DENSE.match(text):
         spec = LayerSpec("dense", int(m.group(1)))
     elif m := _SPATIAL.match(text):
-        kind, size, kh, kw, stride = m.groups()
-        spec = LayerSpec(kind, int(size), (int(kh), int(kw)), int(stride or 1))
+        kind, size, kh, kw, stride, pooled, pool = m.groups()
+        spec = LayerSpec(kind, int(size), (int(kh), int(kw)), int(stride or 1), int(pool or 2) if pooled else 1)
     else:
         raise ValueError(f"bad layer spec {str(item)!r}: expected {SPEC_HELP}")
-    if spec.size <= 0 or (spec.kind != "dense" and (min(spec.kernel) <= 0 or spec.stride <= 0)):
-        raise ValueError(f"bad layer spec {str(item)!r}: sizes, kernels and strides must be positive")
+    if spec.size <= 0 or (spec.kind != "dense" and (min(spec.kernel) <= 0 or spec.stride <= 0 or spec.pool <= 0)):
+        raise ValueError(f"bad layer spec {str(item)!r}: sizes, kernels, strides and pools must be positive")
     return spec
 
 
@@ -64,10 +67,10 @@ def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
 
 
 def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], seed: int = 0, competition: int = 0,
-                  region: int = 1, batch_norm: bool = False, **learning) -> list[LayerConfig]:
+                  region: int = 1, batch_norm: bool = False, batch_stats: bool = False, **learning) -> list[LayerConfig]:
     """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
 
-    competition (CwComp label groups), region and batch_norm apply to the spatial layers. Layer i is seeded seed + i.
+    competition (CwComp label groups), region, batch_norm and batch_stats apply to the spatial layers. Layer i is seeded seed + i.
     """
     configs: list[LayerConfig] = []
     shape: tuple[int, ...] = tuple(in_shape)
@@ -82,8 +85,9 @@ def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], se
         if len(shape) != 3:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers needs an image below it, but layer {i} is dense")
         try:
-            cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, seed=seed + i,
-                                      competition=competition, region=region, batch_norm=batch_norm, **learning)
+            cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, pool=spec.pool, seed=seed + i,
+                                      competition=competition, region=region, batch_norm=batch_norm, batch_stats=batch_stats,
+                                      **learning)
         except ValueError as exc:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers: {exc}") from None
         configs.append(cfg)
