@@ -236,6 +236,7 @@ def test_batch_stats_standardise_by_the_learning_batch_and_keep_running_statisti
     h, _ = layer.learn(x, torch.tensor([0, 1]))
     torch.testing.assert_close(h, standard)  # what goes up is the standardised map, as it is
     torch.testing.assert_close(layer.normalize(h), h)
+    assert not torch.equal(layer.channel_scale.detach(), torch.ones(2))  # the step moved the learned scale
     torch.testing.assert_close(layer.channel_mean, mean.flatten())  # the map's statistics, not the standardised one's
     torch.testing.assert_close(layer.channel_var, var.flatten())
     plain = one_by_one_conv(competition=2, region=2)  # the same filters without the standardisation
@@ -243,23 +244,32 @@ def test_batch_stats_standardise_by_the_learning_batch_and_keep_running_statisti
     shape = (1, -1, 1, 1)
     with torch.no_grad():  # readouts and tests: the running statistics
         running = (plain(x) - layer.channel_mean.view(shape)) / torch.sqrt(layer.channel_var.view(shape) + 1e-5)
+        running = running * layer.channel_scale.view(shape) + layer.channel_shift.view(shape)  # learned, and moved by the step
         torch.testing.assert_close(layer(x), running)
     with torch.enable_grad():  # a batch of one has no spread: the running statistics stand in
         torch.testing.assert_close(layer(x[:1]), running[:1])
-    assert set(layer.weights()) == {"weight", "bias", "channel_mean", "channel_var"}  # snapshots and checkpoints carry them
+    assert set(layer.weights()) == {"weight", "bias", "channel_mean", "channel_var", "channel_scale", "channel_shift"}
+    copy = competing_conv()  # snapshots and checkpoints carry the statistics and the learned scale and shift
+    copy.load_weights(layer.weights())
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), layer(x))
 
 
 def test_batch_stats_gradient_runs_through_the_batch_statistics():
     """CwComp's loss sees each channel relative to the batch: its gradient includes the statistics' dependence on the weights."""
     layer = competing_conv()
+    layer.load_weights({**layer.weights(), "channel_scale": torch.tensor([1.5, 0.5]), "channel_shift": torch.tensor([0.2, -0.1])})
     x, labels = torch.tensor([[3.0, -1.0], [1.0, 2.0], [-2.0, 1.0]]), torch.tensor([0, 1, 1])
     grads, _, _ = layer.local_gradients(x, positive=True, labels=labels)
-    weight = layer.weight.detach().clone().requires_grad_(True)
+    params = [t.detach().clone().requires_grad_(True) for t in (layer.weight, layer.bias, layer.channel_scale, layer.channel_shift)]
+    weight, bias, scale, shift = params
     x_hat = (x / torch.sqrt(x.pow(2).mean(1, keepdim=True))).view(3, 1, 1, 2)
-    maps = F.batch_norm(F.relu(F.conv2d(x_hat, weight)), None, None, training=True, eps=1e-5)  # torch's, batch statistics
+    maps = F.batch_norm(F.relu(F.conv2d(x_hat, weight, bias)), None, None, scale, shift, training=True, eps=1e-5)  # torch's
     scores = maps.pow(2).mean(dim=(2, 3))  # (B, 2): each group's (one channel's) mean square over the whole map
-    expected = torch.autograd.grad(F.cross_entropy(scores, labels), weight)[0]
-    torch.testing.assert_close(grads[0], expected)
+    expected = torch.autograd.grad(F.cross_entropy(scores, labels), params)
+    assert len(grads) == 4  # the filters' weight and bias, then batch norm's scale and shift
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
 
 
 def test_batch_stats_config_is_checked():
