@@ -167,7 +167,7 @@ def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     result = json.loads(lines[0])
     assert result["n"] == 200
     assert result["layers"] == [32, 32]
-    for key in ("accuracy_energy", "accuracy_energy_all_layers", "accuracy_softmax"):
+    for key in ("accuracy_energy", "accuracy_energy_all_layers", "accuracy_energy_last_layer", "accuracy_softmax"):
         assert isinstance(result[key], float) and 0.0 <= result[key] <= 1.0, result
 
 

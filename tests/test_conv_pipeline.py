@@ -37,6 +37,8 @@ BAD_SPECS = {
     "conv above dense": (["run", "--source", "synthetic:64", "--layers", "100,conv:8x3x3"], ["layer 2 (conv:8x3x3)", "needs an image below it"]),
     "competition with sleep": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition"], ["--no-sleep"]),
     "competition with dense": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3,100", "--competition", "--no-sleep"], ["competition", "conv or local"]),
+    "batch stats without competition": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--batch-stats"], ["--batch-stats", "--competition"]),
+    "pool larger than the map": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3/2+pool16"], ["conv:8x3x3/2+pool16", "16x16 max-pool", "14x14"]),
     "config file": (["worker", "layer", "--index", "1", "--config", "bad_layers.json"], ["model.layers", "conv:3x3"]),
 }
 
@@ -167,3 +169,33 @@ def test_batch_norm_statistics_travel_with_the_weights(tmp_path, update, route):
         assert not torch.equal(layer.channel_var, torch.ones_like(layer.channel_var))
         plain = layer.normalize(h) - channel_normalize(h)
         assert plain.abs().max() > 1e-3, "the reloaded layer passes up its map without the statistics"
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
+def test_cwcomp_with_batch_statistics_and_pooling_learns_and_reloads(tmp_path):
+    """The supervised conv recipe of BENCHMARKS.md, shortened, through real workers: pooled layers with CwComp's batch
+    norm learn the classes, the checkpoints carry the running statistics and the learned scale and shift, and
+    `ffstream eval` scores the reloaded stack on them (a pass without gradients reads the running statistics)."""
+    summary = tmp_path / "cw.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--layers", "conv:10x3x3+pool,conv:20x3x3+pool",
+         "--competition", "--batch-stats", "--region", "99", "--lr", "0.01", "--no-sleep", "--max-frames", "1920", "--no-progress",
+         "--checkpoint-dir", str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/cw.monitor"],
+        capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert set(result["exit_codes"].values()) == {0}, result["exit_codes"]
+    assert all(layer["dropped"] == 0 for layer in result["layers"]), result["layers"]
+
+    stack, _ = load_stack(tmp_path / "ck")
+    assert [layer.cfg.out_shape for layer in stack.layers] == [(10, 14, 14), (20, 7, 7)]
+    for layer in stack.layers:
+        assert layer.cfg.batch_stats and layer.cfg.pool == 2
+        assert not torch.equal(layer.channel_mean, torch.zeros_like(layer.channel_mean))  # moved by the positive steps
+        assert not torch.equal(layer.channel_scale, torch.ones_like(layer.channel_scale))  # learned
+    ev = subprocess.run([sys.executable, "-m", "ffstream", "eval", "--checkpoint-dir", str(tmp_path / "ck"), "--source",
+                         "fashion-mnist:test", "--json"], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    scores = json.loads(ev.stdout)
+    assert scores["accuracy_energy_last_layer"] > 0.3, scores  # 10 classes: chance is 0.1 (measured: 0.4951)

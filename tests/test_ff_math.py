@@ -667,7 +667,8 @@ def test_label_goodness_is_each_layer_and_energy_reads_both_ways():
     got = energy_accuracies(stack, x, y, k)
     skip_first = float((per_layer[:, :, 1:].sum(dim=2).argmax(dim=1) == y).float().mean())
     every_layer = float((per_layer.sum(dim=2).argmax(dim=1) == y).float().mean())
-    assert got == pytest.approx({"accuracy_energy": skip_first, "accuracy_energy_all_layers": every_layer})
+    last_layer = float((per_layer[:, :, 2].argmax(dim=1) == y).float().mean())
+    assert got == pytest.approx({"accuracy_energy": skip_first, "accuracy_energy_all_layers": every_layer, "accuracy_energy_last_layer": last_layer})
 
 
 def test_label_scores_single_layer_uses_it():

@@ -72,7 +72,7 @@ def score(checkpoint_dir: str, cfg: RunConfig, test_spec: str) -> dict:
     scores = {"accuracy_probe": int((predicted == torch.from_numpy(labels)).sum()) / len(labels), "probe_layers": [i + 1 for i in layers], "n": result["n"]}
     if cfg.stream.supervised:
         return {"accuracy_energy": result["accuracy_energy"], "accuracy_energy_all_layers": result.get("accuracy_energy_all_layers"),
-                "accuracy_softmax": result["accuracy_softmax"], **scores}
+                "accuracy_energy_last_layer": result.get("accuracy_energy_last_layer"), "accuracy_softmax": result["accuracy_softmax"], **scores}
     return {**scores, "accuracy_online_probe": result["accuracy_softmax"]}
 
 

@@ -27,6 +27,7 @@ def eval_command(args) -> int:
     print(f"  accuracy by energy:       {fmt(result['accuracy_energy'])} (layers 2..L)")
     if result.get("accuracy_energy_all_layers") is not None:
         print(f"                            {fmt(result['accuracy_energy_all_layers'])} (all layers)")
+        print(f"                            {fmt(result.get('accuracy_energy_last_layer'))} (the last layer)")
     print(f"  accuracy by softmax head: {fmt(result['accuracy_softmax'])}")
     if result.get("readout_error"):
         print(f"  ({result['readout_error']})")
