@@ -158,9 +158,10 @@ class SpatialFFLayer(FFLayer):
     def __init__(self, cfg: SpatialConfig):
         super().__init__(cfg)
         if cfg.keeps_channel_stats:
-            # Running, not per-batch, statistics: a frame's activity going up must not depend on the batch it came
-            # in (a live video's micro-batch can be one frame), and the sleep worker's snapshot must treat a
-            # negative as the layer treats a positive. They move at positive steps only, as peer normalisation's mean.
+            # batch_norm uses running, never per-batch, statistics: a frame's activity going up must not depend on
+            # the batch it came in (a live video's micro-batch can be one frame), and the sleep worker's snapshot
+            # must treat a negative as the layer treats a positive. batch_stats learns from the batch's own and
+            # keeps these for the passes that do not learn. They move at positive steps only, as peer normalisation's mean.
             self.register_buffer("channel_mean", torch.zeros(cfg.channels))
             self.register_buffer("channel_var", torch.ones(cfg.channels))
         self._learning_batch_stats: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -234,16 +235,15 @@ class SpatialFFLayer(FFLayer):
         super()._move_running_mean(h)
         if self.cfg.batch_stats:
             stats, self._learning_batch_stats = self._learning_batch_stats, None
-            if stats is not None:
-                mean, var = stats
-                ema = self.cfg.stats_ema
-                self.channel_mean.mul_(ema).add_((1 - ema) * mean)
-                self.channel_var.mul_(ema).add_((1 - ema) * var)
-        if self.cfg.batch_norm:
-            ema = self.cfg.stats_ema
+        elif self.cfg.batch_norm:
             var, mean = torch.var_mean(h.detach(), dim=(0, 2, 3), correction=0)
-            self.channel_mean.mul_(ema).add_((1 - ema) * mean)
-            self.channel_var.mul_(ema).add_((1 - ema) * var)
+            stats = (mean, var)
+        else:
+            return
+        if stats is not None:
+            ema = self.cfg.stats_ema
+            self.channel_mean.mul_(ema).add_((1 - ema) * stats[0])
+            self.channel_var.mul_(ema).add_((1 - ema) * stats[1])
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The parameters, and the running statistics that `normalize` needs (a snapshot runs the layer elsewhere)."""
