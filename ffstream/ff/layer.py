@@ -325,13 +325,13 @@ class FFLayer(nn.Module):
             group["lr"] = self.cfg.lr * scale
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The tensors a snapshot needs to run this layer elsewhere."""
-        return {"weight": self.weight.detach(), "bias": self.bias.detach()}
+        """The tensors a snapshot needs to run this layer elsewhere: every parameter, by name (subclasses add buffers)."""
+        return {name: param.detach() for name, param in self.named_parameters()}
 
     def load_weights(self, tensors: dict[str, torch.Tensor], version: int | None = None) -> None:
         with torch.no_grad():
-            self.weight.copy_(tensors["weight"])
-            self.bias.copy_(tensors["bias"])
+            for name, param in self.named_parameters():
+                param.copy_(tensors[name])
         if version is not None:
             self.steps.fill_(version)
 

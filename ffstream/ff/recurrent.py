@@ -98,14 +98,6 @@ class RecurrentFFLayer(FFLayer):
         """Two passes: each batch may share one context row (video), which one pass over both would lose."""
         return self(x_neg), self(x_pos)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {**super().weights(), "top_down": self.top_down.detach()}
-
-    def load_weights(self, tensors: dict[str, torch.Tensor], version: int | None = None) -> None:
-        with torch.no_grad():
-            self.top_down.copy_(tensors["top_down"])
-        super().load_weights(tensors, version)
-
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, top-down {self.top_down_features}, damping={self.damping:g}"
 

@@ -201,12 +201,12 @@ class SpatialFFLayer(FFLayer):
         rows or more), otherwise by the running ones. The batch's statistics are part of the gradient, as in
         CwComp: with running statistics instead (in process, 20-80-240 pooled, 1 epoch) the last layer's
         classes read 74.3 % against 85.9 %. Then each channel's learned scale and shift."""
+        shape = (1, -1, 1, 1)
         if torch.is_grad_enabled() and len(h) > 1:
             var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=0, keepdim=True)
             self._learning_batch_stats = (mean.detach().flatten(), var.detach().flatten())  # the positive step's, for the running ones
         else:
-            mean, var = self.channel_mean.view(1, -1, 1, 1), self.channel_var.view(1, -1, 1, 1)
-        shape = (1, -1, 1, 1)
+            mean, var = self.channel_mean.view(shape), self.channel_var.view(shape)
         return (h - mean) * torch.rsqrt(var + BATCH_NORM_EPS) * self.channel_scale.view(shape) + self.channel_shift.view(shape)
 
     def region_goodness(self, h: torch.Tensor) -> torch.Tensor:
@@ -249,19 +249,12 @@ class SpatialFFLayer(FFLayer):
         """The parameters, and the running statistics that `normalize` needs (a snapshot runs the layer elsewhere)."""
         if not self.cfg.keeps_channel_stats:
             return super().weights()
-        tensors = {**super().weights(), "channel_mean": self.channel_mean.detach(), "channel_var": self.channel_var.detach()}
-        if self.cfg.batch_stats:
-            tensors.update(channel_scale=self.channel_scale.detach(), channel_shift=self.channel_shift.detach())
-        return tensors
+        return {**super().weights(), "channel_mean": self.channel_mean.detach(), "channel_var": self.channel_var.detach()}
 
     def load_weights(self, tensors: dict[str, torch.Tensor], version: int | None = None) -> None:
         if self.cfg.keeps_channel_stats:
             self.channel_mean.copy_(tensors["channel_mean"])
             self.channel_var.copy_(tensors["channel_var"])
-        if self.cfg.batch_stats:
-            with torch.no_grad():
-                self.channel_scale.copy_(tensors["channel_scale"])
-                self.channel_shift.copy_(tensors["channel_shift"])
         super().load_weights(tensors, version)
 
     def unit_activity(self, h: torch.Tensor) -> torch.Tensor:
