@@ -61,6 +61,16 @@ def _non_negative(text: str) -> int:
     return 0 if text == "0" else _positive(text)
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad flags get one line naming the flag, and exit 2; `--help` still shows the usage."""
 
@@ -79,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", help="synthetic[:N] (default), a video FILE, webcam:N, rtsp://..., idx:DIR[:train|test], fashion-mnist[:train|test]")
     run.add_argument("--layers", type=_layers, help="layers bottom up: dense widths, e.g. 2000,2000,2000, or conv:CxKHxKW[/S][+pool], local:CxKHxKW[/S][+pool], dense:N "
                      "(default 500,500,500; for video try the default conv stack conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2)")
-    run.add_argument("--competition", action="store_true", default=None, help="channel-wise competition (CwComp): conv/local channels in one group per class, no negatives (needs --no-sleep)")
+    run.add_argument("--competition", action="store_true", default=None, help="channel-wise competition (CwComp): conv/local channels in one group per class, labels as targets; negatives: the sleep worker's hybrids (a hybrid is no class) or none (--no-sleep)")
+    run.add_argument("--outlier-weight", type=_weight, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.02)")
     run.add_argument("--region", type=_positive, help="conv/local: goodness pooled over RxR output locations, each region its own loss; larger than the map: the whole map (default 1)")
     run.add_argument("--batch-norm", action="store_true", default=None, help="conv/local: each channel standardised by running statistics, then ReLU, before it goes up")
     run.add_argument("--batch-stats", action="store_true", default=None, help="conv/local with --competition: CwComp's batch norm, each channel standardised by the learning batch's statistics (running ones at test), class scores read there")
@@ -88,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=_positive, help="passes over a file or dataset (default 1)")
     run.add_argument("--batch", type=_positive, help="frames per batch (default 64)")
     run.add_argument("--sleep-every", type=_positive, help="wake batches between the sleep worker's snapshot refreshes, as the layers step them (a recurrent image: one per iteration; default 10)")
-    run.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="negative data (default: random wrong labels when supervised, hybrid frames otherwise)")
+    run.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="negative data (default: random wrong labels when supervised, hybrid frames otherwise and with --competition)")
     run.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only)")
     run.add_argument("--sleep-route", choices=("snapshot", "chain"),
                      help="negatives for layers 2..L: made by the sleep worker on snapshots (default), or passed up by each layer (chain)")
@@ -174,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_argument("--plot", help="save a PNG plot here (sleep-gap)")
     learning.add_argument("--task", choices=("supervised", "unsupervised"), default="supervised", help="supervised: labels in the frames, scored by energy, head and probe; unsupervised: hybrid negatives, scored by the probe (default supervised)")
     learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000), help="as for run: widths or conv/local/dense specs")
-    learning.add_argument("--competition", action="store_true", help="channel-wise competition (CwComp) in conv/local layers; runs without the sleep worker")
+    learning.add_argument("--competition", action="store_true", help="channel-wise competition (CwComp) in conv/local layers; its negatives are the sleep worker's hybrids (or none: --no-sleep)")
+    learning.add_argument("--outlier-weight", type=_weight, default=0.02, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.02)")
     learning.add_argument("--region", type=int, default=1, help="conv/local: goodness region, RxR locations; larger than the map: the whole map (default 1)")
     learning.add_argument("--batch-norm", action="store_true", help="conv/local: each channel standardised by running statistics, then ReLU, before it goes up")
     learning.add_argument("--batch-stats", action="store_true", help="conv/local with --competition: CwComp's batch norm, each channel standardised by the learning batch's statistics (running ones at test), class scores read there")
@@ -183,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--epochs", type=_positive, default=1, help="passes over the 60,000 training images (default 1)")
     learning.add_argument("--batch", type=_positive, default=64, help="frames per source batch (default 64)")
     learning.add_argument("--sleep-every", type=_positive, default=10, help="wake batches between the sleep worker's snapshot refreshes (default 10)")
-    learning.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="how the sleep worker makes negatives (default: random wrong labels if supervised, hybrids if not)")
+    learning.add_argument("--negatives", choices=("random", "hard", "hybrid"), help="how the sleep worker makes negatives (default: random wrong labels if supervised, hybrids if not or with --competition)")
+    learning.add_argument("--no-sleep", action="store_true", help="run without the sleep worker (positive updates only; CwComp learns so)")
     learning.add_argument("--sleep-route", choices=("snapshot", "chain"), default="snapshot",
                           help="negatives for layers 2..L: made on snapshots (default), or passed up by each layer at its step (chain)")
     learning.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate of every layer (default {DEFAULT_LR:g})")

@@ -102,10 +102,13 @@ class ModelConfig:
     recurrent: bool = False  # the paper's recurrent network: each layer also hears the layer above, one step late
     iterations: int = 8  # recurrent, image datasets: steps per image (video: consecutive frames are the steps)
     window: tuple[int, int] = (3, 5)  # recurrent, image datasets: 1-based steps whose goodness/activity classify
-    competition: bool = False  # CwComp: conv/local channels split into one group per class, softmax over groups; no negatives
+    competition: bool = False  # CwComp: conv/local channels split into one group per class, softmax over groups; hybrid negatives optional
     region: int = 1  # conv/local: goodness pooled over region x region output locations, each region its own loss
     batch_norm: bool = False  # conv/local: each channel standardised by running statistics, then ReLU, before the per-location RMS
     batch_stats: bool = False  # conv/local with competition: CwComp's batch norm, channels standardised by the learning batch, goodness read after
+    # competition with the sleep worker: a hybrid's loss (its class scores pulled toward uniform: none of the classes) against a positive's,
+    # in the layers that see the whole frame. 0.02: in process, 4 layers, 1 epoch, 89.37 % by energy against 89.32 % without (1.0: 87.61 %)
+    outlier_weight: float = 0.02
 
     def recurrent_config(self) -> RecurrentConfig:
         try:
@@ -135,6 +138,8 @@ class ModelConfig:
             raise ConfigError("model.recurrent needs dense layers (--layers N,N,...); conv and local layers are feed-forward only")
         positive("model.max_batch", self.max_batch)
         positive("model.region", self.region)
+        if not (isinstance(self.outlier_weight, (int, float)) and self.outlier_weight >= 0):
+            raise ConfigError(f"model.outlier_weight must be a number >= 0, got {self.outlier_weight!r}")
         if not isinstance(self.learn_every_rows, int) or self.learn_every_rows < 0:
             raise ConfigError(f"model.learn_every_rows must be a whole number of rows >= 0, got {self.learn_every_rows!r}")
         if not self.learn_every_ms >= 0:
@@ -152,6 +157,7 @@ class ModelConfig:
                 region=self.region,
                 batch_norm=self.batch_norm,
                 batch_stats=self.batch_stats and competition > 0,
+                outlier_weight=self.outlier_weight if competition else 0.0,
                 goodness=self.goodness,
                 variant=self.variant,
                 threshold=self.threshold,
@@ -274,7 +280,7 @@ class RunConfig:
         self.stream.check()
         self.model.check()
         if self.sleep.enabled:
-            plan = self.sleep.plan(self.stream.supervised)
+            plan = self.sleep_plan()
             if plan.route == "chain" and self.model.recurrent:
                 raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
             if plan.negatives != "hybrid" and self.stream.task == "unsupervised":
@@ -289,12 +295,30 @@ class RunConfig:
             raise ConfigError("a recurrent run sends the sleep worker's negatives as inputs; sleep.update must be 'inputs'")
         self.layer_configs()  # the layer specs chain from the frame's shape, or one line says why not
         if self.model.competition and self.sleep.enabled:
-            raise ConfigError("model.competition (CwComp) learns without negative data: turn the sleep worker off (--no-sleep)")
+            self._check_competition_sleep()
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
+
+    def _check_competition_sleep(self) -> None:
+        """CwComp learns from hybrids only in the layers that see the whole frame (spec.Field): one must, and
+        no layer below passes them up."""
+        if self.sleep_plan().negatives != "hybrid":
+            raise ConfigError("model.competition (CwComp) takes labels as targets, not in the frame, so a wrong label makes no negative: "
+                              "use the sleep worker's hybrids (--negatives hybrid) or none (--no-sleep)")
+        if self.sleep.route == "chain":
+            raise ConfigError("model.competition: only the layers that see the whole frame take hybrids, so none can be passed up "
+                              "from layer 1: use sleep.route 'snapshot' (--sleep-route snapshot)")
+        if self.model.outlier_weight > 0 and not any(c.takes_negatives for c in self.layer_configs()):
+            raise ConfigError("model.competition: the sleep worker's hybrids teach only a layer that sees the whole frame, and none of "
+                              "these does (add a layer, a stride or a +pool), or turn the sleep worker off (--no-sleep)")
+
+    def sleep_plan(self) -> SleepPlan:
+        """The sleep worker's plan. Wrong-label negatives by default where labels are written into the frames;
+        channel-wise competition has its labels as targets, so its default is hybrids."""
+        return self.sleep.plan(self.stream.supervised and not self.model.competition)
 
     def layer_configs(self) -> list[LayerConfig]:
         return self.model.layer_configs(self.stream.frame_shape, self.stream.seed, self.stream.num_classes, self.layer_lr)

@@ -10,10 +10,12 @@ import torch
 
 from ffstream import checkpoint
 from ffstream.ff import FFStack, LinearReadout
+from ffstream.ff.negatives import hybrid
 from ffstream.readout_store import load_readout
 from ffstream.recurrent_eval import evaluate_recurrent, is_recurrent
 
 EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
+HYBRID_SEED = 1  # the masks of the hybrids `hybrid_auroc` scores: the same for every checkpoint
 
 
 def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
@@ -43,6 +45,23 @@ def energy_accuracies(stack: FFStack, x: torch.Tensor, y: torch.Tensor, num_clas
     return {key: hits / len(x) for key, hits in correct.items()}
 
 
+def hybrid_auroc(stack: FFStack, x: torch.Tensor, frame_shape: tuple[int, int, int]) -> float:
+    """How well a competing stack tells real frames from the sleep worker's kind of negative: the area under the ROC
+    curve of the last layer's top class probability, real frames (x: (N, D)) against hybrids of them (each blended
+    with the frame N/2 rows on through the paper's mask). 1: every real frame scores above every hybrid; 0.5: chance."""
+    frames = x.view(len(x), *frame_shape)
+    hybrids = hybrid(frames, frames.roll(len(x) // 2, dims=0), torch.Generator().manual_seed(HYBRID_SEED)).flatten(1)
+    classes = stack.layers[-1].cfg.competition
+    scores = []
+    for batch in (x, hybrids):
+        scores.append(torch.cat([torch.softmax(stack.label_goodness(batch[i : i + EVAL_BATCH], classes)[:, :, -1], dim=1).amax(dim=1)
+                                 for i in range(0, len(batch), EVAL_BATCH)]))
+    real, hybrid_scores = scores[0], scores[1].sort().values
+    # the chance that a real frame outranks a hybrid, a tie counting half: hybrids below each real frame's score
+    below = torch.searchsorted(hybrid_scores, real, side="left") + torch.searchsorted(hybrid_scores, real, side="right")
+    return float(below.double().mean() / 2 / len(hybrid_scores))
+
+
 def readout_accuracy(stack: FFStack, readout: LinearReadout, layers: Sequence[int], x: torch.Tensor, y: torch.Tensor, num_classes: int | None) -> float:
     """num_classes: the label slots to fill with the neutral label (supervised stacks), None for unsupervised ones."""
     correct = 0
@@ -69,6 +88,8 @@ def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarra
     with torch.no_grad():
         result.update(energy_accuracies(stack, x, y, supervised_classes) if supervised_classes
                       else {"accuracy_energy": None, "accuracy_energy_all_layers": None, "accuracy_energy_last_layer": None})
+        if stack.competes:
+            result["hybrid_auroc"] = hybrid_auroc(stack, x, tuple(meta["frame_shape"]))
         try:
             readout, layers = load_readout(directory)
             result["accuracy_softmax"] = readout_accuracy(stack, readout, layers, x, y, supervised_classes)

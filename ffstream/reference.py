@@ -44,9 +44,8 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     torch.manual_seed(s.seed)
     stack = FFStack(cfg.layer_configs(), label_scale=cfg.model.label_scale, label_relative=cfg.model.label_relative)
     classes = s.num_classes if s.supervised else None
-    # Channel-wise competition learns from labels at every layer, with no negative data.
-    with_negatives = with_negatives and not stack.competes
-    dreamer = Dreamer(cfg.sleep.plan(s.supervised).negatives, classes, cfg.sleep.reservoir, s.seed) if with_negatives else None
+    with_negatives = with_negatives and cfg.sleep.enabled
+    dreamer = Dreamer(cfg.sleep_plan().negatives, classes, cfg.sleep.reservoir, s.seed) if with_negatives else None
     layers = readout_layers(len(stack), s.supervised)
     readout: LinearReadout | None = None
     frames = correct = evaluated = 0
@@ -72,7 +71,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
                 head = (readout, layers) if readout is not None else None
                 negatives = dreamer.negatives(pixels, labels, stack, head)
                 dreamer.observe(pixels)
-                stack.learn_interleaved(x, negatives)
+                stack.learn_interleaved(x, negatives, y if stack.competes else None)
             frames += len(flat)
     wall = time.time() - started
     meta = {"num_classes": classes, "label_scale": stack.label_scale, "label_relative": stack.label_relative, "frame_shape": [3 if s.color else 1, *s.size], "task": s.task}

@@ -35,7 +35,11 @@ BAD_SPECS = {
     "stride zero": (["run", "--layers", "conv:8x3x3/0"], ["--layers", "conv:8x3x3/0"]),
     "unknown kind": (["run", "--layers", "pool:2,500"], ["--layers", "pool:2"]),
     "conv above dense": (["run", "--source", "synthetic:64", "--layers", "100,conv:8x3x3"], ["layer 2 (conv:8x3x3)", "needs an image below it"]),
-    "competition with sleep": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition"], ["--no-sleep"]),
+    "competition, no layer sees the frame": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition"],
+                                             ["sees the whole frame", "--no-sleep"]),
+    "competition with wrong labels": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition", "--negatives", "random"],
+                                      ["--negatives hybrid"]),
+    "outlier weight below zero": (["run", "--layers", "conv:8x3x3", "--competition", "--outlier-weight", "-1"], ["--outlier-weight", "-1"]),
     "competition with dense": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3,100", "--competition", "--no-sleep"], ["competition", "conv or local"]),
     "batch stats without competition": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--batch-stats"], ["--batch-stats", "--competition"]),
     "pool larger than the map": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3/2+pool16"], ["conv:8x3x3/2+pool16", "16x16 max-pool", "14x14"]),
@@ -172,14 +176,16 @@ def test_batch_norm_statistics_travel_with_the_weights(tmp_path, update, route):
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="fashion-mnist not installed (apt-get install dataset-fashion-mnist)")
-def test_cwcomp_with_batch_statistics_and_pooling_learns_and_reloads(tmp_path):
+def test_cwcomp_with_batch_statistics_pooling_and_sleep_learns_and_reloads(tmp_path):
     """The supervised conv recipe of BENCHMARKS.md, shortened, through real workers: pooled layers with CwComp's batch
-    norm learn the classes, the checkpoints carry the running statistics and the learned scale and shift, and
-    `ffstream eval` scores the reloaded stack on them (a pass without gradients reads the running statistics)."""
+    norm learn the classes; the sleep worker's hybrids, made on snapshots, reach the one layer that sees the whole
+    frame (fields of 4, 10 and 34 pixels), paired with its positives, and no other; the checkpoints carry the running
+    statistics and the learned scale and shift, and `ffstream eval` scores the reloaded stack on them (a pass
+    without gradients reads the running statistics)."""
     summary = tmp_path / "cw.json"
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--layers", "conv:10x3x3+pool,conv:20x3x3+pool",
-         "--competition", "--batch-stats", "--region", "99", "--lr", "0.01", "--no-sleep", "--max-frames", "1920", "--no-progress",
+        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--layers", "conv:10x3x3+pool,conv:20x3x3+pool,conv:20x7x7",
+         "--competition", "--batch-stats", "--region", "99", "--lr", "0.01", "--max-frames", "1920", "--no-progress",
          "--checkpoint-dir", str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/cw.monitor"],
         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300,
     )
@@ -187,11 +193,15 @@ def test_cwcomp_with_batch_statistics_and_pooling_learns_and_reloads(tmp_path):
     result = json.loads(summary.read_text())
     assert set(result["exit_codes"].values()) == {0}, result["exit_codes"]
     assert all(layer["dropped"] == 0 for layer in result["layers"]), result["layers"]
+    assert result["sleep"]["negatives"] > 0 and result["sleep"]["dropped"] == 0, result["sleep"]
+    assert [layer["negative_updates"] for layer in result["layers"]][:2] == [0, 0], result["layers"]
+    assert result["layers"][2]["negative_updates"] > 0 and result["layers"][2]["paired"] > 0, result["layers"][2]
 
     stack, _ = load_stack(tmp_path / "ck")
-    assert [layer.cfg.out_shape for layer in stack.layers] == [(10, 14, 14), (20, 7, 7)]
+    assert [layer.cfg.out_shape for layer in stack.layers] == [(10, 14, 14), (20, 7, 7), (20, 7, 7)]
+    assert [layer.cfg.outlier_weight for layer in stack.layers] == [0.0, 0.0, 0.02]
     for layer in stack.layers:
-        assert layer.cfg.batch_stats and layer.cfg.pool == 2
+        assert layer.cfg.batch_stats
         assert not torch.equal(layer.channel_mean, torch.zeros_like(layer.channel_mean))  # moved by the positive steps
         assert not torch.equal(layer.channel_scale, torch.ones_like(layer.channel_scale))  # learned
     ev = subprocess.run([sys.executable, "-m", "ffstream", "eval", "--checkpoint-dir", str(tmp_path / "ck"), "--source",

@@ -750,11 +750,12 @@ SHAPES = {
     "dense": lambda **kw: LayerConfig(in_features=6, width=5, seed=11, **kw),
     "conv": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), stride=2, seed=11, **kw),
     "local": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), stride=1, seed=11, **kw),
-    "conv-region-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), seed=11, region=2, competition=2, **kw),
+    "conv-region-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), seed=11, region=2, competition=2,
+                                                           outlier_weight=0.5, **kw),
     "conv-batchnorm": lambda **kw: SpatialConfig.build("conv", (2, 5, 5), channels=4, kernel=(3, 3), seed=11, batch_norm=True, **kw),
     "local-pool": lambda **kw: SpatialConfig.build("local", (2, 5, 5), channels=4, kernel=(3, 3), pool=2, seed=11, **kw),
     "conv-pool-batchstats-cwcomp": lambda **kw: SpatialConfig.build("conv", (1, 6, 6), channels=4, kernel=(3, 3), pool=2, seed=11,
-                                                                    region=3, competition=2, batch_stats=True, **kw),
+                                                                    region=3, competition=2, batch_stats=True, outlier_weight=0.5, **kw),
 }
 LAYER_KINDS = {f"{shape}-{recipe}": (shape, recipe) for shape in SHAPES for recipe in LEARNING}
 
@@ -796,15 +797,17 @@ def test_contract_layer_does_not_mutate_inputs(layer_cfg):
 def test_contract_paired_gradients_equal_the_two_passes(layer_cfg):
     """One pass over positives and negatives gives the sum of each one's gradient, stats and activity, and moves
     the peer running mean as the positive step alone would."""
-    if getattr(layer_cfg, "competition", 0):
-        pytest.skip("channel-wise competition learns from labels, with no negatives to pair")
+    if getattr(layer_cfg, "batch_stats", False):
+        pytest.skip("batch statistics judge paired negatives by the positives' statistics, which a pass alone has not "
+                    "(test_spatial_layers checks both)")
     paired, separate = make_layer(layer_cfg), make_layer(layer_cfg)
     x_pos, x_neg = inputs(layer_cfg, 4, 0), inputs(layer_cfg, 3, 1)
+    labels = torch.tensor([0, 1, 1, 0])  # used only by competing layers
     seen = []
     grads, pos_stats, neg_stats, h_pos, h_neg = paired.paired_gradients(
-        x_pos, x_neg, on_negative_forward=lambda h: seen.append(("neg", len(h))), on_positive_forward=lambda h: seen.append(("pos", len(h))))
+        x_pos, x_neg, labels, on_negative_forward=lambda h: seen.append(("neg", len(h))), on_positive_forward=lambda h: seen.append(("pos", len(h))))
     neg_grads, want_neg_stats, want_h_neg = separate.local_gradients(x_neg, positive=False)
-    pos_grads, want_pos_stats, want_h_pos = separate.wake(x_pos)
+    pos_grads, want_pos_stats, want_h_pos = separate.wake(x_pos, labels)
     assert seen == [("neg", 3), ("pos", 4)], "the negatives' activity is handed on first"
     for got, pos, neg in zip(grads, pos_grads, neg_grads):
         torch.testing.assert_close(got, pos + neg, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import zmq
 
 from ffstream import wire
 from ffstream.ff import FFLayer
-from ffstream.workers.pairing import Pairing
+from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.source import SourceWorker
 from test_workers import LAYER, ROWS, CountingSource, eventually, frames, receive, running, send, start_layer, unique, weights_of  # noqa: F401 (a fixture)
@@ -35,6 +35,25 @@ def test_pairing_holds_a_positive_until_its_negatives_arrive():
     ((held, negatives),) = pairing.ready()
     assert held is positives and [float(n.sum()) for n in negatives] == [0.0, 2.0]
     assert pairing.paired == 1 and not pairing.held and not pairing.negatives
+
+
+def test_held_positives_keep_their_labels_for_the_step():
+    """Channel-wise competition learns from the positives' labels: a held positive must step with them, merged or late."""
+    clock = Clock()
+    pairing = Pairing(hold_s=2.0, clock=clock)
+    pairing.add_positive([1], torch.zeros(2, 3), torch.tensor([4, 7]))
+    pairing.add_positive([2], torch.ones(1, 3), torch.tensor([9]))
+    pairing.add_negative(1, torch.zeros(2, 3))
+    pairing.add_negative(2, torch.zeros(1, 3))
+    ready = pairing.ready_by_seq()
+    inputs, labels = merged([held for held, _ in ready])
+    assert inputs.shape == (3, 3) and labels.tolist() == [4, 7, 9]
+    pairing.add_positive([3], torch.ones(1, 3), torch.tensor([2]))
+    clock.now = 2.5
+    (late,), _ = pairing.expired()
+    assert late.labels.tolist() == [2]
+    pairing.add_positive([4], torch.ones(1, 3))
+    assert merged(pairing.held)[1] is None  # an unlabelled stream holds no labels
 
 
 def test_pairing_lets_nothing_wait_past_its_deadline():

@@ -16,7 +16,7 @@ from ffstream.ff import FFStack, make_layer
 from ffstream.ff.conv import ConvFFLayer
 from ffstream.ff.local import LocalFFLayer
 from ffstream.ff.spatial import SpatialConfig, channel_normalize
-from ffstream.ff.spec import build_configs, parse_layers
+from ffstream.ff.spec import Field, build_configs, parse_layers
 
 SGD = dict(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, peer_weight=0.0)
 
@@ -91,6 +91,53 @@ def test_competition_scores_are_group_goodness_and_loss_is_cross_entropy():
     torch.testing.assert_close(scores.view(2), torch.tensor([5.0, 2.0]))
     loss, _ = layer.local_loss(h, positive=True, labels=torch.tensor([1]))
     assert loss.item() == pytest.approx(-math.log(math.exp(2) / (math.exp(5) + math.exp(2))), rel=1e-6)
+
+
+def test_competition_teaches_a_negative_that_it_is_no_class():
+    """A hybrid's loss is the cross-entropy against uniform class scores, times outlier_weight; weight 0 takes no negatives."""
+    h = torch.tensor([1.0, 3.0, 2.0, 0.0]).view(1, 4, 1, 1)  # class scores 5 and 2, as above
+    layer = ConvFFLayer(SpatialConfig.build("conv", (1, 1, 1), channels=4, kernel=(1, 1), competition=2, outlier_weight=0.5, **SGD))
+    loss, _ = layer.local_loss(h, positive=False)
+    log_p = torch.log_softmax(torch.tensor([5.0, 2.0]), dim=0)
+    assert loss.item() == pytest.approx(-0.5 * float(log_p.mean()), rel=1e-6)
+    assert layer.cfg.takes_negatives
+    idle = ConvFFLayer(SpatialConfig.build("conv", (1, 1, 1), channels=4, kernel=(1, 1), competition=2, **SGD))
+    assert not idle.cfg.takes_negatives and idle.local_loss(h, positive=False)[0].item() == 0.0
+    assert ConvFFLayer(SpatialConfig.build("conv", (1, 1, 1), channels=4, kernel=(1, 1), **SGD)).cfg.takes_negatives  # plain FF
+    level = torch.tensor([2.0, 2.0, 2.0, 2.0]).view(1, 4, 1, 1)  # equal scores: as low as this loss goes, log 2 per unit weight
+    assert layer.local_loss(level, positive=False)[0].item() == pytest.approx(0.5 * math.log(2), rel=1e-6)
+
+
+def test_hybrid_auroc_is_the_chance_that_a_real_frame_outranks_a_hybrid():
+    """The rank formula against every (real, hybrid) pair compared by hand, on a small competing stack."""
+    from ffstream.evaluate import HYBRID_SEED, hybrid_auroc
+    from ffstream.ff.negatives import hybrid
+
+    stack = FFStack(build_configs(parse_layers("conv:4x3x3,conv:4x3x3"), (1, 8, 8), competition=2))
+    x = torch.rand(30, 64, generator=torch.Generator().manual_seed(3))
+    frames = x.view(30, 1, 8, 8)
+    hybrids = hybrid(frames, frames.roll(15, dims=0), torch.Generator().manual_seed(HYBRID_SEED)).flatten(1)
+    real_p, hybrid_p = (torch.softmax(stack.label_goodness(b, 2)[:, :, -1], dim=1).amax(dim=1) for b in (x, hybrids))
+    above, tied = real_p.unsqueeze(1) > hybrid_p.unsqueeze(0), real_p.unsqueeze(1) == hybrid_p.unsqueeze(0)
+    assert tied.any(), "a tie (a frame blended with one of its own copies) keeps the half-count honest"
+    pairs = (above.double() + 0.5 * tied.double()).mean()
+    assert hybrid_auroc(stack, x, (1, 8, 8)) == pytest.approx(float(pairs), abs=1e-6)
+
+
+def test_receptive_field_decides_which_competing_layers_take_hybrids():
+    """kernel, stride and pooling widen what one location sees; only layers that see the whole frame learn from hybrids."""
+    specs = parse_layers("conv:20x3x3+pool,conv:80x3x3+pool,conv:240x3x3+pool,conv:480x3x3")
+    fields = []
+    field = Field()
+    for spec in specs:
+        field = field.through(spec)
+        fields.append((field.size, field.jump))
+    assert fields == [(4, 2), (10, 4), (22, 8), (38, 8)]
+    assert Field().through(parse_layers("conv:8x5x5/2")[0]) == Field(5, 2)
+    configs = build_configs(specs, (1, 28, 28), competition=10, outlier_weight=0.02)
+    assert [c.outlier_weight for c in configs] == [0.0, 0.0, 0.0, 0.02]
+    assert [c.takes_negatives for c in configs] == [False, False, False, True]
+    assert [c.takes_negatives for c in build_configs(specs, (1, 28, 28))] == [True] * 4  # plain FF: every layer
 
 
 def test_competition_learns_two_classes_without_negatives():
@@ -255,6 +302,31 @@ def test_batch_stats_standardise_by_the_learning_batch_and_keep_running_statisti
         torch.testing.assert_close(copy(x), layer(x))
 
 
+def test_batch_stats_judge_negatives_by_the_positives_or_the_running_statistics():
+    """Paired with positives, negatives are standardised by the positive batch's statistics (so both are judged on one
+    scale); alone, by the running ones; never by their own batch's, which would make hybrids look as usual as real frames."""
+    layer = competing_conv(outlier_weight=1.0)
+    layer.load_weights({**layer.weights(), "channel_mean": torch.tensor([0.5, 0.1]), "channel_var": torch.tensor([2.0, 0.5]),
+                        "channel_scale": torch.tensor([1.5, 0.5]), "channel_shift": torch.tensor([0.2, -0.1])})
+    x_pos, x_neg = torch.tensor([[3.0, -1.0], [1.0, 2.0], [-2.0, 1.0]]), torch.tensor([[1.0, -3.0], [2.0, 2.0]])
+    plain = one_by_one_conv(competition=2, region=2)
+    shape = (1, -1, 1, 1)
+
+    def standardised(x, mean, var):
+        with torch.no_grad():
+            return (plain(x) - mean.view(shape)) * torch.rsqrt(var.view(shape) + 1e-5) * layer.channel_scale.view(shape) + layer.channel_shift.view(shape)
+
+    with torch.enable_grad():
+        h_neg, h_pos = layer.paired_forward(x_pos, x_neg)
+        alone = layer.negative_forward(x_neg)
+    var, mean = torch.var_mean(plain(x_pos).detach(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(h_pos.detach(), standardised(x_pos, mean, var))
+    torch.testing.assert_close(h_neg.detach(), standardised(x_neg, mean, var))
+    torch.testing.assert_close(alone.detach(), standardised(x_neg, layer.channel_mean, layer.channel_var))
+    grads, _, neg_stats, _, _ = layer.paired_gradients(x_pos, x_neg, torch.tensor([0, 1, 1]))
+    assert all(torch.isfinite(g).all() for g in grads) and neg_stats["loss"] > 0
+
+
 def test_batch_stats_gradient_runs_through_the_batch_statistics():
     """CwComp's loss sees each channel relative to the batch: its gradient includes the statistics' dependence on the weights."""
     layer = competing_conv()
@@ -283,6 +355,26 @@ def test_batch_stats_config_is_checked():
     with pytest.raises(config.ConfigError, match="--competition"):
         config.load(environ=env).check()
     config.load(environ={**env, "FFSTREAM_MODEL_COMPETITION": "true"}).check()
+
+
+def test_competition_with_the_sleep_worker_is_checked():
+    """CwComp's negatives are the sleep worker's hybrids, made on snapshots, for layers that see the whole frame."""
+    from ffstream import config
+    env = {"FFSTREAM_MODEL_LAYERS": "conv:10x3x3+pool,conv:20x3x3+pool,conv:20x7x7", "FFSTREAM_MODEL_COMPETITION": "true",
+           "FFSTREAM_STREAM_SOURCE": "fashion-mnist", "FFSTREAM_STREAM_NUM_CLASSES": "10"}  # as resolve_stream sets it from the source
+    cfg = config.load(environ=env)
+    cfg.check()
+    assert cfg.sleep_plan().negatives == "hybrid"  # a labelled stream, but no label slot to write a wrong label into
+    assert [c.takes_negatives for c in cfg.layer_configs()] == [False, False, True]  # fields of 4, 10 and 34 pixels, of 28
+    with pytest.raises(config.ConfigError, match="--negatives hybrid"):
+        config.load(environ={**env, "FFSTREAM_SLEEP_NEGATIVES": "random"}).check()
+    with pytest.raises(config.ConfigError, match="--sleep-route snapshot"):
+        config.load(environ={**env, "FFSTREAM_SLEEP_ROUTE": "chain"}).check()
+    with pytest.raises(config.ConfigError, match="sees the whole frame"):
+        config.load(environ={**env, "FFSTREAM_MODEL_LAYERS": "conv:10x3x3+pool,conv:20x3x3"}).check()
+    config.load(environ={**env, "FFSTREAM_MODEL_LAYERS": "conv:10x3x3+pool,conv:20x3x3", "FFSTREAM_SLEEP_ENABLED": "false"}).check()
+    with pytest.raises(config.ConfigError, match="outlier_weight"):
+        config.load(environ={**env, "FFSTREAM_MODEL_OUTLIER_WEIGHT": "-1"}).check()
 
 
 def test_batch_norm_config_is_checked():

@@ -25,12 +25,11 @@ from ffstream.sources import Preprocess, dataset_arrays
 
 def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int, sleep_every: int, negatives: str | None,
                     lr: float, seed: int, source: str = "fashion-mnist:train", max_frames: int | None = None, sleep_route: str = "snapshot",
-                    **model: object) -> RunConfig:
+                    sleep: bool = True, **model: object) -> RunConfig:
     return RunConfig(
         stream=StreamConfig(source=source, batch=batch, epochs=epochs, task=task, num_classes=10, seed=seed, max_frames=max_frames),
         model=ModelConfig(layers=layers, lr=lr, max_batch=batch, **model),
-        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives, route=sleep_route,
-                          enabled=not model.get("competition")),  # CwComp needs no negatives
+        sleep=SleepConfig(sleep_every=sleep_every, negatives=negatives, route=sleep_route, enabled=sleep),
     )
 
 
@@ -72,7 +71,8 @@ def score(checkpoint_dir: str, cfg: RunConfig, test_spec: str) -> dict:
     scores = {"accuracy_probe": int((predicted == torch.from_numpy(labels)).sum()) / len(labels), "probe_layers": [i + 1 for i in layers], "n": result["n"]}
     if cfg.stream.supervised:
         return {"accuracy_energy": result["accuracy_energy"], "accuracy_energy_all_layers": result.get("accuracy_energy_all_layers"),
-                "accuracy_energy_last_layer": result.get("accuracy_energy_last_layer"), "accuracy_softmax": result["accuracy_softmax"], **scores}
+                "accuracy_energy_last_layer": result.get("accuracy_energy_last_layer"), "accuracy_softmax": result["accuracy_softmax"],
+                **({"hybrid_auroc": result["hybrid_auroc"]} if "hybrid_auroc" in result else {}), **scores}
     return {**scores, "accuracy_online_probe": result["accuracy_softmax"]}
 
 
@@ -110,7 +110,7 @@ def learning_benchmark(cfg: RunConfig, test_spec: str = "fashion-mnist:test", re
     started = time.time()
     resolve_stream(cfg)
     result: dict = {"task": cfg.stream.task, "layers": list(cfg.model.layers), "epochs": cfg.stream.epochs, "batch": cfg.stream.batch,
-                    "sleep_every": cfg.sleep.sleep_every, "negatives": cfg.sleep.plan(cfg.stream.supervised).negatives,
+                    "sleep_every": cfg.sleep.sleep_every, "negatives": cfg.sleep_plan().negatives if cfg.sleep.enabled else None,
                     "lr": cfg.layer_lr, "seed": cfg.stream.seed}
     if pipeline:
         result["pipeline"] = run_pipeline(cfg, test_spec)
@@ -129,7 +129,8 @@ def format_result(r: dict) -> str:
         if name in r:
             m = r[name]
             acc = ", ".join(f"{k.removeprefix('accuracy_')} {100 * v:.2f} %" for k, v in m.items() if k.startswith("accuracy") and v is not None)
-            lines.append(f"  {name:9s}: {acc}; {m['frames']} frames in {m['wall_s']:.1f} s = {m['fps']:.0f} frames/s")
+            auroc = f", real over hybrids (AUROC) {m['hybrid_auroc']:.4f}" if m.get("hybrid_auroc") is not None else ""
+            lines.append(f"  {name:9s}: {acc}{auroc}; {m['frames']} frames in {m['wall_s']:.1f} s = {m['fps']:.0f} frames/s")
     if "gap_points" in r:
         lines.append(f"  gap to the reference: {r['gap_points']:.2f} points")
     return "\n".join(lines)

@@ -29,6 +29,8 @@ def eval_command(args) -> int:
         print(f"                            {fmt(result['accuracy_energy_all_layers'])} (all layers)")
         print(f"                            {fmt(result.get('accuracy_energy_last_layer'))} (the last layer)")
     print(f"  accuracy by softmax head: {fmt(result['accuracy_softmax'])}")
+    if result.get("hybrid_auroc") is not None:
+        print(f"  real frames over hybrids: {result['hybrid_auroc']:.4f} (AUROC of the last layer's top class probability; 0.5: chance)")
     if result.get("readout_error"):
         print(f"  ({result['readout_error']})")
     return 0

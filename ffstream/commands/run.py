@@ -26,7 +26,7 @@ def config_from_args(args) -> config.RunConfig:
         },
         "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
                   "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window,
-                  "competition": args.competition, "region": args.region, "batch_norm": args.batch_norm, "batch_stats": args.batch_stats, "wire_float16": args.wire_float16,
+                  "competition": args.competition, "region": args.region, "batch_norm": args.batch_norm, "batch_stats": args.batch_stats, "outlier_weight": args.outlier_weight, "wire_float16": args.wire_float16,
                   "learn_every_rows": args.learn_every_rows, "learn_every_ms": args.learn_every_ms,
                   "label_scale": args.label_scale, "label_relative": args.label_relative},
         "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None,

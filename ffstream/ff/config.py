@@ -43,6 +43,11 @@ class LayerConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     @property
+    def takes_negatives(self) -> bool:
+        """Whether the sleep worker's negatives teach this layer anything (its loss on them has weight)."""
+        return True
+
+    @property
     def theta(self) -> float:
         if self.threshold is not None:
             return float(self.threshold)

@@ -124,7 +124,7 @@ class FFLayer(nn.Module):
         """
         x = x.detach()
         with torch.enable_grad():
-            h = self(x)
+            h = self(x) if positive else self.negative_forward(x)
             if on_forward is not None:
                 on_forward(h.detach())
             loss, g = self.local_loss(h, positive, labels)
@@ -208,6 +208,10 @@ class FFLayer(nn.Module):
             grads = [d_z.t() @ x_hat, d_z.sum(dim=0)]
         self._move_running_mean(h_pos)
         return grads, self._stats(g_pos, pos_loss), self._stats(g_neg, neg_loss), h_pos, h_neg
+
+    def negative_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """h for negative inputs x: as for any input, unless a layer's forward pass depends on the batch."""
+        return self(x)
 
     def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_neg, h_pos) from one forward pass over both batches (rows are independent here)."""

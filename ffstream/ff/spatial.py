@@ -65,6 +65,7 @@ class SpatialConfig(LayerConfig):
     stats_ema: float = 0.9  # batch_norm, batch_stats: the running statistics keep this much of their value at each positive step
     pool: int = 1  # max over pool×pool blocks of the map after the ReLU (stride pool); 1: no pooling
     batch_stats: bool = False  # CwComp's batch norm: channels standardised by the learning batch's statistics, goodness read after
+    outlier_weight: float = 0.0  # competition: a negative's loss (its class scores pulled toward uniform) against a positive's; 0: takes none
 
     @classmethod
     def build(cls, kind: str, in_shape: tuple[int, int, int], channels: int, kernel: tuple[int, int], stride: int = 1,
@@ -102,6 +103,8 @@ class SpatialConfig(LayerConfig):
             raise ValueError("batch_stats reads the goodness on batch-standardised channels: it needs competition (CwComp)")
         if self.batch_stats and self.batch_norm:
             raise ValueError("batch_stats and batch_norm are two kinds of batch norm: choose one")
+        if not self.outlier_weight >= 0:
+            raise ValueError(f"outlier_weight must be >= 0, got {self.outlier_weight}")
 
     @property
     def map_hw(self) -> tuple[int, int]:
@@ -113,6 +116,11 @@ class SpatialConfig(LayerConfig):
     def out_hw(self) -> tuple[int, int]:
         """(H', W') of the activity: the map, pooled."""
         return self.map_hw[0] // self.pool, self.map_hw[1] // self.pool
+
+    @property
+    def takes_negatives(self) -> bool:
+        """Plain FF learns from negatives; competition only where they weigh (see `local_loss`)."""
+        return not self.competition or self.outlier_weight > 0
 
     @property
     def keeps_channel_stats(self) -> bool:
@@ -184,25 +192,44 @@ class SpatialFFLayer(FFLayer):
         """x̂: (B, C, H, W) -> pre-activations (B, C', H', W')."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, C·H·W) or (B, C, H, W) -> h: (B, C', H', W').
 
         The whole input is RMS-normalised first, as a dense layer's: a frame's brightness, or the overall
-        level of the activity below, carries no information up.
+        level of the activity below, carries no information up. statistics: batch_stats standardises by these
+        (mean, var) per channel, whatever the pass.
         """
         x_hat = rms_normalize(x.reshape(len(x), -1)).view(len(x), *self.cfg.in_shape)
         h = torch.relu(self.linear_map(x_hat))
         if self.cfg.pool > 1:
             h = F.max_pool2d(h, self.cfg.pool)
-        return self._standardize(h) if self.cfg.batch_stats else h
+        return self._standardize(h, statistics) if self.cfg.batch_stats else h
 
-    def _standardize(self, h: torch.Tensor) -> torch.Tensor:
+    def negative_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """batch_stats standardises negatives that come alone by the running statistics: by their own batch's,
+        a batch of hybrids would look as usual to every channel as a batch of real frames."""
+        if not self.cfg.batch_stats:
+            return self(x)
+        return self(x, statistics=(self.channel_mean, self.channel_var))
+
+    def paired_forward(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch_stats: the negatives are standardised by the positives' batch statistics, so that both are judged
+        on the same scale (one batch would mix the negatives into those statistics)."""
+        if not self.cfg.batch_stats:
+            return super().paired_forward(x_pos, x_neg)
+        h_pos = self(x_pos)
+        stats = self._learning_batch_stats if torch.is_grad_enabled() and len(x_pos) > 1 else (self.channel_mean, self.channel_var)
+        return self(x_neg, statistics=stats), h_pos
+
+    def _standardize(self, h: torch.Tensor, statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """batch_stats: each channel by the batch's mean and variance when learning (a pass with gradients, two
-        rows or more), otherwise by the running ones. The batch's statistics are part of the gradient, as in
-        CwComp: with running statistics instead (in process, 20-80-240 pooled, 1 epoch) the last layer's
-        classes read 74.3 % against 85.9 %. Then each channel's learned scale and shift."""
+        rows or more), otherwise by the running ones; or by the given statistics. The batch's statistics are part
+        of the gradient, as in CwComp: with running statistics instead (in process, 20-80-240 pooled, 1 epoch)
+        the last layer's classes read 74.3 % against 85.9 %. Then each channel's learned scale and shift."""
         shape = (1, -1, 1, 1)
-        if torch.is_grad_enabled() and len(h) > 1:
+        if statistics is not None:
+            mean, var = statistics[0].view(shape), statistics[1].view(shape)
+        elif torch.is_grad_enabled() and len(h) > 1:
             var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=0, keepdim=True)
             self._learning_batch_stats = (mean.detach().flatten(), var.detach().flatten())  # the positive step's, for the running ones
         else:
@@ -288,9 +315,17 @@ class SpatialFFLayer(FFLayer):
         return _pool(h.pow(2).view(b, k, c // k, hh, ww).mean(dim=2), self.cfg.region)
 
     def local_loss(self, h: torch.Tensor, positive: bool, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every region's loss, averaged: FF's logistic loss on its goodness, or CwComp's cross-entropy over groups."""
-        if self.cfg.competition and positive and labels is not None:
+        """Every region's loss, averaged: FF's logistic loss on its goodness, or CwComp's cross-entropy over groups.
+
+        Under competition a negative (the sleep worker's hybrid) belongs to no class: its loss is the cross-entropy
+        against the uniform distribution over the groups, each class as unlikely as the next (as outlier exposure,
+        Hendrycks et al. 2019, teaches a classifier what is none of its classes), times outlier_weight: at weight 1
+        it drowns the classes (in process, 4 layers, 1 epoch, last layer only: 87.61 % by energy against 89.32 %).
+        """
+        if self.cfg.competition and (labels is not None or not positive):
             scores = self.class_scores(h) / self.cfg.temperature  # (B, K, h, w)
+            if not positive:
+                return -self.cfg.outlier_weight * F.log_softmax(scores, dim=1).mean(), self.goodness(h)
             target = labels.long().view(-1, 1, 1).expand(-1, scores.shape[2], scores.shape[3])
             return F.cross_entropy(scores, target), self.goodness(h)
         g = self.region_goodness(h)  # (B, h, w): every region its own FF loss

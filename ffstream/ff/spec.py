@@ -67,13 +67,16 @@ def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
 
 
 def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], seed: int = 0, competition: int = 0,
-                  region: int = 1, batch_norm: bool = False, batch_stats: bool = False, **learning) -> list[LayerConfig]:
+                  region: int = 1, batch_norm: bool = False, batch_stats: bool = False, outlier_weight: float = 0.0,
+                  **learning) -> list[LayerConfig]:
     """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
 
-    competition (CwComp label groups), region, batch_norm and batch_stats apply to the spatial layers. Layer i is seeded seed + i.
+    competition (CwComp label groups), region, batch_norm and batch_stats apply to the spatial layers. outlier_weight
+    goes to the competing layers that see the whole frame (`sees_whole_frame`), 0 to the rest. Layer i is seeded seed + i.
     """
     configs: list[LayerConfig] = []
     shape: tuple[int, ...] = tuple(in_shape)
+    field = Field()
     for i, spec in enumerate(specs):
         if spec.kind == "dense":
             size = 1
@@ -84,15 +87,35 @@ def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], se
             continue
         if len(shape) != 3:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers needs an image below it, but layer {i} is dense")
+        field = field.through(spec)
         try:
             cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, pool=spec.pool, seed=seed + i,
                                       competition=competition, region=region, batch_norm=batch_norm, batch_stats=batch_stats,
-                                      **learning)
+                                      outlier_weight=outlier_weight if field.covers(in_shape) else 0.0, **learning)
         except ValueError as exc:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers: {exc}") from None
         configs.append(cfg)
         shape = cfg.out_shape
     return configs
+
+
+@dataclass(frozen=True)
+class Field:
+    """A spatial layer's receptive field: how many input pixels one location of its activity sees, and how many
+    input pixels apart its neighbouring locations are (kernel, stride and pooling, layer upon layer)."""
+
+    size: int = 1
+    jump: int = 1
+
+    def through(self, spec: LayerSpec) -> "Field":
+        size = self.size + (max(spec.kernel) - 1) * self.jump
+        jump = self.jump * spec.stride
+        return Field(size + (spec.pool - 1) * jump, jump * spec.pool)
+
+    def covers(self, in_shape: tuple[int, int, int]) -> bool:
+        """Whether one location sees the whole frame: a hybrid differs from a real frame only in its long-range
+        shape, so a layer that sees less of it sees real texture, and is wrongly taught that it is no class."""
+        return self.size >= max(in_shape[1:])
 
 
 def make_layer(cfg: LayerConfig) -> FFLayer:

@@ -65,13 +65,16 @@ class FFStack:
             x = layer.normalize(h)
         return out
 
-    def learn_interleaved(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[dict]:
-        """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer."""
+    def learn_interleaved(self, x_pos: torch.Tensor, x_neg: torch.Tensor, labels: torch.Tensor | None = None) -> list[dict]:
+        """Zero staleness: negatives on the current weights, then one step of positive plus negative per layer.
+
+        labels: (B,) the positives' classes, for layers whose loss needs them (channel-wise competition).
+        """
         stats = []
         for layer in self.layers:
             # One forward pass over both batches gives h_neg (before the step, as the sleep worker's snapshot
             # would see it) and h_pos, and one backward pass the step's whole gradient, as a layer worker does.
-            grads, pos_stats, neg_stats, h_pos, h_neg = layer.paired_gradients(x_pos, x_neg)
+            grads, pos_stats, neg_stats, h_pos, h_neg = layer.paired_gradients(x_pos, x_neg, labels)
             layer.apply_gradients(grads)
             stats.append({"pos": pos_stats, "neg": neg_stats})
             x_pos, x_neg = layer.normalize(h_pos), layer.normalize(h_neg)

@@ -79,6 +79,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             # Layer 1 writes the label into the frame; under channel-wise competition every layer takes it as a target instead.
             layer_kwargs = {"num_classes": num_classes if index == 1 and not cfg.model.competition else None}
         endpoints = topo.layer(index)
+        takes_negatives = cfg.sleep.enabled and cfg.layer_configs()[index - 1].takes_negatives
         if cfg.sleep.enabled and cfg.sleep.route == "chain" and index < len(cfg.model.layers):
             endpoints = dataclasses.replace(endpoints, negative_output=topo.layer_negatives[index])  # layer index+1's, connect form
         return (RecurrentLayerWorker if cfg.model.recurrent else LayerWorker)(
@@ -90,8 +91,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             label_relative=cfg.model.label_relative,
             # every step of a recurrent image is a learned row, so the decay spans them all
             lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
-            pair_negatives=cfg.sleep.enabled and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
-            negatives_alone=cfg.sleep.enabled and cfg.sleep.phased,
+            pair_negatives=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
+            negatives_alone=takes_negatives and cfg.sleep.phased,
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
@@ -112,7 +113,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
                 cfg.layer_configs(),
                 recurrent=cfg.model.recurrent_config(),
                 static_images=cfg.steps_per_batch > 1,
-                plan=cfg.sleep.plan(stream.supervised),
+                plan=cfg.sleep_plan(),
                 num_classes=num_classes,
                 label_scale=cfg.model.label_scale,
                 source_control_addr=topo.source_control,
@@ -124,7 +125,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             list(topo.layer_snapshots),
             list(topo.layer_negatives),
             cfg.layer_configs(),
-            plan=cfg.sleep.plan(stream.supervised),
+            plan=cfg.sleep_plan(),
             num_classes=num_classes,
             label_scale=cfg.model.label_scale,
             label_relative=cfg.model.label_relative,

@@ -16,7 +16,7 @@ from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral
 from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.transport import POLL_MS, Receiver, send
 from ffstream.workers.base import Worker
-from ffstream.workers.pairing import Pairing
+from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.stats import Ema, Mean, Phases, Rate
 
 # Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
@@ -273,8 +273,9 @@ class LayerWorker(Worker):
         ready = self.pairing.ready_by_seq()
         groups = [ready] if ready and (self.batching.forward_first or self.scheduled) else [[pair] for pair in ready]
         for group in groups:
+            positives, labels = merged([held for held, _ in group])
             with self.phases("learn"):
-                self._step(torch.cat([positives for positives, _ in group]), [n for _, negatives in group for n in negatives])
+                self._step(positives, [n for _, negatives in group for n in negatives], labels)
         if ready:
             self._last_learn = time.monotonic()
         self._step_expired()
@@ -283,12 +284,9 @@ class LayerWorker(Worker):
         late_positives, orphan_negatives = self.pairing.expired()
         for inputs in orphan_negatives:
             self.layer.add_negative_inputs(inputs)  # joins the next step
-        for positives in late_positives:
-            self._wake_and_apply(positives)
-
-    def _wake_and_apply(self, positives: torch.Tensor) -> None:
-        with self.phases("learn"):
-            self._step(positives, [])
+        for held in late_positives:
+            with self.phases("learn"):
+                self._step(held.inputs, [], held.labels)
 
     def _step(self, positives: torch.Tensor, negatives: list[tuple[int, torch.Tensor]], labels: torch.Tensor | None = None,
               on_forward=None) -> tuple[dict, torch.Tensor]:
@@ -516,7 +514,7 @@ class LayerWorker(Worker):
             pass_on(h)
             goodness = self.layer.goodness(h)
             stats = {"goodness": float(goodness.mean()), "p": float(self.layer.probability(goodness).mean())}
-            self.pairing.add_positive([m.seq for m, _ in kept], x)
+            self.pairing.add_positive([m.seq for m, _ in kept], x, labels)
         self._last_wake_step = time.monotonic()
         if self.pairing is not None and not busy:
             self._step_paired()  # after the activity has gone on: forwarding never waits behind learning
@@ -587,11 +585,11 @@ class LayerWorker(Worker):
     def drain(self) -> None:
         if self.pairing is not None:
             self._step_paired()  # what has its negatives steps paired; the rest alone
-            held = [h.inputs for h in self.pairing.held]
-            if held and (self.batching.forward_first or self.scheduled):
-                held = [torch.cat(held)]  # one merged step, as these modes take them
-            for inputs in held:
-                self._wake_and_apply(inputs)
+            held = self.pairing.held
+            steps = [merged(held)] if held and (self.batching.forward_first or self.scheduled) else [merged([h]) for h in held]
+            for inputs, labels in steps:  # forward_first and scheduled learning take one merged step, as they always do
+                with self.phases("learn"):
+                    self._step(inputs, [], labels)
             self.pairing.held.clear()
         if self.layer.pending_count:
             self._step_negatives_only()

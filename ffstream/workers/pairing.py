@@ -29,6 +29,13 @@ class HeldPositive:
     seqs: frozenset[int]  # the source batches in this micro-batch
     inputs: torch.Tensor  # (B, D) the positive micro-batch
     since: float
+    labels: torch.Tensor | None = None  # (B,) targets, for layers that learn from them (channel-wise competition)
+
+
+def merged(held: list[HeldPositive]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Held positives as one step's inputs (B, D) and labels (B,) (None where they carry none)."""
+    inputs = torch.cat([h.inputs for h in held])
+    return inputs, None if held[0].labels is None else torch.cat([h.labels for h in held])
 
 
 @dataclass
@@ -42,8 +49,8 @@ class Pairing:
     unpaired_positives: int = 0
     unpaired_negatives: int = 0
 
-    def add_positive(self, seqs: list[int], inputs: torch.Tensor) -> None:
-        self.held.append(HeldPositive(frozenset(seqs), inputs, self.clock()))
+    def add_positive(self, seqs: list[int], inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        self.held.append(HeldPositive(frozenset(seqs), inputs, self.clock(), labels))
 
     def add_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.negatives[seq] = (inputs, self.clock())
@@ -68,19 +75,19 @@ class Pairing:
 
     def ready(self) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Held positives whose negatives have all arrived, each with those negatives, oldest first."""
-        return [(inputs, [n for _, n in negatives]) for inputs, negatives in self.ready_by_seq()]
+        return [(held.inputs, [n for _, n in negatives]) for held, negatives in self.ready_by_seq()]
 
-    def ready_by_seq(self) -> list[tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]]:
-        """As `ready`, with each negative batch's source seq."""
+    def ready_by_seq(self) -> list[tuple[HeldPositive, list[tuple[int, torch.Tensor]]]]:
+        """As `ready`, with the held positive's labels and each negative batch's source seq."""
         out = []
         for item in list(self.held):
             if all(s in self.negatives for s in item.seqs):
                 self.held.remove(item)
-                out.append((item.inputs, [(s, self.negatives.pop(s)[0]) for s in sorted(item.seqs)]))
+                out.append((item, [(s, self.negatives.pop(s)[0]) for s in sorted(item.seqs)]))
                 self.paired += 1
         return out
 
-    def expired(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def expired(self) -> tuple[list[HeldPositive], list[torch.Tensor]]:
         """Positives that waited too long (to step alone) and negatives whose positives are gone."""
         now = self.clock()
         late = [h for h in self.held if now - h.since > self.hold_s]
@@ -92,4 +99,4 @@ class Pairing:
         orphans = [s for s, (_, t) in self.negatives.items() if s not in waiting and (now - t > self.hold_s or (oldest_wanted is not None and s < oldest_wanted))]
         self.unpaired_positives += len(late)
         self.unpaired_negatives += len(orphans)
-        return [h.inputs for h in late], [self.negatives.pop(s)[0] for s in orphans]
+        return late, [self.negatives.pop(s)[0] for s in orphans]

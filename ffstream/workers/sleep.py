@@ -231,6 +231,10 @@ class SleepWorker(Worker):
         # Chained, the live layers judge and pass up every negative: no snapshot ages (it was reported as hundreds of batches).
         self.staleness.add(0 if self.plan.route == "chain" else self.since_snapshot - 1)
         for i, (layer, pusher) in enumerate(zip(self.stack.layers, self.pushers)):
+            if not layer.cfg.takes_negatives:  # under competition, a layer that sees only part of the frame
+                with torch.no_grad():
+                    x = layer.normalize(layer(x))
+                continue
             extra = {"version": self.versions[i], "form": self.plan.update, "rows": len(x)}
             if self.plan.route == "chain":  # layer 1's inputs only, judged and passed up by the live layers
                 update = wire.Message("negative_update", x.numpy(), stream=self.name, seq=seq, extra={"form": "inputs", "rows": len(x)})
@@ -239,7 +243,8 @@ class SleepWorker(Worker):
                 break
             if self.plan.update == "gradient":
                 grads, stats, h = layer.local_gradients(x, positive=False)
-                payload, extra["tensors"] = wire.pack_tensors({"weight": grads[0].numpy(), "bias": grads[1].numpy()})
+                names = [name for name, _ in layer.named_parameters()]  # the order of `Gradients`
+                payload, extra["tensors"] = wire.pack_tensors({name: g.numpy() for name, g in zip(names, grads)})
                 extra.update(goodness_neg=stats["goodness"], p_neg=stats["p"])
             else:
                 payload = x.flatten(1).numpy()  # (B, D_i): layer i's negative inputs, flat whatever the layer's shape
