@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", type=_layers, help="layers bottom up: dense widths, e.g. 2000,2000,2000, or conv:CxKHxKW[/S][+pool], local:CxKHxKW[/S][+pool], dense:N "
                      "(default 500,500,500; for video try the default conv stack conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2)")
     run.add_argument("--competition", action="store_true", default=None, help="channel-wise competition (CwComp): conv/local channels in one group per class, labels as targets; negatives: the sleep worker's hybrids (a hybrid is no class) or none (--no-sleep)")
-    run.add_argument("--outlier-weight", type=_weight, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.02)")
+    run.add_argument("--outlier-weight", type=_weight, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.005)")
     run.add_argument("--region", type=_positive, help="conv/local: goodness pooled over RxR output locations, each region its own loss; larger than the map: the whole map (default 1)")
     run.add_argument("--batch-norm", action="store_true", default=None, help="conv/local: each channel standardised by running statistics, then ReLU, before it goes up")
     run.add_argument("--batch-stats", action="store_true", default=None, help="conv/local with --competition: CwComp's batch norm, each channel standardised by the learning batch's statistics (running ones at test), class scores read there")
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     learning.add_argument("--task", choices=("supervised", "unsupervised"), default="supervised", help="supervised: labels in the frames, scored by energy, head and probe; unsupervised: hybrid negatives, scored by the probe (default supervised)")
     learning.add_argument("--layers", type=_layers, default=(1000, 1000, 1000), help="as for run: widths or conv/local/dense specs")
     learning.add_argument("--competition", action="store_true", help="channel-wise competition (CwComp) in conv/local layers; its negatives are the sleep worker's hybrids (or none: --no-sleep)")
-    learning.add_argument("--outlier-weight", type=_weight, default=0.02, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.02)")
+    learning.add_argument("--outlier-weight", type=_weight, default=0.005, help="with --competition and the sleep worker: how much a hybrid's loss (its class scores pulled toward uniform: none of the classes) weighs against a positive's, in the layers that see the whole frame (default 0.005)")
     learning.add_argument("--region", type=int, default=1, help="conv/local: goodness region, RxR locations; larger than the map: the whole map (default 1)")
     learning.add_argument("--batch-norm", action="store_true", help="conv/local: each channel standardised by running statistics, then ReLU, before it goes up")
     learning.add_argument("--batch-stats", action="store_true", help="conv/local with --competition: CwComp's batch norm, each channel standardised by the learning batch's statistics (running ones at test), class scores read there")

@@ -199,7 +199,7 @@ def test_cwcomp_with_batch_statistics_pooling_and_sleep_learns_and_reloads(tmp_p
 
     stack, _ = load_stack(tmp_path / "ck")
     assert [layer.cfg.out_shape for layer in stack.layers] == [(10, 14, 14), (20, 7, 7), (20, 7, 7)]
-    assert [layer.cfg.outlier_weight for layer in stack.layers] == [0.0, 0.0, 0.02]
+    assert [layer.cfg.outlier_weight for layer in stack.layers] == [0.0, 0.0, 0.005]
     for layer in stack.layers:
         assert layer.cfg.batch_stats
         assert not torch.equal(layer.channel_mean, torch.zeros_like(layer.channel_mean))  # moved by the positive steps

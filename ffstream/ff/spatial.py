@@ -16,7 +16,9 @@ wherever in the block it appears.
 Channel-wise competition (CwComp, Papachristodoulou et al. 2024) splits the
 channels into one group per class. A group's goodness is the class's score;
 the loss is a softmax cross-entropy over the groups, per region, against the
-true label. It needs labels at every layer and no negative data. With
+true label. It needs labels at every layer and no negative data; given
+negatives (the sleep worker's hybrids), a layer with `outlier_weight` learns
+that each is none of the classes (`local_loss`). With
 `batch_stats` (CwComp's own batch norm) the layer's activity is each channel
 standardised by the statistics of the batch it learns from, and the goodness
 and class scores are read there: a group wins where its channels fire more than

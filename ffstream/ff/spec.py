@@ -72,7 +72,7 @@ def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], se
     """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
 
     competition (CwComp label groups), region, batch_norm and batch_stats apply to the spatial layers. outlier_weight
-    goes to the competing layers that see the whole frame (`sees_whole_frame`), 0 to the rest. Layer i is seeded seed + i.
+    goes to the competing layers that see the whole frame (`Field.covers`), 0 to the rest. Layer i is seeded seed + i.
     """
     configs: list[LayerConfig] = []
     shape: tuple[int, ...] = tuple(in_shape)
