@@ -79,12 +79,13 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             # Layer 1 writes the label into the frame; under channel-wise competition every layer takes it as a target instead.
             layer_kwargs = {"num_classes": num_classes if index == 1 and not cfg.model.competition else None}
         endpoints = topo.layer(index)
-        takes_negatives = cfg.sleep.enabled and cfg.layer_configs()[index - 1].takes_negatives
+        layer_cfg = cfg.layer_configs()[index - 1]
+        takes_negatives = cfg.sleep.enabled and layer_cfg.takes_negatives
         if cfg.sleep.enabled and cfg.sleep.route == "chain" and index < len(cfg.model.layers):
             endpoints = dataclasses.replace(endpoints, negative_output=topo.layer_negatives[index])  # layer index+1's, connect form
         return (RecurrentLayerWorker if cfg.model.recurrent else LayerWorker)(
             index,
-            cfg.layer_configs()[index - 1],
+            layer_cfg,
             endpoints,
             **layer_kwargs,
             label_scale=cfg.model.label_scale,
