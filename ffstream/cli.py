@@ -9,7 +9,13 @@ import sys
 from ffstream import __version__
 from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
 from ffstream.commands.check import add_arguments as check_arguments
-from ffstream.config import DEFAULT_LR, DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, RECURRENT_IMAGE_LR, ConfigError
+from ffstream.config import (
+    DEFAULT_LR,
+    DEFAULT_MONITOR,
+    DEFAULT_MONITOR_HTTP,
+    RECURRENT_IMAGE_LR,
+    ConfigError,
+)
 
 EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
 
@@ -239,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    from ffstream.checkpoint import CheckpointError
+    from ffstream.ff.checkpoint import CheckpointError
+    from ffstream.monitor.tensorboard_log import TensorBoardMissing
     from ffstream.sources import SourceError
-    from ffstream.tensorboard_log import TensorBoardMissing
 
     try:
         if args.command == "run":
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return score_command(args)
         if args.command == "filters":
-            from ffstream.filters import save_filters
+            from ffstream.offline.filters import save_filters
 
             shape = save_filters(args.checkpoint_dir, args.out, args.layer)
             print(f"{args.out}: {shape[0]} filters of {shape[1]}x{shape[2]}x{shape[3]}")

@@ -25,7 +25,7 @@ def ipc_topology(directory: Path, num_layers: int) -> Topology:
 
 def run_local_stack(cfg: RunConfig, directory: Path) -> dict:
     """`ffstream run`'s supervisor on private ipc:// sockets until the stream ends; its summary (fails on a worker failure)."""
-    from ffstream.runner import resolve_stream, run_stack
+    from ffstream.supervisor import resolve_stream, run_stack
 
     cfg.topology = ipc_topology(directory, len(cfg.model.layers))
     resolve_stream(cfg)

@@ -6,7 +6,12 @@ No speed assertions: speed targets belong in BENCHMARKS.md, not in tests.
 import json
 import math
 
-from ffstream.bench.throughput import format_result, learning_flops_per_frame, throughput_benchmark, throughput_config
+from ffstream.bench.throughput import (
+    format_result,
+    learning_flops_per_frame,
+    throughput_benchmark,
+    throughput_config,
+)
 
 
 def test_flop_count_is_eight_d_n_per_layer():

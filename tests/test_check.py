@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-
-from ffstream import health
-from ffstream.config import RunConfig
 from processes import ROOT, env, ipc_topology, start_worker, stop_all, write_config
+
+from ffstream.config import RunConfig
+from ffstream.monitor import health
 
 DEADLINE_S = 90.0  # worker processes import torch first, on 2 shared cores
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processes import ROOT, env
 
-from ffstream.checkpoint import layer_path, read_metadata
-from ffstream.evaluate import load_stack
+from ffstream.ff.checkpoint import layer_path, read_metadata
 from ffstream.ff.negatives import hybrid
 from ffstream.ff.spatial import channel_normalize
 from ffstream.ff.stack import FFStack
+from ffstream.offline.evaluate import load_stack
 from ffstream.sources import Preprocess, open_source
 from ffstream.sources.idx import FASHION_MNIST_DIR
-from processes import ROOT, env
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 CONV_STACK = "conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2"  # the default conv stack of the README

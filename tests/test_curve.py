@@ -13,11 +13,11 @@ import time
 import numpy as np
 import pytest
 import zmq
-
-from ffstream import security, wire
-from ffstream.transport import make_socket
-from ffstream.workers.monitor import MonitorWorker
 from processes import ROOT, env, eventually
+
+from ffstream.net import security, wire
+from ffstream.net.transport import make_socket
+from ffstream.workers.monitor import MonitorWorker
 
 DEADLINE_S = 15.0
 
@@ -73,7 +73,7 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     thread = threading.Thread(target=worker.run, daemon=True)
     contexts = {name: zmq.Context() for name in ("viewer", "good", "bad")}
     sockets = []
-    caplog.set_level(logging.WARNING, logger="ffstream.security")
+    caplog.set_level(logging.WARNING, logger="ffstream.net.security")
     thread.start()
     try:
         eventually(lambda: hasattr(worker, "poller"), DEADLINE_S, "the monitor's setup")

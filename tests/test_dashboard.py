@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-from ffstream import wire
 from processes import ROOT, env, eventually
+
+from ffstream.net import wire
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -122,8 +122,8 @@ def test_metrics_scrape_of_a_running_stack(stack):
                     reason="headless Chromium is not installed (apt-get install chromium chromium-driver)")
 def test_dashboard_in_headless_chromium(stack):
     webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()

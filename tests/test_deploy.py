@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-from ffstream import security, wire
 from processes import ROOT, env, stop_all
+
+from ffstream.net import security, wire
 
 yaml = pytest.importorskip("yaml")
 

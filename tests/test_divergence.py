@@ -6,7 +6,6 @@ import logging
 import math
 
 import numpy as np
-
 from test_workers import eventually, frames, receive, send, start_layer, weights_of  # noqa: F401 (a fixture)
 
 

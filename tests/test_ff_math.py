@@ -654,7 +654,7 @@ def test_a_relative_label_is_the_scale_times_the_frame_rms():
 
 
 def test_label_goodness_is_each_layer_and_energy_reads_both_ways():
-    from ffstream.evaluate import energy_accuracies
+    from ffstream.offline.evaluate import energy_accuracies
 
     stack = FFStack(stack_cfgs((8, 6, 5, 4)))
     x, k = torch.rand(40, 8, generator=gen(0)), 4

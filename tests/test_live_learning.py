@@ -13,14 +13,30 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from ffstream import wire
-from ffstream.config import ConfigError, ModelConfig, RunConfig, SleepConfig, StreamConfig
-from ffstream.ff import FFLayer, LayerConfig, rms_normalize
-from ffstream.runner import resolve_stream
-from ffstream.workers.layer import IDLE_WAKE_S, Batching
 from processes import run_local_stack
-from test_workers import LAYER, ROWS, eventually, frames, receive, send, start_layer, weights_of  # noqa: F401 (a fixture)
+from test_workers import (  # noqa: F401 (a fixture)
+    LAYER,
+    ROWS,
+    eventually,
+    frames,
+    receive,
+    send,
+    start_layer,
+    weights_of,
+)
+
+from ffstream.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    SleepConfig,
+    StreamConfig,
+)
+from ffstream.config.plans import Batching
+from ffstream.ff import FFLayer, LayerConfig, rms_normalize
+from ffstream.net import wire
+from ffstream.supervisor import resolve_stream
+from ffstream.workers.layer import IDLE_WAKE_S
 
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

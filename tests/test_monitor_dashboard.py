@@ -17,10 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from processes import ROOT, env
 
 from ffstream.cli import main
-from ffstream.dashboard import Dashboard, DashboardConfig, render_text, sparkline
-from processes import ROOT, env
+from ffstream.monitor.dashboard import (
+    Dashboard,
+    DashboardConfig,
+    render_text,
+    sparkline,
+)
 
 FIRST_RUN_FRAMES = 320
 SECOND_RUN_FRAMES = 640  # more than the first run: a layer1 row above FIRST_RUN_FRAMES can only come from the second

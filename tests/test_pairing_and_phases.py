@@ -5,13 +5,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 import zmq
+from test_workers import (  # noqa: F401 (a fixture)
+    LAYER,
+    ROWS,
+    CountingSource,
+    eventually,
+    frames,
+    receive,
+    running,
+    send,
+    start_layer,
+    unique,
+    weights_of,
+)
 
-from ffstream import wire
 from ffstream.ff import FFLayer
+from ffstream.net import wire
 from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.source import SourceWorker
-from test_workers import LAYER, ROWS, CountingSource, eventually, frames, receive, running, send, start_layer, unique, weights_of  # noqa: F401 (a fixture)
 
 
 class Clock:

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 import zmq
-
-from ffstream import wire
-from ffstream.checkpoint import checkpoint_config, layer_path
-from ffstream.config import DEFAULT_LR, RECURRENT_IMAGE_LR
-from ffstream.ff import LayerConfig, rms_normalize
-from ffstream.ff.recurrent import RecurrentFFLayer
-from ffstream.workers.layer import LayerEndpoints
-from ffstream.workers.recurrent_layer import RecurrentLayerWorker
 from processes import ROOT, env
 from test_workers import eventually, frames, receive, running, send, unique
+
+from ffstream.config import DEFAULT_LR, RECURRENT_IMAGE_LR
+from ffstream.config.plans import LayerEndpoints
+from ffstream.ff import LayerConfig, rms_normalize
+from ffstream.ff.checkpoint import checkpoint_config, layer_path
+from ffstream.ff.recurrent import RecurrentFFLayer
+from ffstream.net import wire
+from ffstream.workers.recurrent_layer import RecurrentLayerWorker
 
 BELOW = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4)
 ABOVE = LayerConfig(in_features=8, width=6, lr=0.01, seed=2)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ffstream import checkpoint
-from ffstream.cli import main
-from ffstream.ff import FFLayer
-from ffstream.ff.config import LayerConfig
-from ffstream.score import read_csv
 from processes import ROOT, env
+
+from ffstream.cli import main
+from ffstream.ff import FFLayer, checkpoint
+from ffstream.ff.config import LayerConfig
+from ffstream.offline.score import read_csv
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 VIDEO_A, VIDEO_B = DATA / "vtest.avi", DATA / "Megamind.avi"  # a shopping mall seen by a fixed camera; an animated film

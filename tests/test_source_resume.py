@@ -10,12 +10,19 @@ import json
 import numpy as np
 import pytest
 import zmq
-
-from ffstream.sources import IdxSource, Position, Preprocess, SyntheticSource, VideoFileSource, open_source
-from ffstream.workers.source import SourceWorker
-from ffstream.workers.source_position import PositionStore, SavedPosition
 from test_sources import make_idx_dir, write_video
 from test_workers import receive, running, unique
+
+from ffstream.sources import (
+    IdxSource,
+    Position,
+    Preprocess,
+    SyntheticSource,
+    VideoFileSource,
+    open_source,
+)
+from ffstream.workers.source import SourceWorker
+from ffstream.workers.source_position import PositionStore, SavedPosition
 
 
 def _video(tmp_path):

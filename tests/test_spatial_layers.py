@@ -110,8 +110,8 @@ def test_competition_teaches_a_negative_that_it_is_no_class():
 
 def test_hybrid_auroc_is_the_chance_that_a_real_frame_outranks_a_hybrid():
     """The rank formula against every (real, hybrid) pair compared by hand, on a small competing stack."""
-    from ffstream.evaluate import HYBRID_SEED, hybrid_auroc
     from ffstream.ff.negatives import hybrid
+    from ffstream.offline.evaluate import HYBRID_SEED, hybrid_auroc
 
     stack = FFStack(build_configs(parse_layers("conv:4x3x3,conv:4x3x3"), (1, 8, 8), competition=2))
     x = torch.rand(30, 64, generator=torch.Generator().manual_seed(3))

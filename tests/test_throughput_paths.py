@@ -11,14 +11,25 @@ import numpy as np
 import pytest
 import torch
 import zmq
-
-from ffstream import malloc, wire
-from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig
-from ffstream.ff import FFLayer, rms_normalize
-from ffstream.workers.sleep import SleepPlan
-from ffstream.workers.stats import Phases
 from processes import run_local_stack
-from test_workers import LAYER, ROWS, eventually, frames, receive, send, start_layer, unique, weights_of  # noqa: F401 (a fixture)
+from test_workers import (  # noqa: F401 (a fixture)
+    LAYER,
+    ROWS,
+    eventually,
+    frames,
+    receive,
+    send,
+    start_layer,
+    unique,
+    weights_of,
+)
+
+from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig
+from ffstream.config.plans import SleepPlan
+from ffstream.ff import FFLayer, rms_normalize
+from ffstream.net import wire
+from ffstream.workers import malloc
+from ffstream.workers.stats import Phases
 
 
 def negative_inputs(seed: int) -> np.ndarray:

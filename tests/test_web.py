@@ -17,14 +17,15 @@ import zlib
 import numpy as np
 import pytest
 import zmq
+from test_workers import eventually, running, unique
 
-from ffstream import preview, wire
 from ffstream.config import Topology
-from ffstream.web.png import encode_png, mosaic
-from ffstream.web.server import parse_address
+from ffstream.monitor import preview
+from ffstream.monitor.web.png import encode_png, mosaic
+from ffstream.monitor.web.server import parse_address
+from ffstream.net import wire
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.stats import Histogram
-from test_workers import eventually, running, unique
 
 parser = pytest.importorskip("prometheus_client.parser")
 

@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 import zmq
 
-from ffstream import wire
-from ffstream.wire import MAX_HEADER_BYTES, Message, WireError, decode, encode, pack_tensors, unpack_tensors
+from ffstream.net import wire
+from ffstream.net.wire import (
+    MAX_HEADER_BYTES,
+    Message,
+    WireError,
+    decode,
+    encode,
+    pack_tensors,
+    unpack_tensors,
+)
 
 PACKAGE = Path(wire.__file__).resolve().parent  # ffstream/
 RECV_TIMEOUT_MS = 5000  # a test fails instead of hanging when a message does not arrive

@@ -15,10 +15,10 @@ import textwrap
 
 import pytest
 import torch
-
-from ffstream import malloc
-from ffstream.ff import FFLayer, LayerConfig
 from test_workers import eventually, frames, receive, send, start_layer  # noqa: F401 (a fixture)
+
+from ffstream.ff import FFLayer, LayerConfig
+from ffstream.workers import malloc
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim and mallinfo2 are glibc's")
 
@@ -82,7 +82,7 @@ def test_trim_gives_free_heap_holes_back_that_glibc_keeps_resident():
     (which pins the heap top), stay resident until malloc.trim() returns them."""
     code = textwrap.dedent("""
         from pathlib import Path
-        from ffstream import malloc
+        from ffstream.workers import malloc
 
         def anon_mib():
             line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssAnon:"))

@@ -23,19 +23,20 @@ import numpy as np
 import pytest
 import torch
 import zmq
-
 from conftest import recv_multipart
-from ffstream import wire
-from ffstream.checkpoint import CheckpointError, layer_path
+from processes import eventually
+
+from ffstream.config.plans import Batching, LayerEndpoints, SleepPlan
 from ffstream.ff import FFLayer, LayerConfig, LinearReadout, rms_normalize
+from ffstream.ff.checkpoint import CheckpointError, layer_path
+from ffstream.net import wire
 from ffstream.sources import FrameSource, Preprocess
 from ffstream.sources.base import Frame
-from ffstream.workers.layer import Batching, LayerEndpoints, LayerWorker
+from ffstream.workers.layer import LayerWorker
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.sink import SinkWorker
-from ffstream.workers.sleep import SleepPlan, SleepWorker
+from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
-from processes import eventually
 
 LAYER = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4): 16 inputs
 ROWS = 4  # rows per test message

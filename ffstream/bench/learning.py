@@ -15,12 +15,12 @@ from collections.abc import Callable
 import torch
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
-from ffstream.evaluate import batched_features, evaluate, fit_probe, load_stack
 from ffstream.ff.stack import readout_layers
-from ffstream.recurrent_eval import is_recurrent, load_recurrent_stack
-from ffstream.reference import train_reference
-from ffstream.runner import resolve_stream, run_stack
+from ffstream.offline.evaluate import batched_features, evaluate, fit_probe, load_stack
+from ffstream.offline.recurrent_eval import is_recurrent, load_recurrent_stack
+from ffstream.offline.reference import train_reference
 from ffstream.sources import Preprocess, dataset_arrays
+from ffstream.supervisor import resolve_stream, run_stack
 
 
 def learning_config(task: str, layers: tuple[int, ...], epochs: int, batch: int, sleep_every: int, negatives: str | None,

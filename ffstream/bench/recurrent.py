@@ -23,7 +23,7 @@ import numpy as np
 
 from ffstream.bench.learning import learning_config, run_pipeline
 from ffstream.config import DEFAULT_LR, ModelConfig, RunConfig, StreamConfig, Topology
-from ffstream.runner import resolve_stream, run_stack
+from ffstream.supervisor import resolve_stream, run_stack
 
 DEFAULT_VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
-from ffstream.reference import train_reference
-from ffstream.runner import resolve_stream, run_stack
+from ffstream.offline.reference import train_reference
+from ffstream.supervisor import resolve_stream, run_stack
 
 TASK = "unsupervised"  # the synthetic clip is video: unsupervised with hybrid negatives, in both runs
 ENDLESS = 10**9  # synthetic frames for the memory run, which is ended by time instead

@@ -7,7 +7,11 @@ import json
 
 def bench_command(args) -> int:
     if args.bench == "learning":
-        from ffstream.bench.learning import format_result, learning_benchmark, learning_config
+        from ffstream.bench.learning import (
+            format_result,
+            learning_benchmark,
+            learning_config,
+        )
 
         cfg = learning_config(args.task, args.layers, args.epochs, args.batch, args.sleep_every, args.negatives, args.lr, args.seed, max_frames=args.max_frames, sleep=not args.no_sleep,
                               sleep_route=args.sleep_route, competition=args.competition, region=args.region, batch_norm=args.batch_norm, batch_stats=args.batch_stats, outlier_weight=args.outlier_weight, label_scale=args.label_scale, label_relative=args.label_relative)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ffstream import health
+from ffstream.monitor import health
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from ffstream.checkpoint import CheckpointError, checkpoint_config, layer_path
-from ffstream.evaluate import evaluate
+from ffstream.ff.checkpoint import CheckpointError, checkpoint_config, layer_path
+from ffstream.offline.evaluate import evaluate
 from ffstream.sources import Preprocess, dataset_arrays
 
 

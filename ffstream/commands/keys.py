@@ -1,10 +1,10 @@
-"""`ffstream keys generate DIR`: CURVE key pairs for links between hosts (see ffstream.security)."""
+"""`ffstream keys generate DIR`: CURVE key pairs for links between hosts (see ffstream.net.security)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ffstream import security
+from ffstream.net import security
 
 
 def keys_command(args) -> int:

@@ -16,9 +16,9 @@ import zmq
 from rich.console import Console
 from rich.live import Live
 
-from ffstream import security, wire
-from ffstream.dashboard import Dashboard
-from ffstream.transport import make_socket
+from ffstream.monitor.dashboard import Dashboard
+from ffstream.net import security, wire
+from ffstream.net.transport import make_socket
 from ffstream.workers.monitor import metrics_line
 
 REDRAW_S = 0.25  # seconds between dashboard redraws, also when nothing arrives (so silent workers turn stale)
@@ -64,7 +64,7 @@ def metrics_feed(connect: str, seconds: float | None = None, count: int | None =
 def monitor_command(args) -> int:
     tensorboard = None
     if args.tensorboard:
-        from ffstream.tensorboard_log import TensorBoardLog
+        from ffstream.monitor.tensorboard_log import TensorBoardLog
 
         tensorboard = TensorBoardLog(args.tensorboard)  # fails at once, with one line, without the package
     board = Dashboard(args.connect)

@@ -10,12 +10,19 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from ffstream import config
 from ffstream.config import Topology
-from ffstream.runner import EXIT_USAGE, resolve_stream, run_stack
+from ffstream.supervisor import EXIT_USAGE, resolve_stream, run_stack
 
 
 def config_from_args(args) -> config.RunConfig:
@@ -45,7 +52,7 @@ def run_command(args) -> int:
     cfg = config_from_args(args)
     tensorboard = None
     if getattr(args, "tensorboard", None):
-        from ffstream.tensorboard_log import TensorBoardLog
+        from ffstream.monitor.tensorboard_log import TensorBoardLog
 
         tensorboard = TensorBoardLog(args.tensorboard)  # before any worker starts: no package, one line, exit 2
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)

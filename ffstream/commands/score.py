@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ffstream.cli import UserError
-from ffstream.recurrent_eval import is_recurrent
-from ffstream.recurrent_score import comparison_line, score_recurrent_video
-from ffstream.score import plot, require_matplotlib, score_video, write_csv
+from ffstream.offline.recurrent_eval import is_recurrent
+from ffstream.offline.recurrent_score import comparison_line, score_recurrent_video
+from ffstream.offline.score import plot, require_matplotlib, score_video, write_csv
 
 
 def score_command(args) -> int:

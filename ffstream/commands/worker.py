@@ -14,8 +14,10 @@ import sys
 
 import torch
 
-from ffstream import config, malloc, security
+from ffstream import config
 from ffstream.ff import FFLayer, LayerConfig
+from ffstream.net import security
+from ffstream.workers import malloc
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from ffstream.ff.labels import embed_label
-from ffstream.ff.readout import LinearReadout
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
+from ffstream.ff.readout import LinearReadout
 from ffstream.ff.stack import FFStack
 
 NEGATIVE_KINDS = ("random", "hard", "hybrid")

@@ -16,9 +16,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ffstream import security, wire
-from ffstream.health import Heartbeat
-from ffstream.transport import POLL_MS, make_socket
+from ffstream.monitor.health import Heartbeat
+from ffstream.net import security, wire
+from ffstream.net.transport import POLL_MS, make_socket
 
 # At close, how long a data output may spend handing over what is queued (inside the 10 s shutdown budget).
 # It is not a delivery guarantee: a PULL peer drops what it had not read when its sender goes away. That is

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import zmq
 
-from ffstream import checkpoint, malloc, preview, wire
-from ffstream.ff import FFLayer, LayerConfig, embed_label, linear_decay, neutral_label
+from ffstream.config.plans import LIVE_MAX_HELD, Batching, LayerEndpoints
+from ffstream.ff import (
+    FFLayer,
+    LayerConfig,
+    checkpoint,
+    embed_label,
+    linear_decay,
+    neutral_label,
+)
 from ffstream.ff.spec import make_layer as layer_of_kind
-from ffstream.transport import POLL_MS, Receiver, send
+from ffstream.monitor import preview
+from ffstream.net import wire
+from ffstream.net.transport import POLL_MS, Receiver, send
+from ffstream.workers import malloc
 from ffstream.workers.base import Worker
 from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.stats import Ema, Mean, Phases, Rate
@@ -24,40 +33,9 @@ from ffstream.workers.stats import Ema, Mean, Phases, Rate
 # or this many negative batches wait, does a layer step on negatives alone.
 IDLE_WAKE_S = 1.0
 MAX_PENDING_NEGATIVES = 8
-LIVE_MAX_HELD = 128  # held positive messages with forward_first or scheduled learning (default Pairing: 16); rows (B, D) each, so small at batch 1
 PREVIEW_EVERY_S = 3.0  # seconds between weight previews (layer 1 only, for the web dashboard's receptive fields)
 END_PAIRING_WAIT_S = 2.0  # at the end of a stream, how long held rows wait for their negatives before the end goes on
 TRIM_EVERY_S = 10.0  # seconds between malloc_trim calls: RSS follows the heap's use, not its high-water mark (ffstream/malloc.py)
-
-
-@dataclass(frozen=True)
-class LayerEndpoints:
-    input: str  # PULL, bound: frames or activity from below
-    output: str  # PUSH, connected: the next layer's input or the sink's
-    negative: str  # PULL, bound: negative updates from the sleep worker
-    snapshot: str  # REP, bound: answers the sleep worker's snapshot requests
-    negative_output: str | None = None  # PUSH, connected: the next layer's negative socket (sleep.route "chain"); None: no chaining
-
-
-@dataclass(frozen=True)
-class Batching:
-    max_rows: int = 64  # rows per micro-batch; messages are merged up to this
-    max_wait_ms: float = 0.0  # how long to wait for more messages before a short batch runs
-    # Live video: forward frames that queue up first and learn on them afterwards, merged into fewer, larger
-    # steps (lower latency, fewer steps per frame). Off: one step per micro-batch, as the in-process reference.
-    forward_first: bool = False
-    # Live video, learning on a schedule instead of on arrival: every frame's activity goes on at once (forward
-    # only, and also between the passes of a step), its rows are held until their paired negatives are in, and the
-    # layer takes one step on all ready rows once learn_every_rows are ready, or learn_every_ms after its last step
-    # if any are. Steps per second are then at most fps / learn_every_rows + 1000 / learn_every_ms, whatever the
-    # arrival rate. Needs paired negatives. Nothing is stored beyond the held rows: at most LIVE_MAX_HELD messages
-    # (B, D) and their negatives; past that the oldest step alone. 0 and 0: off.
-    learn_every_rows: int = 0  # rows per scheduled step; 0: no row trigger
-    learn_every_ms: float = 0.0  # ms after the last step at which whatever is ready steps; 0: no time trigger
-
-    @property
-    def scheduled(self) -> bool:
-        return self.learn_every_rows > 0 or self.learn_every_ms > 0
 
 
 class LayerWorker(Worker):

@@ -1,5 +1,5 @@
 """Monitor worker: one XSUB socket gathers every worker's metrics, one XPUB socket serves them to clients,
-and an HTTP server (ffstream.web) shows them as a web page and as Prometheus /metrics."""
+and an HTTP server (ffstream.monitor.web) shows them as a web page and as Prometheus /metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import zmq
 
-from ffstream import wire
-from ffstream.preview import MAX_PREVIEW_BYTES, valid_tiles
-from ffstream.transport import POLL_MS
-from ffstream.web.board import Board
-from ffstream.web.server import DashboardServer
+from ffstream.monitor.preview import MAX_PREVIEW_BYTES, valid_tiles
+from ffstream.monitor.web.board import Board
+from ffstream.monitor.web.server import DashboardServer
+from ffstream.net import wire
+from ffstream.net.transport import POLL_MS
 from ffstream.workers.base import Worker
 
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import torch
 
 
-
 @dataclass
 class HeldPositive:
     seqs: frozenset[int]  # the source batches in this micro-batch

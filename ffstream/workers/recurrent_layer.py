@@ -36,11 +36,12 @@ import numpy as np
 import torch
 import zmq
 
-from ffstream import wire
+from ffstream.config.plans import Batching
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer, top_down_label
-from ffstream.transport import Receiver, try_send
-from ffstream.workers.layer import Batching, LayerWorker
+from ffstream.net import wire
+from ffstream.net.transport import Receiver, try_send
+from ffstream.workers.layer import LayerWorker
 from ffstream.workers.stats import Ema
 
 # Static images: the source interleaves this many batches' steps (A1 B1 A2 B2 ...), so that while a layer works on

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffstream import wire
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import RecurrentConfig, RecurrentStack
-from ffstream.transport import send
+from ffstream.net import wire
+from ffstream.net.transport import send
 from ffstream.workers.sleep import SleepWorker
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import zmq
 
-from ffstream.readout_store import save_readout
 from ffstream.ff import LinearReadout
-from ffstream import wire
-from ffstream.transport import POLL_MS, Receiver, send
+from ffstream.net import wire
+from ffstream.net.transport import POLL_MS, Receiver, send
+from ffstream.offline.readout_store import save_readout
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Histogram, Rate
 

@@ -9,53 +9,20 @@ version so the layer can measure staleness.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import zmq
 
-from ffstream import wire
+from ffstream.config.plans import SleepPlan
 from ffstream.ff import LayerConfig, LinearReadout
-from ffstream.ff.dreamer import NEGATIVE_KINDS, Dreamer
+from ffstream.ff.dreamer import Dreamer
 from ffstream.ff.stack import FFStack
-from ffstream.transport import POLL_MS, Receiver, make_socket, send
+from ffstream.net import wire
+from ffstream.net.transport import POLL_MS, Receiver, make_socket, send
 from ffstream.workers.base import Worker
 from ffstream.workers.stats import Ema, Mean, Phases, Rate
-
-UPDATE_FORMS = ("inputs", "gradient")
-ROUTES = ("snapshot", "chain")
-
-
-@dataclass(frozen=True)
-class SleepPlan:
-    negatives: str = "random"  # "random" or "hard" wrong labels (supervised), "hybrid" frames (unsupervised)
-    sleep_every: int = 10  # refresh the snapshot every this many wake batches; 1 is the freshest
-    reservoir: int = 4096  # raw frames kept for hybrids
-    snapshot_timeout_ms: int = 2000  # a layer that does not answer in this time is asked again later
-    # What each layer is sent: "inputs", its negative inputs from the snapshot of the layers below, whose
-    # gradient the layer takes on its current weights; or "gradient", the gradient taken on the snapshot.
-    # Stale gradients overshoot once the live weights have moved on (see BENCHMARKS.md), so "inputs" is the default.
-    update: str = "inputs"
-    phased: bool = False  # collect sleep_every wake batches while the source runs, then sleep on them while it waits
-    # How negatives reach layers 2..L: "snapshot", through the sleep worker's snapshot of the layers below (above);
-    # "chain", only layer 1 gets them from here, and each layer passes its own normalised activity on the negatives
-    # up at its paired step, as the interleaved reference does. Chaining needs no snapshot (except for "hard"
-    # negatives, which read the head) and no second forward pass here.
-    route: str = "snapshot"
-
-    def __post_init__(self) -> None:
-        if self.route not in ROUTES:
-            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
-        if self.route == "chain" and (self.update != "inputs" or self.phased):
-            raise ValueError("route 'chain' needs update 'inputs' and no phased sleep")
-        if self.update not in UPDATE_FORMS:
-            raise ValueError(f"update must be one of {UPDATE_FORMS}, got {self.update!r}")
-        if self.negatives not in NEGATIVE_KINDS:
-            raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {self.negatives!r}")
-        if self.sleep_every < 1:
-            raise ValueError(f"sleep_every must be at least 1, got {self.sleep_every}")
 
 
 class SleepWorker(Worker):

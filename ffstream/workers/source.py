@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ffstream import wire
+from ffstream.net import wire
+from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
-from ffstream.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers.base import Worker
 from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.workers.stats import Rate

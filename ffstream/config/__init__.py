@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ffstream.config.plans import LIVE_MAX_HELD, Batching, LayerEndpoints, SleepPlan
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import RecurrentConfig
 from ffstream.ff.spec import build_configs, parse_layers
-from ffstream.workers.layer import LIVE_MAX_HELD, Batching, LayerEndpoints
-from ffstream.workers.sleep import SleepPlan
 
 DEFAULT_MONITOR = "tcp://127.0.0.1:5570"
 DEFAULT_MONITOR_HTTP = "http://127.0.0.1:5572"
@@ -257,7 +256,7 @@ class Topology:
 
 @dataclass
 class SecurityConfig:
-    """CURVE between hosts (ffstream.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
+    """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
 
     curve_dir: str | None = None  # keys from `ffstream keys generate DIR`; None: no CURVE
     curve_client: str = "worker"  # this process's client key pair, DIR/<name>.key_secret

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import zmq
 
-from ffstream import security, wire
+from ffstream.net import security, wire
 
-log = logging.getLogger("ffstream.transport")
+log = logging.getLogger("ffstream.net.transport")
 
 POLL_MS = 100  # how long a blocking step waits before it looks at the stop flag again
 

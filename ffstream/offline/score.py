@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ffstream.checkpoint import CheckpointError
-from ffstream.evaluate import load_stack
 from ffstream.ff import FFStack
+from ffstream.ff.checkpoint import CheckpointError
 from ffstream.ff.labels import neutral_label
-from ffstream.recurrent_eval import is_recurrent
+from ffstream.offline.evaluate import load_stack
+from ffstream.offline.recurrent_eval import is_recurrent
 from ffstream.sources import Preprocess, VideoFileSource
 
 

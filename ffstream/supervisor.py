@@ -17,10 +17,10 @@ from typing import Any
 
 import zmq
 
-from ffstream import wire
 from ffstream.config import ConfigError, RunConfig
+from ffstream.net import wire
+from ffstream.net.transport import make_socket
 from ffstream.sources import Preprocess, check_live, open_source
-from ffstream.transport import make_socket
 from ffstream.workers.build import thread_budget
 
 log = logging.getLogger("ffstream.run")

@@ -17,7 +17,7 @@ import ctypes.util
 import logging
 import threading
 
-log = logging.getLogger("ffstream.malloc")
+log = logging.getLogger("ffstream.workers.malloc")
 
 # mallopt parameters, from glibc's malloc.h
 M_TRIM_THRESHOLD = -1

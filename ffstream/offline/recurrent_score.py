@@ -15,10 +15,10 @@ import os
 import numpy as np
 import torch
 
-from ffstream.checkpoint import CheckpointError
+from ffstream.ff.checkpoint import CheckpointError
 from ffstream.ff.recurrent import RecurrentStack
-from ffstream.recurrent_eval import load_recurrent_stack
-from ffstream.score import Scores, novelty
+from ffstream.offline.recurrent_eval import load_recurrent_stack
+from ffstream.offline.score import Scores, novelty
 from ffstream.sources import Preprocess, VideoFileSource
 
 

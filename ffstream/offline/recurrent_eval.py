@@ -7,9 +7,9 @@ import os
 
 import torch
 
-from ffstream import checkpoint
+from ffstream.ff import checkpoint
 from ffstream.ff.recurrent import RecurrentConfig, RecurrentStack
-from ffstream.readout_store import load_readout
+from ffstream.offline.readout_store import load_readout
 
 EVAL_BATCH = 1000  # rows per pass; bounds memory, not results
 

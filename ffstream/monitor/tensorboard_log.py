@@ -28,7 +28,9 @@ class TensorBoardLog:
 
     def __init__(self, directory: str, clock=time.monotonic):
         try:
-            from torch.utils.tensorboard import SummaryWriter  # imports `tensorboard`; ImportError without it
+            from torch.utils.tensorboard import (
+                SummaryWriter,  # imports `tensorboard`; ImportError without it
+            )
         except ImportError as exc:
             raise TensorBoardMissing(f"--tensorboard needs the tensorboard package (pip install tensorboard, or pip install 'ffstream[tensorboard]'): {exc}") from None
         self.writer = SummaryWriter(log_dir=directory, flush_secs=5)  # seconds; TensorBoard sees a live run within that

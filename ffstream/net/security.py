@@ -26,7 +26,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-log = logging.getLogger("ffstream.security")
+log = logging.getLogger("ffstream.net.security")
 
 SERVER = "server"
 DEFAULT_CLIENTS = ("worker", "viewer")  # worker: every ffstream worker; viewer: `ffstream monitor` on another host
@@ -122,7 +122,7 @@ class Curve:
 
     def _start_authenticator(self) -> None:
         if self._auth is None:
-            self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ffstream.security.zap"))
+            self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ffstream.net.security.zap"))
             self._auth.start()
             self._auth.configure_curve_callback(domain="*", credentials_provider=self)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffstream.checkpoint import layer_path, save_layer
 from ffstream.config import RunConfig
 from ffstream.ff import FFStack, LinearReadout, embed_label, linear_decay
+from ffstream.ff.checkpoint import layer_path, save_layer
 from ffstream.ff.dreamer import Dreamer
 from ffstream.ff.stack import readout_layers
-from ffstream.readout_store import save_readout
+from ffstream.offline.readout_store import save_readout
 from ffstream.sources import Preprocess, open_source
 
 

@@ -8,11 +8,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ffstream import checkpoint
-from ffstream.ff import FFStack, LinearReadout
+from ffstream.ff import FFStack, LinearReadout, checkpoint
 from ffstream.ff.negatives import hybrid
-from ffstream.readout_store import load_readout
-from ffstream.recurrent_eval import evaluate_recurrent, is_recurrent
+from ffstream.offline.readout_store import load_readout
+from ffstream.offline.recurrent_eval import evaluate_recurrent, is_recurrent
 
 EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
 HYBRID_SEED = 1  # the masks of the hybrids `hybrid_auroc` scores: the same for every checkpoint

@@ -20,10 +20,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import urlsplit
 
-from ffstream import prometheus
-from ffstream.web.board import Board
+from ffstream.monitor import prometheus
+from ffstream.monitor.web.board import Board
 
-log = logging.getLogger("ffstream.web")
+log = logging.getLogger("ffstream.monitor.web")
 
 MAX_STREAMS = 16  # event streams open at once; more get 503, so that pages cannot pile up threads
 KEEPALIVE_S = 15.0  # an SSE comment after this long without events, so proxies keep the stream open
@@ -42,7 +42,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def static_files() -> dict[str, bytes]:
     """The page's files, read once from the package (they ship as package data: no CDN, works offline)."""
-    folder = resources.files("ffstream.web") / "static"
+    folder = resources.files("ffstream.monitor.web") / "static"
     return {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file() and f.name.endswith(tuple(STATIC_TYPES))}
 
 

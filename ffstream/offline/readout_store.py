@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import save as save_bytes
 
-from ffstream.checkpoint import CheckpointError, read_safetensors, write_atomic
 from ffstream.ff import LinearReadout
+from ffstream.ff.checkpoint import CheckpointError, read_safetensors, write_atomic
 
 FORMAT = "ffstream-readout-1"
 

@@ -9,7 +9,8 @@ import os
 
 import cv2
 import numpy as np
-from ffstream import checkpoint
+
+from ffstream.ff import checkpoint
 from ffstream.ff.spec import make_layer
 
 MAX_TILES = 64  # a dense layer has thousands of units; the first ones are enough to see what it learnt

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ffstream.web.png import encode_png, mosaic
+from ffstream.monitor.web.png import encode_png, mosaic
 
 HISTORY = 2000  # events kept for pages that open late: about 3 minutes of a 4-layer stack at 1 message/s per worker
 

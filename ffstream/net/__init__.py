@@ -1,0 +1,1 @@
+"""The network side: the wire format, sockets and CURVE security."""

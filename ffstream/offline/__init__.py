@@ -1,0 +1,1 @@
+"""Work on a finished stack: evaluation, probes, scores, filters and the in-process reference."""
