@@ -9,6 +9,8 @@ import sys
 from ffstream import __version__
 from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
 from ffstream.commands.check import add_arguments as check_arguments
+from ffstream.commands.probe import LABELS_HELP
+from ffstream.commands.probe import add_arguments as probe_arguments
 from ffstream.config import (
     DEFAULT_LR,
     DEFAULT_MONITOR,
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole stack locally, one OS process per worker")
     run.add_argument("--config", help="JSON config file (sections stream, model, sleep, topology); flags override it")
-    run.add_argument("--source", help="synthetic[:N] (default), a video FILE, webcam:N, rtsp://..., idx:DIR[:train|test], fashion-mnist[:train|test]")
+    run.add_argument("--source", help="synthetic[:N][:seed=S] (default synthetic; seed=S: the clip's own seed, apart from --seed), a video FILE (labelled by FILE's same-stem .csv if there is one), webcam:N, rtsp://..., idx:DIR[:train|test], fashion-mnist[:train|test]")
     run.add_argument("--layers", type=_layers, help="layers bottom up: dense widths, e.g. 2000,2000,2000, or conv:CxKHxKW[/S][+pool], local:CxKHxKW[/S][+pool], dense:N "
                      "(default 500,500,500; for video try the default conv stack conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2)")
     run.add_argument("--competition", action="store_true", default=None, help="channel-wise competition (CwComp): conv/local channels in one group per class, labels as targets; negatives: the sleep worker's hybrids (a hybrid is no class) or none (--no-sleep)")
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recurrent", action="store_true", default=None, help="the paper's recurrent net: each layer also hears the layer above, one step late")
     run.add_argument("--iterations", type=_positive, help="recurrent, image datasets: steps per image (default 8); video: a step a frame")
     run.add_argument("--window", type=_window, help="recurrent, image datasets: steps FIRST,LAST (1-based) that classify (default 3,5)")
+    run.add_argument("--labels", metavar="FILE", help=LABELS_HELP)
     run.add_argument("--tensorboard", metavar="DIR", help="also log every worker's metrics as TensorBoard scalars in DIR (needs the tensorboard package)")
 
     worker = sub.add_parser("worker", help="run one worker (for docker-compose and Kubernetes)")
@@ -164,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True, help="CSV: frame, time_s, goodness per layer, novelty")
     score.add_argument("--plot", help="also save a PNG plot here (needs matplotlib)")
     score.add_argument("--batch", type=_positive, default=256, help="frames per forward pass (default 256); bounds memory, not results")
+    score.add_argument("--labels", metavar="FILE", help=LABELS_HELP + "; written as a label column")
 
     ev = sub.add_parser("eval", help="accuracy of saved weights on a labelled source")
     ev.add_argument("--checkpoint-dir", required=True)
-    ev.add_argument("--source", required=True, help="fashion-mnist[:test], idx:DIR[:split] or synthetic:N")
+    ev.add_argument("--source", required=True, help="fashion-mnist[:test], idx:DIR[:split], synthetic:N[:seed=S] or a labelled video FILE")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--labels", metavar="FILE", help=LABELS_HELP)
+    probe_arguments(sub.add_parser("probe", help="fit a linear probe on a frozen stack's features over one labelled source, score it on another"))
     filters = sub.add_parser("filters", help="save a layer's filters from its checkpoint as a PNG")
     filters.add_argument("--checkpoint-dir", required=True)
     filters.add_argument("--out", required=True, help="the PNG to write, e.g. docs/conv_filters.png")
@@ -284,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             shape = save_filters(args.checkpoint_dir, args.out, args.layer)
             print(f"{args.out}: {shape[0]} filters of {shape[1]}x{shape[2]}x{shape[3]}")
             return 0
+        if args.command == "probe":
+            from ffstream.commands.probe import probe_command
+
+            return probe_command(args)
         if args.command == "eval":
             from ffstream.commands.evaluate import eval_command
 

@@ -259,7 +259,7 @@ def resolve_stream(cfg: RunConfig) -> None:
         check_live(s.source)  # a webcam that does not exist fails here, at once
         s.num_classes = None  # a live device is opened once, by the source worker
     else:
-        with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs) as src:
+        with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs, labels=s.labels) as src:
             s.num_classes, source_total = src.num_classes, src.total
     known = [t for t in (source_total, s.max_frames) if t is not None]
     s.total_frames = min(known) if known else None  # the learning rate decays over this many frames

@@ -17,7 +17,7 @@ def eval_command(args) -> int:
         raise CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {args.checkpoint_dir}")
     _, meta = checkpoint_config(layer_path(args.checkpoint_dir, 1))  # layer 1's metadata: the frame shape (any stack kind)
     channels, height, width = meta.get("frame_shape") or (1, 28, 28)
-    images, labels = dataset_arrays(args.source, Preprocess(size=(height, width), color=channels == 3))
+    images, labels = dataset_arrays(args.source, Preprocess(size=(height, width), color=channels == 3), labels=args.labels)
     result = evaluate(args.checkpoint_dir, images, labels)
     if args.json:
         print(json.dumps(result))

@@ -29,7 +29,7 @@ def config_from_args(args) -> config.RunConfig:
     overrides = {
         "stream": {
             "source": args.source, "task": args.task, "max_frames": args.max_frames, "epochs": args.epochs,
-            "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color,
+            "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color, "labels": args.labels,
         },
         "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
                   "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window,

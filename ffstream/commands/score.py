@@ -18,7 +18,7 @@ def score_command(args) -> int:
     if is_recurrent(args.checkpoint_dir):  # a recurrent stack: frames are its steps; also scored with top-down silenced
         scores, without_top_down = score_recurrent_video(args.source, args.checkpoint_dir)
     else:
-        scores = score_video(args.source, args.checkpoint_dir, batch=args.batch)
+        scores = score_video(args.source, args.checkpoint_dir, batch=args.batch, labels=args.labels)
     write_csv(scores, args.out)
     if args.plot:
         plot(scores, args.plot)

@@ -47,6 +47,7 @@ class StreamConfig:
     eval_every: int = 1  # labelled streams: a forward-only neutral-label copy of every n-th batch, for accuracy; 0 never
     seed: int = 0  # seeds weights, shuffling and negatives
     rate_fps: float | None = None  # pace the source to this many frames/s, a simulated live camera; None: as fast as it can
+    labels: str | None = None  # a video file's per-frame label CSV (frame,label); None: the same-stem .csv beside it, if any
 
     def check(self) -> None:
         positive("stream.batch", self.batch)
@@ -59,6 +60,8 @@ class StreamConfig:
             raise ConfigError(f"stream.task must be 'supervised' or 'unsupervised', got {self.task!r}")
         if len(self.size) != 2 or min(self.size) <= 0:
             raise ConfigError(f"stream.size must be HxW with positive numbers, got {self.size}")
+        if self.labels is not None and not os.path.isfile(self.labels):
+            raise ConfigError(f"stream.labels: no such label file: {self.labels}")
 
     @property
     def supervised(self) -> bool:

@@ -50,7 +50,7 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     readout: LinearReadout | None = None
     frames = correct = evaluated = 0
     started = time.time()
-    with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs) as source:
+    with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs, labels=s.labels) as source:
         decay_frames = s.total_frames if cfg.model.lr_decay else None
         for index, (pixels, labels) in enumerate(batches(source, s.batch, s.max_frames)):
             if decay_frames:

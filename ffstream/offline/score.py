@@ -23,7 +23,7 @@ from ffstream.ff.checkpoint import CheckpointError
 from ffstream.ff.labels import neutral_label
 from ffstream.offline.evaluate import load_stack
 from ffstream.offline.recurrent_eval import is_recurrent
-from ffstream.sources import Preprocess, VideoFileSource
+from ffstream.sources import LabelledVideoSource, Preprocess, VideoFileSource, sidecar_for
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Scores:
     frame_rate: float | None  # the video's frames/s; None when its header does not say
     source: str  # the video's path
     checkpoint_dir: str
+    labels: np.ndarray | None = None  # int64 (N,): each frame's class from the video's label sidecar; None: unlabelled
 
 
 def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack, dict, Preprocess]:
@@ -74,11 +75,14 @@ def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max")
     return relative.mean(axis=1)
 
 
-def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256) -> Scores:
+def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256, labels: str | None = None) -> Scores:
+    """labels: the video's label CSV (default: the same-stem .csv beside it, if any), written as a `label` column."""
     stack, meta, preprocess = load_scoring_stack(directory)
     num_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
-    source = VideoFileSource(video, preprocess)
+    labels = labels or sidecar_for(video)
+    source = LabelledVideoSource(video, labels, preprocess) if labels else VideoFileSource(video, preprocess)
     indices: list[int] = []
+    frame_labels: list[int] = []
     rows: list[np.ndarray] = []
     pending: list[np.ndarray] = []
 
@@ -90,6 +94,7 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
     with source:
         for frame in source:
             indices.append(frame.index)
+            frame_labels.append(frame.label)
             pending.append(frame.pixels)
             if len(pending) >= batch:
                 flush()
@@ -109,17 +114,20 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
         frame_rate=rate,
         source=os.fspath(video),
         checkpoint_dir=os.fspath(directory),
+        labels=np.asarray(frame_labels, np.int64) if labels else None,
     )
 
 
 def write_csv(scores: Scores, path: str | os.PathLike) -> None:
-    """Columns: frame, time_s, goodness_layer1..L, novelty; one row per frame."""
+    """Columns: frame, time_s, goodness_layer1..L, novelty, and label when the video is labelled; one row per frame."""
     layers = scores.goodness.shape[1]
+    labelled = scores.labels is not None
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["frame", "time_s", *(f"goodness_layer{i}" for i in range(1, layers + 1)), "novelty"])
+        out.writerow(["frame", "time_s", *(f"goodness_layer{i}" for i in range(1, layers + 1)), "novelty", *(["label"] if labelled else [])])
         for i in range(len(scores.frames)):
-            out.writerow([int(scores.frames[i]), f"{scores.times[i]:.4f}", *(f"{g:.4f}" for g in scores.goodness[i]), f"{scores.novelty[i]:.5f}"])
+            label = [int(scores.labels[i])] if labelled else []
+            out.writerow([int(scores.frames[i]), f"{scores.times[i]:.4f}", *(f"{g:.4f}" for g in scores.goodness[i]), f"{scores.novelty[i]:.5f}", *label])
 
 
 def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:

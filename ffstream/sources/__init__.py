@@ -1,4 +1,5 @@
-"""Frame sources: synthetic shapes, video files, webcams/RTSP, and IDX datasets, behind one `open_source`.
+"""Frame sources: synthetic shapes, video files (labelled by a CSV sidecar or not), webcams/RTSP, and IDX datasets,
+behind one `open_source`.
 
 >>> with open_source("synthetic:100", Preprocess(size=(28, 28))) as src:   # doctest: +SKIP
 ...     for frame in src:
@@ -16,8 +17,10 @@ from ffstream.preflight import missing_webcam
 from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.camera import CameraSource
 from ffstream.sources.idx import FASHION_MNIST_DIR, IdxSource, load_idx, load_split, open_idx
+from ffstream.sources.labelled_video import LabelledVideoSource
 from ffstream.sources.preprocess import Preprocess
 from ffstream.sources.synthetic import DEFAULT_FRAMES, SyntheticSource
+from ffstream.sources.sidecar import read_sidecar, sidecar_for
 from ffstream.sources.video import VideoFileSource
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "Frame",
     "FrameSource",
     "IdxSource",
+    "LabelledVideoSource",
     "Position",
     "Preprocess",
     "SourceError",
@@ -34,27 +38,34 @@ __all__ = [
     "dataset_arrays",
     "load_idx",
     "open_source",
+    "read_sidecar",
+    "sidecar_for",
 ]
 
 SPEC_HELP = (
-    "synthetic[:N], a video file path, webcam[:N], rtsp://..., http(s)://..., "
+    "synthetic[:N][:seed=S], a video file path (labelled by a same-stem .csv beside it), webcam[:N], rtsp://..., http(s)://..., "
     "idx:DIR[:train|test], fashion-mnist[:train|test]"
 )
+SYNTHETIC_SPEC = re.compile(r"synthetic(?::(?P<frames>\d+))?(?::seed=(?P<seed>\d+))?")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 
 def open_source(
-    spec: str, preprocess: Preprocess, *, seed: int = 0, epochs: int = 1, shuffle: bool = True
+    spec: str, preprocess: Preprocess, *, seed: int = 0, epochs: int = 1, shuffle: bool = True, labels: str | None = None
 ) -> FrameSource:
     """The source a spec string names (see SPEC_HELP).
 
-    seed: synthetic content and dataset order; epochs: passes (ignored by live sources);
-    shuffle: datasets only, videos keep their order.
+    seed: synthetic content (unless the spec names its own seed=S) and dataset order; epochs: passes (ignored by
+    live sources); shuffle: datasets only, videos keep their order; labels: a video file's label CSV, instead of
+    the same-stem sidecar found beside it (`clip.mp4` + `clip.csv`).
     """
     if epochs <= 0:
         raise SourceError(f"epochs must be positive, got {epochs}")
+    if labels is not None and not _is_video_file(spec):
+        raise SourceError(f"--labels labels a video file, and {spec!r} is not one (datasets and synthetic clips carry their own)")
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        return SyntheticSource(preprocess, _count(spec, DEFAULT_FRAMES), seed=seed, epochs=epochs)
+        frames, spec_seed = _synthetic(spec)
+        return SyntheticSource(preprocess, frames, seed=seed if spec_seed is None else spec_seed, epochs=epochs)
     if spec == "webcam" or spec.startswith("webcam:"):
         return CameraSource(_count(spec, 0, allow_zero=True), preprocess)
     if spec.lower().startswith(STREAM_SCHEMES):
@@ -66,6 +77,9 @@ def open_source(
             directory, split, preprocess, name=name, fashion=fashion, seed=seed, epochs=epochs, shuffle=shuffle
         )
     if os.path.exists(spec):
+        labels = labels or sidecar_for(spec)
+        if labels is not None:
+            return LabelledVideoSource(spec, labels, preprocess, epochs=epochs)
         return VideoFileSource(spec, preprocess, epochs=epochs)
     if re.match(r"^[A-Za-z][\w+.-]*:", spec) and not re.match(r"^[A-Za-z]:[\\/]", spec):
         raise SourceError(f"unknown source {spec!r}; expected {SPEC_HELP}")
@@ -81,47 +95,45 @@ def check_live(spec: str) -> None:
             raise SourceError(error)
 
 
-def dataset_arrays(spec: str, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray]:
+def dataset_arrays(spec: str, preprocess: Preprocess, labels: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A whole labelled split as arrays: (float32 (N, C, H, W), int64 (N,)), in file order.
 
-    For idx:/fashion-mnist specs (vectorised when the size is native) and synthetic:N (N frames, seed 0).
+    For idx:/fashion-mnist specs (vectorised when the size is native), synthetic[:N][:seed=S] (seed 0 unless
+    named) and a labelled video file (its sidecar, or `labels`).
     """
     dataset = _dataset(spec)
-    if dataset is not None:
+    if dataset is not None and labels is None:
         images, labels = load_split(dataset[0], dataset[1])
         return preprocess.batch(images), labels
+    if _is_video_file(spec):
+        with open_source(spec, preprocess, labels=labels) as src:
+            if not isinstance(src, LabelledVideoSource):
+                raise SourceError(f"{spec} has no labels: put frame,label rows in {os.path.splitext(spec)[0]}.csv or name a file with --labels")
+            return src.arrays()
+    if labels is not None:
+        raise SourceError(f"--labels labels a video file, and {spec!r} is not one (datasets and synthetic clips carry their own)")
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        with SyntheticSource(preprocess, _count(spec, DEFAULT_FRAMES)) as src:
+        frames, seed = _synthetic(spec)
+        with SyntheticSource(preprocess, frames, seed=seed or 0) as src:
             x = np.empty((src.total, *preprocess.shape), dtype=np.float32)
             y = np.empty(src.total, dtype=np.int64)
             for frame in src:
                 x[frame.index], y[frame.index] = frame.pixels, frame.label
         return x, y
-    raise SourceError(f"no labelled arrays for {spec!r}: use idx:DIR[:split], fashion-mnist[:split] or synthetic[:N]")
+    raise SourceError(
+        f"no labelled arrays for {spec!r}: use idx:DIR[:split], fashion-mnist[:split], synthetic[:N][:seed=S] or a labelled video file"
+    )
 
 
-def _count(spec: str, default: int, allow_zero: bool = False) -> int:
-    """The N of 'kind:N', or `default` when there is no ':N'."""
-    _, sep, value = spec.partition(":")
-    if not sep:
-        return default
-    if not value.isdigit() or (int(value) == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise SourceError(f"bad number in {spec!r}: expected a {kind} integer after ':'")
-    return int(value)
+def _is_video_file(spec: str) -> bool:
+    """A spec that names a file on disk (not a dataset directory, a device or a stream)."""
+    return os.path.isfile(spec) and _dataset(spec) is None
 
 
-def _dataset(spec: str) -> tuple[str, str, str, bool] | None:
-    """idx:DIR[:split] / fashion-mnist[:split] -> (directory, split, name, is_fashion); None for other specs."""
-    if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
-        split = spec.partition(":")[2] or "train"
-        return FASHION_MNIST_DIR, split, f"fashion-mnist:{split}", True
-    if spec.startswith("idx:"):
-        rest = spec[len("idx:"):]
-        directory, sep, split = rest.rpartition(":")
-        if not sep or split not in ("train", "test"):
-            directory, split = rest, "train"  # no split given (or a ':' inside the path)
-        if not directory:
-            raise SourceError(f"idx spec needs a directory: idx:DIR[:train|test], got {spec!r}")
-        return directory, split, f"idx:{os.path.basename(os.path.normpath(directory))}:{split}", False
-    return None
+def _synthetic(spec: str) -> tuple[int, int | None]:
+    """synthetic[:N][:seed=S] -> (frames, the spec's seed or None); seed=S names a clip apart from the run's --seed."""
+    match = SYNTHETIC_SPEC.fullmatch(spec)
+    if match is None or int(match["frames"] or 1) == 0:
+        raise SourceError(f"bad synthetic spec {spec!r}: expected synthetic[:N][:seed=S], N a positive integer, S a non-negative integer")
+    frames = int(match["frames"]) if match["frames"] else DEFAULT_FRAMES
+    return frames, int(match["seed"]) if match["seed"] else None

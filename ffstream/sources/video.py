@@ -28,7 +28,7 @@ TV_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype
 class VideoFileSource(FrameSource):
     """Decodes one video file, packet by packet, so that a corrupt packet costs one frame, not the rest.
 
-    `epochs` replays the file; labels are None.
+    `epochs` replays the file; labels are None (`LabelledVideoSource` adds a sidecar's).
     """
 
     live = False
@@ -79,12 +79,10 @@ class VideoFileSource(FrameSource):
                     return max(1, round(float(stream.duration * stream.time_base * stream.average_rate)))
                 if container.duration:  # microseconds
                     return max(1, round(container.duration / 1e6 * float(stream.average_rate)))
-        with self._open() as container:
-            stream = container.streams.video[0]
-            try:  # demuxing without decoding is cheap: a packet per frame for video
-                return sum(1 for p in container.demux(stream) if p.size) or None
-            except av.FFmpegError:
-                return None
+        try:
+            return self.count_packets() or None
+        except SourceError:
+            return None
 
     def identity(self) -> dict:
         """The file as it is now: another file, or this one rewritten, does not take this one's position."""
@@ -104,8 +102,20 @@ class VideoFileSource(FrameSource):
                         continue  # resuming: decoded (the codec needs the frames before) but not converted
                     self.position = Position(epoch, offset + 1)
                     image = frame.to_ndarray(format="rgb24") if self.preprocess.color else _grey(frame)
-                    yield self._frame(image, None, index)
+                    yield self._frame(image, self._label(offset), index)
                     index += 1
+
+    def _label(self, offset: int) -> int | None:
+        """The label of the offset-th decoded frame of a pass; a plain video has none."""
+        return None
+
+    def count_packets(self) -> int:
+        """Frames in the file, counted exactly by demuxing (a packet per video frame) without decoding: cheap."""
+        with self._open() as container:
+            try:
+                return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+            except av.FFmpegError as e:
+                raise SourceError(f"cannot count the frames of {self.path}: {_one_line(e)}") from None
 
     def _decode(self, container, stream, limit_frames: int | None = None) -> Iterator[av.VideoFrame]:
         """Yield decoded frames; a packet that fails to decode adds one to `bad_frames` and is skipped."""

@@ -48,7 +48,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     num_classes = stream.num_classes if stream.supervised else None
     if kind == "source":
         preprocess = Preprocess(size=stream.size, color=stream.color)
-        source = open_source(stream.source, preprocess, seed=stream.seed, epochs=stream.epochs)
+        source = open_source(stream.source, preprocess, seed=stream.seed, epochs=stream.epochs, labels=stream.labels)
         return SourceWorker(
             source,
             topo.layer_inputs[0],
