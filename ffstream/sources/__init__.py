@@ -137,3 +137,30 @@ def _synthetic(spec: str) -> tuple[int, int | None]:
         raise SourceError(f"bad synthetic spec {spec!r}: expected synthetic[:N][:seed=S], N a positive integer, S a non-negative integer")
     frames = int(match["frames"]) if match["frames"] else DEFAULT_FRAMES
     return frames, int(match["seed"]) if match["seed"] else None
+
+
+def _count(spec: str, default: int, allow_zero: bool = False) -> int:
+    """The N of 'kind:N', or `default` when there is no ':N'."""
+    _, sep, value = spec.partition(":")
+    if not sep:
+        return default
+    if not value.isdigit() or (int(value) == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise SourceError(f"bad number in {spec!r}: expected a {kind} integer after ':'")
+    return int(value)
+
+
+def _dataset(spec: str) -> tuple[str, str, str, bool] | None:
+    """idx:DIR[:split] / fashion-mnist[:split] -> (directory, split, name, is_fashion); None for other specs."""
+    if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
+        split = spec.partition(":")[2] or "train"
+        return FASHION_MNIST_DIR, split, f"fashion-mnist:{split}", True
+    if spec.startswith("idx:"):
+        rest = spec[len("idx:"):]
+        directory, sep, split = rest.rpartition(":")
+        if not sep or split not in ("train", "test"):
+            directory, split = rest, "train"  # no split given (or a ':' inside the path)
+        if not directory:
+            raise SourceError(f"idx spec needs a directory: idx:DIR[:train|test], got {spec!r}")
+        return directory, split, f"idx:{os.path.basename(os.path.normpath(directory))}:{split}", False
+    return None
