@@ -83,7 +83,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, ridges: tuple[float
     gram = xs.T @ xs if primal else xs @ xs.T  # (F, F) or (N, N)
     eigenvalues, vectors = torch.linalg.eigh(gram)
     eigenvalues = eigenvalues.clamp(min=0)
-    unit = float(eigenvalues.mean()) or 1.0
+    unit = float(eigenvalues.sum()) / xs.shape[1] or 1.0  # the mean eigenvalue of XᵀX, whichever form: λ means the same in both
     projected = vectors.T @ (xs.T @ targets if primal else targets)  # (m, K)
     probes = []
     for ridge in ridges:
