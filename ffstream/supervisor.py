@@ -146,7 +146,7 @@ class Supervisor:
     def watch(self, on_metrics=None) -> None:
         """Until the sink has finished (or Ctrl-C): restart crashed workers and feed metrics to on_metrics."""
         ctx = zmq.Context()
-        sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000)
+        sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000, purpose="monitor")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -272,6 +272,20 @@ def resolve_stream(cfg: RunConfig) -> None:
         raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
     if s.supervised and s.num_classes > s.input_size:
         raise ConfigError(f"{s.num_classes} label slots do not fit in a {s.size[0]}x{s.size[1]} frame")
+    check_header_fits(cfg)
+
+
+def check_header_fits(cfg: RunConfig) -> None:
+    """Refuse at start a batch whose trace (one goodness per row per layer) cannot fit in a header.
+
+    Otherwise the top layer's first send fails, it crashes, restarts and crashes again on the same batch.
+    """
+    rows, layers = cfg.stream.batch, len(cfg.model.layers)
+    bound = wire.header_bound(rows, layers, labelled=bool(cfg.stream.num_classes))
+    if bound > wire.MAX_HEADER_BYTES:
+        fits = rows * (wire.MAX_HEADER_BYTES - wire.HEADER_BASE_BYTES) // (bound - wire.HEADER_BASE_BYTES)  # per-row cost is linear
+        raise ConfigError(f"stream.batch {rows} with {layers} layers makes message headers of up to {bound} bytes, over the "
+                          f"{wire.MAX_HEADER_BYTES}-byte wire limit (a goodness per row per layer); use a batch of at most {fits}")
 
 
 def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes: dict) -> dict:
