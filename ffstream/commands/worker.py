@@ -17,7 +17,7 @@ import torch
 from ffstream import config
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import security
-from ffstream.workers import malloc
+from ffstream.workers import lifeline, malloc
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
@@ -25,6 +25,7 @@ STANDBY = "standby"
 
 def worker_command(args) -> int:
     malloc.tune_for_workers()  # before the sockets and the model allocate: RSS levels off (see ffstream/malloc.py)
+    lifeline.die_with_parent(lifeline.parent_from_env())  # under `ffstream run`: never outlive the supervisor
     if args.kind == STANDBY:
         warm_up(config.load(args.config))
         if not take_assignment(args):
