@@ -21,13 +21,16 @@ from ffstream.config import ConfigError, RunConfig
 from ffstream.net import wire
 from ffstream.net.transport import make_socket
 from ffstream.sources import Preprocess, check_live, open_source
+from ffstream.workers import lifeline
 from ffstream.workers.build import thread_budget
 
 log = logging.getLogger("ffstream.run")
 
 SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
-RESTART_LIMIT = 3  # restarts per worker before the run gives up
-RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before the 1st, 2nd, 3rd restart: the first at once, repeats slower
+RESTART_BUDGET = 5  # restarts per worker within RESTART_WINDOW_S before the run gives up
+RESTART_WINDOW_S = 600.0  # a sliding window: a long run that crashes now and then goes on, a crash loop does not
+RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before a restart, by crashes in the window: the first at once, repeats slower
+END_DEADLINE_S = 30.0  # after the source ended: how long the sink may go without progress before the run fails
 WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
 # A warm spare (`ffstream worker standby`, torch already imported) takes a crashed worker's place at once:
 # a fresh process spends 2-3 s importing torch on an idle machine, far more on a loaded one. It costs one
@@ -53,7 +56,8 @@ class Child:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # in all, for the log
+    crashes: list[float] = field(default_factory=list)  # monotonic times of the crashes within the restart window
     restart_at: float | None = None  # when a crashed worker is due to be started again
     exit_codes: list[int] = field(default_factory=list)
 
@@ -70,7 +74,8 @@ class Child:
             except (BrokenPipeError, OSError):
                 log.warning("the warm spare is gone; starting %s afresh", self.name)
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=lifeline.preexec(os.getpid()))
         return False
 
     def running(self) -> bool:
@@ -94,8 +99,14 @@ class Child:
 class Supervisor:
     """Starts the workers of one stack, restarts crashed ones with backoff, and ends when the sink is done."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: str | None = None, *, restart_budget: int = RESTART_BUDGET,
+                 restart_window_s: float = RESTART_WINDOW_S, end_deadline_s: float = END_DEADLINE_S):
         self.cfg = cfg
+        self.restart_budget = restart_budget  # crashes of one worker within restart_window_s that are restarted
+        self.restart_window_s = restart_window_s  # seconds
+        self.end_deadline_s = end_deadline_s  # seconds without sink progress after the source ended, then the run fails
+        self.source_ended_at: float | None = None  # monotonic: when the source exited cleanly (the stream is sent)
+        self.sink_progress: tuple[Any, float] = (None, time.monotonic())  # the sink's last counters, and when they moved
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="ffstream-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
@@ -119,9 +130,11 @@ class Supervisor:
         specs += [("layer", i) for i in range(len(self.cfg.model.layers), 0, -1)]
         specs += [("sleep", None)] if self.cfg.sleep.enabled else []
         specs += [("source", None)]
-        env = {**os.environ, "FFSTREAM_THREADS": str(thread_budget(self.cfg)), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FFSTREAM_THREADS": str(thread_budget(self.cfg)), "PYTHONUNBUFFERED": "1",
+               lifeline.PARENT_ENV: str(os.getpid())}  # workers without prctl watch for this pid to go
         # The config's variables are in run.json already; the thread budget and the heap diagnostics are not config.
-        self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k not in ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S"))}
+        kept = ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S", lifeline.PARENT_ENV)
+        self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k not in kept)}
         for kind, index in specs:
             name = f"layer{index}" if kind == "layer" else kind
             child = Child(name, self._argv(kind, index), self.run_dir / "logs" / f"{name}.log")
@@ -135,7 +148,8 @@ class Supervisor:
         self.spares_started += 1
         with open(self.run_dir / "logs" / f"standby{self.spares_started}.log", "ab") as out:
             self.spare = subprocess.Popen(
-                self._argv("standby"), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                self._argv("standby"), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                preexec_fn=lifeline.preexec(os.getpid()),
             )
 
     def _take_spare(self) -> subprocess.Popen | None:
@@ -146,7 +160,7 @@ class Supervisor:
     def watch(self, on_metrics=None) -> None:
         """Until the sink has finished (or Ctrl-C): restart crashed workers and feed metrics to on_metrics."""
         ctx = zmq.Context()
-        sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000)
+        sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000, purpose="monitor")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -185,7 +199,8 @@ class Supervisor:
             if child.restart_at is not None and now >= child.restart_at:
                 child.restart_at = None
                 warm = child.start(self.env, self._take_spare())
-                log.warning("restarting %s (restart %d of %d)%s", child.name, child.restarts, RESTART_LIMIT, " on the warm spare" if warm else "")
+                log.warning("restarting %s (restart %d, %d of %d within %.0f s)%s", child.name, child.restarts, len(child.crashes),
+                            self.restart_budget, self.restart_window_s, " on the warm spare" if warm else "")
                 continue
             if child.process is None or child.running() or child.restart_at is not None:
                 continue
@@ -195,15 +210,36 @@ class Supervisor:
             if code == 0:
                 if child.name == "sink":
                     return True
+                if child.name == "source":
+                    self.source_ended_at = now
                 continue
             if code == EXIT_USAGE:  # a usage or input error: restarting cannot fix it; pass on its one line
                 raise RunFailed(f"{child.name}: {child.error_line()}", exit_code=EXIT_USAGE)
-            if child.restarts >= RESTART_LIMIT:
-                raise RunFailed(f"{child.name} crashed {child.restarts + 1} times (last exit {code}); giving up. Last log lines:\n{child.tail()}")
+            child.crashes = [t for t in child.crashes if now - t < self.restart_window_s] + [now]
+            if len(child.crashes) > self.restart_budget:
+                raise RunFailed(f"{child.name} crashed {len(child.crashes)} times within {self.restart_window_s:.0f} s "
+                                f"(last exit {code}); giving up. Last log lines:\n{child.tail()}")
             child.restarts += 1
-            child.restart_at = now + RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S)) - 1]
+            child.restart_at = now + RESTART_BACKOFF_S[min(len(child.crashes), len(RESTART_BACKOFF_S)) - 1]
             log.warning("%s exited with %s; restart %d in %.1f s", child.name, code, child.restarts, child.restart_at - now)
+        self._check_end_deadline(now)
         return False
+
+    def _check_end_deadline(self, now: float) -> None:
+        """Once the source has sent everything, the sink must keep moving or finish: a lost end marker, or a worker
+        stuck for good, ends the run with one line instead of a wait without end."""
+        if self.source_ended_at is None and self.latest.get("source", {}).get("ended"):
+            self.source_ended_at = now  # a source that stays up after its end marker says so in its metrics
+        sink = self.latest.get("sink", {})
+        counters = (sink.get("pid"), sink.get("frames"), sink.get("evaluated"), sink.get("ended"))  # a new pid: a restart
+        if counters != self.sink_progress[0]:
+            self.sink_progress = (counters, now)
+        if self.source_ended_at is None:
+            return
+        quiet = now - max(self.source_ended_at, self.sink_progress[1])
+        if quiet > self.end_deadline_s:
+            raise RunFailed(f"the source ended and the sink has not finished nor moved for {quiet:.0f} s; giving up "
+                            f"(see {self.run_dir / 'logs' / 'sink.log'})")
 
     def stop(self) -> dict[str, int | None]:
         """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
@@ -272,6 +308,20 @@ def resolve_stream(cfg: RunConfig) -> None:
         raise ConfigError(f"--task supervised needs a labelled source; {s.source!r} has no labels")
     if s.supervised and s.num_classes > s.input_size:
         raise ConfigError(f"{s.num_classes} label slots do not fit in a {s.size[0]}x{s.size[1]} frame")
+    check_header_fits(cfg)
+
+
+def check_header_fits(cfg: RunConfig) -> None:
+    """Refuse at start a batch whose trace (one goodness per row per layer) cannot fit in a header.
+
+    Otherwise the top layer's first send fails, it crashes, restarts and crashes again on the same batch.
+    """
+    rows, layers = cfg.stream.batch, len(cfg.model.layers)
+    bound = wire.header_bound(rows, layers, labelled=bool(cfg.stream.num_classes))
+    if bound > wire.MAX_HEADER_BYTES:
+        fits = rows * (wire.MAX_HEADER_BYTES - wire.HEADER_BASE_BYTES) // (bound - wire.HEADER_BASE_BYTES)  # per-row cost is linear
+        raise ConfigError(f"stream.batch {rows} with {layers} layers makes message headers of up to {bound} bytes, over the "
+                          f"{wire.MAX_HEADER_BYTES}-byte wire limit (a goodness per row per layer); use a batch of at most {fits}")
 
 
 def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import stat
@@ -30,7 +31,7 @@ def test_keys_generate_writes_pairs_with_private_secrets(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ffstream", "keys", "generate", str(tmp_path / "k")], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "k").iterdir())
-    assert names == ["server.key", "server.key_secret", "viewer.key", "viewer.key_secret", "worker.key", "worker.key_secret"]
+    assert names == sorted(f"{n}{ext}" for n in ("server", *security.DEFAULT_CLIENTS) for ext in (".key", ".key_secret"))
     for path in (tmp_path / "k").glob("*.key_secret"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     public, secret = zmq.auth.load_certificate(tmp_path / "k" / "server.key_secret")
@@ -65,11 +66,11 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     rogue.mkdir()
     shutil.copy(keys / "server.key", rogue)
     shutil.copy(keys / "server.key_secret", rogue)
-    security.generate(rogue, clients=("worker",))
+    security.generate(rogue, clients=("layer",))
 
     # A real worker: the monitor binds its XSUB and XPUB, so both are CURVE servers behind the authenticator.
     worker = MonitorWorker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", metrics_interval=0.2)
-    curve = security.enable(worker.context, keys, loopback=True)
+    curve = security.enable(worker.context, keys, client="monitor", loopback=True)
     thread = threading.Thread(target=worker.run, daemon=True)
     contexts = {name: zmq.Context() for name in ("viewer", "good", "bad")}
     sockets = []
@@ -82,8 +83,8 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
         assert worker.collect.getsockopt(zmq.MECHANISM) == zmq.CURVE
 
         security.enable(contexts["viewer"], keys, client="viewer", loopback=True)
-        security.enable(contexts["good"], keys, client="worker", loopback=True)
-        security.enable(contexts["bad"], rogue, client="worker", loopback=True)
+        security.enable(contexts["good"], keys, client="layer", loopback=True)
+        security.enable(contexts["bad"], rogue, client="layer", loopback=True)
         sub = make_socket(contexts["viewer"], zmq.SUB, connect=publish)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         good = make_socket(contexts["good"], zmq.PUB, connect=collect)
@@ -116,3 +117,64 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     # close() stopped the authenticator before terminating the context, so the worker did not hang.
     assert not thread.is_alive()
     assert security.enabled(worker.context) is None
+
+
+def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path, zmq_context, socket):
+    """Authorisation, not only authentication: the viewer's key is a listed key, but a layer's input admits workers only."""
+    from test_workers import LAYER, ROWS, frames, receive, running, unique
+
+    from ffstream.config.plans import Batching
+    from ffstream.workers.layer import LayerEndpoints, LayerWorker
+
+    keys = tmp_path / "keys"
+    security.generate(keys)
+    ep = LayerEndpoints("tcp://0.0.0.0:*", unique("out"), unique("neg"), unique("snap"), None)  # input: a CURVE server
+    output, snapshot = socket(zmq.PULL), socket(zmq.REQ)
+    output.bind(ep.output)
+    snapshot.connect(ep.snapshot)
+    worker = LayerWorker(1, LAYER, ep, context=zmq_context, batching=Batching(max_rows=ROWS))
+    curve = security.enable(zmq_context, keys, client="layer", role="layer")
+    peers = {role: zmq.Context() for role in ("viewer", "source")}
+    sockets = []
+    try:
+        with running(worker):
+            snapshot.send_multipart(wire.encode(wire.Message("snapshot_request", np.zeros(0, np.float32))))
+            assert receive(snapshot).kind == "snapshot"  # the handshake: every socket is bound
+            port = worker.input.sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+            pushes = {}
+            for role, ctx in peers.items():
+                security.enable(ctx, keys, client=role, loopback=True)
+                pushes[role] = make_socket(ctx, zmq.PUSH, connect=f"tcp://127.0.0.1:{port}")
+                sockets.append(pushes[role])
+
+            deadline = time.monotonic() + DEADLINE_S
+            while curve.refused < 1:  # the viewer's handshake is refused (and retried by ZeroMQ, refused again)
+                assert time.monotonic() < deadline, "the viewer's handshake was never refused"
+                with contextlib.suppress(zmq.Again):
+                    pushes["viewer"].send_multipart(wire.encode(frames(seq=666)), flags=zmq.NOBLOCK)
+                output.poll(100)
+            assert not output.poll(300), "a frame from the viewer's key reached the layer"
+            assert worker.metrics()["auth_refused"] >= 1
+
+            # A source's key on the same socket is admitted: frames go through, learned.
+            pushes["source"].send_multipart(wire.encode(frames(seq=1)))
+            assert receive(output, timeout=DEADLINE_S).seq == 1
+            assert curve.admitted >= 1
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        for ctx in peers.values():
+            security.release(ctx)
+            ctx.term()
+
+
+def test_secret_keys_readable_by_others_are_refused_in_one_line(tmp_path, zmq_context):
+    keys = tmp_path / "keys"
+    security.generate(keys)
+    (keys / "layer.key_secret").chmod(0o644)
+    with pytest.raises(security.KeyFileError) as info:
+        security.enable(zmq_context, keys, client="layer")
+    assert "\n" not in str(info.value) and "chmod 600" in str(info.value) and "layer.key_secret" in str(info.value)
+    (keys / "layer.key_secret").chmod(0o440)  # a Kubernetes Secret mounted for a group (fsGroup): allowed
+    security.enable(zmq_context, keys, client="layer")
+    security.release(zmq_context)

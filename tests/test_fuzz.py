@@ -330,3 +330,76 @@ def test_fuzz_source_control(zmq_context, socket, monkeypatch):
         assert receive(consumer).seq == 1
     print(f"\nfuzz source control: {n} bad messages, dropped {dict(worker.dropped)} + {dict(worker.control.rejected)}")
     assert n >= FUZZ_EXAMPLES * BATCH
+
+
+# structured cases (issue 20): the poison pills that crashed workers, each named, next to the random ones ------------
+def structured(kind: str, rows: int = 4, width: int = 16) -> dict[str, list[bytes]]:
+    """Named messages that a receiver of `kind` messages must drop and count, one reason each."""
+    payload = np.ones((rows, width), np.float32).tobytes()
+    h = lambda **kw: json.dumps(_header(kind, (rows, width), **kw)).encode()  # noqa: E731
+    digits = json.dumps(_header(kind, (rows, width))).replace('"seq": 0', '"seq": ' + "7" * 4300).encode()
+    return {
+        "4300-digit integer": [digits, payload],
+        "integer beyond 2**53": [h(seq=2**53 + 1), payload],
+        "zero-size dim beside 2**63": [json.dumps(_header(kind, (0, 2**63))).encode(), b""],
+        "zero-size dim beside huge dims": [json.dumps(_header(kind, (0, 2**31 - 1, 2**31 - 1, 2**31 - 1))).encode(), b""],
+        "many parts": [h(), payload] + [b""] * 5000,
+        "three parts": [h(), payload, payload],
+        "short trace": [h(trace=[[1.0] * (rows - 1)]), payload],
+        "trace of the wrong rows": [h(trace=[[1.0] * rows, [2.0] * (rows + 1)]), payload],
+        "bool labels": [h(label=[True] * rows), payload],
+        "string labels": [h(label=["1"] * rows), payload],
+        "float labels": [h(label=[1.5] * rows), payload],
+        "huge labels": [h(label=[2**62] * rows), payload],
+        "non-UTF-8 header": [b'{"v": 1, "kind": "\xff\xfe\xfd"}', payload],
+        "deep JSON nesting": [b"[" * 40_000 + b"]" * 40_000, payload],
+        "deep nesting in a field": [b'{"v": 1, "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", payload],
+        "header over 64 KiB": [b'{"v": 1, "pad": "' + b"x" * (wire.MAX_HEADER_BYTES + 1) + b'"}', payload],
+    }
+
+
+def throw_named(sock: zmq.Socket, cases: dict[str, list[bytes]], bad_count, what: str, alive) -> None:
+    """Send each named case; each must be counted once, and the worker must still be running after it."""
+    for name, parts in cases.items():
+        before = bad_count()
+        sock.send_multipart(parts)
+        eventually(lambda: bad_count() - before >= 1, timeout=10, what=f"{what} to count the {name!r} message")
+        assert bad_count() - before == 1, f"{what}: {name!r} counted {bad_count() - before} times"
+        assert alive(), f"{what} died on the {name!r} message"
+
+
+def test_structured_poison_layer_input(start_layer):
+    rig = start_layer()
+    bad = lambda: sum(layer_reasons(rig.worker).values())  # noqa: E731
+    throw_named(rig.input, structured("frames"), bad, "layer input", lambda: not rig.worker.stopping and not rig.worker.finished)
+    throw_named(rig.negative, structured("negative_update"), bad, "layer negative", lambda: not rig.worker.stopping)
+    send(rig.input, frames(seq=1))  # and it still learns
+    assert receive(rig.output).kind == "activity"
+
+
+def test_structured_poison_sink_with_scores(zmq_context, socket, tmp_path):
+    # --scores is the path that indexed trace[layer][row]: a short trace raised IndexError there.
+    addr = unique("sink")
+    scores = tmp_path / "scores.jsonl"
+    worker = SinkWorker(addr, readout_layers=[0], num_classes=3, scores_path=str(scores), context=zmq_context)
+    push = socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 5000)
+    push.connect(addr)
+    bad = lambda: worker.metrics()["dropped"]  # noqa: E731
+    with running(worker) as thread:
+        throw_named(push, structured("activity", width=8), bad, "sink", thread.is_alive)
+        send(push, wire.Message("activity", np.ones((4, 8), np.float32), seq=1, trace=[[1.0] * 4, [2.0] * 4]))
+        eventually(lambda: worker.frames == 4, what="the sink to record a valid batch after the poison")
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert [r["goodness"] for r in rows] == [[1.0, 2.0]] * 4  # only the valid batch was scored
+
+
+def test_structured_poison_monitor_collect(zmq_context, socket):
+    collect, publish = unique("mon-collect"), unique("mon-pub")
+    worker = MonitorWorker(collect, publish, context=zmq_context)
+    with running(worker) as thread:
+        pub = nodrop_publisher(socket)
+        pub.connect(collect)
+        eventually(lambda: pub.poll(0) and pub.recv() == b"\x01", what="the monitor's subscription")
+        bad = lambda: sum(worker.dropped.values())  # noqa: E731
+        throw_named(pub, structured("metrics", rows=2, width=0), bad, "monitor", thread.is_alive)

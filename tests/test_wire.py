@@ -272,7 +272,8 @@ def test_rejects_payload_over_max_payload():
     ids=["huge", "wraps-to-zero", "wraps-after-itemsize"],
 )
 def test_rejects_shape_whose_size_overflows(shape):
-    assert reason_of([json.dumps(valid_header(shape=shape)).encode(), b""]) == "payload_size"
+    # Refused for its integers (beyond 2**53), its dimensions (beyond MAX_DIM) or its size: never decoded.
+    assert reason_of([json.dumps(valid_header(shape=shape)).encode(), b""]) in ("header_int", "shape", "payload_size")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -304,7 +305,7 @@ def test_rejects_bad_labels(label):
     ids=["flat", "string", "nan", "inf", "huge-int", "not-a-list", "bool"],
 )
 def test_rejects_bad_trace(trace):
-    assert reason_of(raw(valid_header(trace=trace))) == "trace"
+    assert reason_of(raw(valid_header(trace=trace))) in ("trace", "header_int")  # huge-int: refused as it is parsed
 
 
 def test_rejects_unknown_mode():
@@ -416,3 +417,74 @@ def test_pickle_check_catches_offenders(tmp_path):
     # import pickle, .send_pyobj, torch.load(b), torch.load(b, weights_only=False); the last load is fine
     assert len(hits) == 4, hits
     assert sum("torch.load" in h for h in hits) == 2
+
+
+# ---------------------------------------------------------------- poison pills (issue 20): nothing but WireError
+POISON = {
+    "4300-digit seq": (b'{"v":1,"kind":"frames","stream":"s","seq":' + b"9" * 4300 + b',"t_src":1,"shape":[0],"dtype":"float32"}', b""),
+    "2**63 seq": (json.dumps(valid_header(seq=2**63, shape=[0])).encode(), b""),
+    "zero beside 2**63": (json.dumps(valid_header(shape=[0, 2**63])).encode(), b""),
+    "zero beside huge dims": (json.dumps(valid_header(shape=[0, 2**31 - 1, 2**31 - 1, 2**31 - 1])).encode(), b""),
+    "dim over MAX_DIM": (json.dumps(valid_header(shape=[0, 2**31])).encode(), b""),
+    "nine dims": (json.dumps(valid_header(shape=[1] * 9)).encode(), bytes(4)),
+    "huge label": (json.dumps(valid_header(label=[2**60, 0])).encode(), bytes(24)),
+    "bool label": (json.dumps(valid_header(label=[True, False])).encode(), bytes(24)),
+    "string label": (json.dumps(valid_header(label=["1", "2"])).encode(), bytes(24)),
+    "float label": (json.dumps(valid_header(label=[1.0, 2.0])).encode(), bytes(24)),
+    "short trace": (json.dumps(valid_header(trace=[[1.0]])).encode(), bytes(24)),
+    "long trace": (json.dumps(valid_header(trace=[[1.0, 2.0, 3.0]])).encode(), bytes(24)),
+    "non-UTF-8": (b'{"v":1,"kind":"\xff\xfe"}', b""),
+    "deep nesting": (b"[" * 30000 + b"]" * 30000, b""),
+    "deep nesting in a field": (b'{"v":1,"x":' + b"[" * 20000 + b"]" * 20000 + b"}", b""),
+    "huge float t_src": (b'{"v":1,"kind":"frames","stream":"s","seq":0,"t_src":1e999,"shape":[0],"dtype":"float32"}', b""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_poison_pills_raise_only_wire_error(name):
+    header, payload = POISON[name]
+    try:
+        decode([header, payload])
+    except WireError as exc:
+        assert exc.reason in ("header_json", "header_int", "header_field", "header_size", "shape", "label", "trace", "malformed"), exc
+    else:
+        pytest.fail(f"{name} was accepted")
+
+
+def test_unexpected_exception_inside_decode_becomes_wire_error(monkeypatch):
+    # Whatever a check misses (here numpy refusing a reshape) is still a WireError, never a crash.
+    monkeypatch.setattr(wire.np, "frombuffer", lambda *a, **k: (_ for _ in ()).throw(ValueError("array is too big")))
+    assert reason_of(raw(valid_header())) == "malformed"
+
+
+def test_trace_with_one_value_per_row_passes():
+    msg = decode(raw(valid_header(trace=[[1.0, 2.0], [3.0, 4.5]])))
+    assert msg.trace == [[1.0, 2.0], [3.0, 4.5]]
+
+
+def test_many_parts_are_read_bounded_and_refused(zmq_context):
+    from ffstream.net.transport import Receiver, recv_bounded
+
+    pull = zmq_context.socket(zmq.PULL)
+    push = zmq_context.socket(zmq.PUSH)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        push.send_multipart([b""] * 10_000)
+        assert pull.poll(5000)
+        assert len(recv_bounded(pull)) == 3  # enough to tell that it has too many, and no more kept
+        push.send_multipart([b"{}"] * 50)
+        receiver = Receiver(pull)
+        assert receiver.recv(5000) is None and receiver.rejected["parts"] == 1
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+
+
+@pytest.mark.parametrize("rows, layers, fits", [(64, 4, True), (1024, 4, True), (2048, 4, False), (8192, 1, False)])
+def test_header_bound_says_which_batches_fit(rows, layers, fits):
+    assert (wire.header_bound(rows, layers, labelled=True) <= wire.MAX_HEADER_BYTES) is fits
+    if fits:  # the bound is a real upper bound: a worst-case trace and labels of that size encode within it
+        trace = [[-12345.6789] * rows for _ in range(layers)]
+        msg = wire.Message("activity", np.zeros((rows, 1), np.float32), label=[9999] * rows, trace=trace, extra={"blocks": [1]})
+        assert len(wire.encode(msg)[0]) <= wire.header_bound(rows, layers, labelled=True)

@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from ffstream import config
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import security
-from ffstream.workers import malloc
+from ffstream.workers import lifeline, malloc
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
@@ -25,6 +26,7 @@ STANDBY = "standby"
 
 def worker_command(args) -> int:
     malloc.tune_for_workers()  # before the sockets and the model allocate: RSS levels off (see ffstream/malloc.py)
+    lifeline.die_with_parent(lifeline.parent_from_env())  # under `ffstream run`: never outlive the supervisor
     if args.kind == STANDBY:
         warm_up(config.load(args.config))
         if not take_assignment(args):
@@ -33,7 +35,9 @@ def worker_command(args) -> int:
     torch.set_num_threads(thread_budget(cfg))
     worker = build_worker(args.kind, cfg, index=args.index, final_stats_dir=args.stats_dir)
     if cfg.security.curve_dir:
-        security.enable(worker.context, cfg.security.curve_dir, cfg.security.curve_client)
+        own = Path(cfg.security.curve_dir) / f"{worker.kind}.key_secret"  # per-role pairs; else the configured one
+        client = worker.kind if own.exists() else cfg.security.curve_client
+        security.enable(worker.context, cfg.security.curve_dir, client, role=worker.kind)
     worker.handle_signals()
     if os.environ.get("FFSTREAM_HEAP_LOG_S"):  # diagnostics: the heap's figures in this worker's log, every N seconds
         malloc.log_heap_every(float(os.environ["FFSTREAM_HEAP_LOG_S"]), lambda: repr(worker))

@@ -14,6 +14,25 @@ log = logging.getLogger("ffstream.net.transport")
 
 POLL_MS = 100  # how long a blocking step waits before it looks at the stop flag again
 
+# MAXMSGSIZE per socket purpose, bytes per frame: ZeroMQ drops the connection of a peer that sends more.
+MAX_MESSAGE = {
+    "data": wire.DEFAULT_MAX_PAYLOAD + wire.MAX_HEADER_BYTES,  # frames, activity, snapshots, negative updates
+    "monitor": 16 * 1024 * 1024 + wire.MAX_HEADER_BYTES,  # metrics (header only) and weight previews (uint8 tiles)
+    "control": wire.MAX_HEADER_BYTES,  # commands: a header and an empty payload
+}
+# ZMTP heartbeats: a peer that answers no PING within HEARTBEAT_TIMEOUT_MS is dropped, so a half-open
+# connection (a host gone, a partition) is noticed in seconds, not after the kernel's two hours.
+HEARTBEAT_IVL_MS = 2000
+HEARTBEAT_TIMEOUT_MS = 10_000
+HEARTBEAT_TTL_MS = 10_000  # how long the peer waits for our next PING before dropping us
+# TCP keepalive underneath, for the NAT and firewall tables in between: probe after 30 s idle, every 10 s, 3 tries.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTVL_S, KEEPALIVE_CNT = 30, 10, 3
+# A deadline on every blocking send or receive: ffstream sends with NOBLOCK and receives after a poll, so this
+# only bounds a call that slipped past that rule; it then raises zmq.Again instead of hanging the worker.
+BLOCKING_TIMEOUT_MS = 10_000
+# Every message has two frames; a peer that sends more is read only up to this many, the rest is discarded.
+MAX_PARTS = 2
+
 
 def make_socket(
     ctx: zmq.Context,
@@ -22,10 +41,13 @@ def make_socket(
     bind: str | None = None,
     connect: str | list[str] | None = None,
     hwm: int = 16,
-    max_message: int = wire.DEFAULT_MAX_PAYLOAD + wire.MAX_HEADER_BYTES,
+    purpose: str = "data",
+    max_message: int | None = None,
     before_connect: Callable[[zmq.Socket], None] | None = None,
 ) -> zmq.Socket:
-    """A socket with LINGER 0 and MAXMSGSIZE set, bound or connected. The stable side binds.
+    """A socket with LINGER 0, MAXMSGSIZE, heartbeats and keepalive set, bound or connected. The stable side binds.
+
+    purpose ("data", "monitor" or "control") sizes MAXMSGSIZE (MAX_MESSAGE), unless max_message is given.
 
     before_connect(sock), if given, runs just before connecting: a socket monitor attached there sees every handshake.
     """
@@ -33,7 +55,16 @@ def make_socket(
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message if max_message is not None else MAX_MESSAGE[purpose])
+    sock.setsockopt(zmq.SNDTIMEO, BLOCKING_TIMEOUT_MS)
+    sock.setsockopt(zmq.RCVTIMEO, BLOCKING_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
     try:
         security.secure(ctx, sock, bind, connect)  # CURVE, when enabled for ctx and the address is not loopback
         if bind:
@@ -59,7 +90,7 @@ class Receiver:
 
     def recv_ready(self) -> wire.Message | None:
         """Take one message that the poller said is there; None when it was malformed (and counted)."""
-        parts = self.sock.recv_multipart(copy=False)
+        parts = recv_bounded(self.sock)
         try:
             return wire.decode(parts, self.max_payload)
         except wire.WireError as exc:
@@ -75,8 +106,23 @@ class Receiver:
         return self.recv_ready()
 
 
+def recv_bounded(sock: zmq.Socket, max_parts: int = MAX_PARTS) -> list:
+    """One multipart message, keeping at most max_parts + 1 frames (enough for decode to refuse it) and
+    discarding the rest, so that a message of a million empty frames costs no memory."""
+    parts = [sock.recv(copy=False)]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv(copy=False)
+        if len(parts) <= max_parts:
+            parts.append(frame)
+    return parts
+
+
 def send(sock: zmq.Socket, msg: wire.Message, should_stop: Callable[[], bool], timeout_ms: int | None = None) -> bool:
-    """Send, waiting for room (backpressure) but never past a stop request or timeout_ms. True if sent."""
+    """Send, waiting for room (backpressure) but never past a stop request or timeout_ms. True if sent.
+
+    timeout_ms None waits as long as backpressure lasts (a file source behind a slow layer), but never past a
+    stop request; callers that must not wait on a peer that may be gone pass a deadline and handle False.
+    """
     parts = wire.encode(msg)
     copy = msg.array.nbytes < wire.ZERO_COPY_BYTES
     waited = 0

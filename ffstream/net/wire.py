@@ -28,6 +28,10 @@ VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 512 * 1024 * 1024  # largest array a worker accepts, in bytes; a 4×2000² snapshot is 64 MB
 ZERO_COPY_BYTES = 64 * 1024  # payloads above this are sent without a copy
+MAX_INT = 2**53  # largest |integer| a header may hold: exact in a float, and in JavaScript
+MAX_INT_DIGITS = 16  # 2**53 has 16 digits: longer integers are refused before they are parsed
+MAX_DIMS = 8  # most dimensions an array may have
+MAX_DIM = 2**31 - 1  # largest single dimension
 
 KINDS = frozenset(
     {
@@ -103,14 +107,24 @@ def encode(msg: Message) -> list:
 
 
 def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bool = True) -> Message:
-    """[header, payload] -> Message, or WireError. The array is a read-only view of the payload."""
+    """[header, payload] -> Message, or WireError (and nothing else). The array is a read-only view of the payload."""
+    try:
+        return _decode(parts, max_payload, check_finite)
+    except WireError:
+        raise
+    except (ValueError, OverflowError, TypeError, RecursionError, MemoryError, AttributeError) as exc:
+        # Whatever the checks below missed: a message must never crash a worker, only be dropped and counted.
+        raise WireError("malformed", f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _decode(parts: list, max_payload: int, check_finite: bool) -> Message:
     if len(parts) != 2:
         raise WireError("parts", f"expected 2 parts, got {len(parts)}")
     raw_header, payload = (p.buffer if hasattr(p, "buffer") else p for p in parts)
     if len(raw_header) > MAX_HEADER_BYTES:
         raise WireError("header_size", f"header of {len(raw_header)} bytes")
     try:
-        header = json.loads(bytes(raw_header).decode("utf-8"))
+        header = json.loads(bytes(raw_header).decode("utf-8"), parse_int=_parse_int)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting recurses
         raise WireError("header_json", str(exc) or type(exc).__name__) from None
     if not isinstance(header, dict):
@@ -127,9 +141,13 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
     if header["dtype"] not in DTYPES:
         raise WireError("dtype", f"unknown dtype {header['dtype']!r}")
     shape = header["shape"]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) or len(shape) > 8:
-        raise WireError("shape", f"bad shape {shape!r}")
+    if len(shape) > MAX_DIMS or not all(_is_count(n) and n <= MAX_DIM for n in shape):
+        raise WireError("shape", f"bad shape {str(shape)[:100]}")
     dtype = np.dtype(DTYPES[header["dtype"]])
+    # A zero-size dimension makes the product 0 whatever sits beside it, but numpy still refuses to reshape
+    # into (0, 2**40, 2**40): bound the product of the other dimensions too.
+    if math.prod(n for n in shape if n) > max(max_payload // dtype.itemsize, MAX_DIM):
+        raise WireError("shape", f"shape {str(shape)[:100]} is too large")
     expected = math.prod(shape) * dtype.itemsize  # Python ints: np.prod in int64 overflows or wraps to 0
     if expected > max_payload:
         raise WireError("payload_size", f"{expected} bytes is over the {max_payload}-byte limit")
@@ -140,15 +158,16 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
         raise WireError("non_finite", "payload holds NaN or Inf")
     mode = header.get("mode", "learn")
     if mode not in MODES:
-        raise WireError("mode", f"unknown mode {mode!r}")
+        raise WireError("mode", f"unknown mode {str(mode)[:40]!r}")
+    rows = shape[0] if shape else 0
     label = header.get("label")
     if label is not None:
-        rows = shape[0] if shape else 0
-        if not isinstance(label, list) or len(label) != rows or not all(isinstance(v, int) and v >= 0 for v in label):
+        if not isinstance(label, list) or len(label) != rows or not all(_is_count(v) for v in label):
             raise WireError("label", "label must be one non-negative int per row")
     trace = header.get("trace")
-    if trace is not None and not _is_trace(trace):
-        raise WireError("trace", "trace must be a list of lists of finite numbers")
+    if trace is not None and not (_is_trace(trace) and all(len(layer) == rows for layer in trace)):
+        # The sink indexes trace[layer][row] for every row: a short trace is refused here, not an IndexError there.
+        raise WireError("trace", "trace must be a list, per layer, of one finite number per row")
     known = set(REQUIRED) | {"mode", "label", "trace"}
     extra = {k: v for k, v in header.items() if k not in known}
     return Message(
@@ -164,6 +183,21 @@ def decode(parts: list, max_payload: int = DEFAULT_MAX_PAYLOAD, check_finite: bo
     )
 
 
+def _parse_int(text: str) -> int:
+    """json.loads' integer hook: a 4,300-digit integer is refused before Python spends time (or a ValueError) on it."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise WireError("header_int", f"an integer of {len(text)} digits")
+    value = int(text)
+    if abs(value) > MAX_INT:
+        raise WireError("header_int", f"integer {value} is beyond ±2**53")
+    return value
+
+
+def _is_count(v: Any) -> bool:
+    """A non-negative JSON integer (bool is an int subclass in Python, and is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _finite_number(v: Any) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
@@ -175,6 +209,18 @@ def _finite_number(v: Any) -> bool:
 
 def _is_trace(trace: Any) -> bool:
     return isinstance(trace, list) and all(isinstance(row, list) and all(_finite_number(v) for v in row) for row in trace)
+
+
+# A header's worst case per row, in bytes: a trace value is rounded to 4 decimals ("-12345.6789,"), a label is a
+# class index ("9999,"). What is not per row (the fixed fields, blocks, step) fits in HEADER_BASE_BYTES.
+TRACE_VALUE_BYTES = 12
+LABEL_BYTES = 5
+HEADER_BASE_BYTES = 4096
+
+
+def header_bound(rows: int, trace_layers: int, labelled: bool) -> int:
+    """The most bytes the header of a `rows`-row activity message can take after `trace_layers` layers."""
+    return HEADER_BASE_BYTES + rows * (trace_layers * TRACE_VALUE_BYTES + (LABEL_BYTES if labelled else 0))
 
 
 def pack_tensors(tensors: dict[str, np.ndarray]) -> tuple[np.ndarray, list[dict]]:
@@ -193,7 +239,8 @@ def unpack_tensors(flat: np.ndarray, layout: Any) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for entry in layout:
         name, shape = entry.get("name"), entry.get("shape")
-        if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        if not isinstance(name, str) or not isinstance(shape, list) or len(shape) > MAX_DIMS \
+                or not all(_is_count(n) and n <= MAX_DIM for n in shape):
             raise WireError("tensors", f"bad tensor entry {entry!r}")
         size = math.prod(shape)
         if offset + size > flat.size:  # checked before reshape, which would raise a plain ValueError

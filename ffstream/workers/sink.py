@@ -15,12 +15,14 @@ import zmq
 from ffstream.ff import LinearReadout
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send
-from ffstream.offline.readout_store import save_readout
-from ffstream.workers.base import Worker
+from ffstream.ff.checkpoint import CheckpointError
+from ffstream.offline.readout_store import load_readout, save_readout
+from ffstream.workers.base import Worker, write_json_atomic
 from ffstream.workers.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SINK_STATE = "sink.json"  # beside readout.safetensors: the counters, and the stack the head was trained on
 
 
 class SinkWorker(Worker):
@@ -35,7 +37,8 @@ class SinkWorker(Worker):
         num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
         readout_lr: float = 1e-3,  # Adam learning rate of the softmax head / probe
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
-        checkpoint_dir: str | None = None,
+        checkpoint_dir: str | None = None,  # the head and counters are loaded from here at start and saved here
+        checkpoint_every_s: float = 60.0,  # seconds between periodic saves of the head and counters
         max_frames: int | None = None,  # stop after this many learned frames
         exit_on_end: bool = True,  # the sink's exit is how the supervisor knows that a stream is done
         seed: int = 0,
@@ -50,6 +53,12 @@ class SinkWorker(Worker):
         self.readout_lr = readout_lr
         self.scores_path = scores_path
         self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every_s = checkpoint_every_s
+        self._last_checkpoint = time.monotonic()
+        # A head loaded from checkpoint_dir, held until the first eval batch shows that it fits this stack
+        # (the same layer widths), with the widths it was trained on; None when there was none or it did not fit.
+        self._saved_head: tuple[LinearReadout, list[int]] | None = None
+        self._blocks: list[int] | None = None  # the layer widths of the activity the head reads
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.seed = seed
@@ -73,11 +82,15 @@ class SinkWorker(Worker):
         if self.snapshot_addr:
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
+        if self.checkpoint_dir:
+            self._restore()
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
 
     def step(self) -> None:
+        if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
+            self._checkpoint()  # on a period, idle or not: a kill -9 loses at most one period of the head's learning
         ready = dict(self.poller.poll(POLL_MS))
         if self.snapshot is not None and self.snapshot.sock in ready:
             self._answer_snapshot()
@@ -150,18 +163,73 @@ class SinkWorker(Worker):
         features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1).astype(np.float32, copy=False))
         labels = torch.tensor(msg.label)
         if self.readout is None:
-            self.readout = LinearReadout(features.shape[1], self.num_classes, lr=self.readout_lr, seed=self.seed)
+            self.readout = self._head_for(features.shape[1], list(blocks))
         hits = int((self.readout.predict(features) == labels).sum())
         self.correct += hits
         self.evaluated += len(labels)
         self.recent_accuracy.add(hits / len(labels))
         self.readout.learn(features, labels)
 
+    # checkpoints: the head and the counters survive a restart --------------------------------------------------
+    def _restore(self) -> None:
+        """Load the counters, and keep the saved head for _head_for, when they were made for this stack's readout."""
+        try:
+            state = json.loads((Path(self.checkpoint_dir) / SINK_STATE).read_text())
+        except FileNotFoundError:
+            return  # a fresh run
+        except (OSError, ValueError) as exc:
+            self.log.warning("not resuming the sink from %s: %s", self.checkpoint_dir, exc)
+            return
+        if not isinstance(state, dict) or state.get("readout_layers") != self.readout_layers or state.get("num_classes") != self.num_classes:
+            self.log.warning("the sink state in %s is for another readout; starting afresh", self.checkpoint_dir)
+            return
+        blocks = state.get("blocks")
+        if isinstance(blocks, list):
+            try:
+                readout, layers = load_readout(self.checkpoint_dir)
+            except CheckpointError as exc:
+                self.log.warning("not resuming the head: %s", exc)
+                return
+            if layers != self.readout_layers or readout.linear.out_features != self.num_classes:
+                self.log.warning("the head in %s does not fit this readout; starting afresh", self.checkpoint_dir)
+                return
+            self._saved_head = (readout, blocks)
+        for key in ("frames", "evaluated", "correct"):
+            value = state.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                setattr(self, key, value)
+        self.log.info("resumed the sink from %s: %d frames, %d evaluated", self.checkpoint_dir, self.frames, self.evaluated)
+
+    def _head_for(self, in_features: int, blocks: list[int]) -> LinearReadout:
+        """The saved head if it was trained on activity of these layer widths, else a new one."""
+        head = LinearReadout(in_features, self.num_classes, lr=self.readout_lr, seed=self.seed)
+        saved, self._saved_head = self._saved_head, None
+        if saved is not None and saved[1] == blocks and saved[0].linear.in_features == in_features:
+            head.load_state_dict(saved[0].state_dict())  # the weights; Adam's moments start again
+            self.log.info("using the saved head (%d features)", in_features)
+        elif saved is not None:
+            self.log.warning("the saved head was trained on layers of widths %s, this stack has %s: a new head", saved[1], blocks)
+            self.evaluated = self.correct = 0  # accuracy of the old head says nothing of the new
+        self._blocks = blocks
+        return head
+
+    def _checkpoint(self) -> None:
+        """Head first, then the counters that describe it: a crash between the two leaves a head newer than its counts."""
+        self._last_checkpoint = time.monotonic()
+        blocks = self._blocks
+        if self.readout is not None:
+            save_readout(self.checkpoint_dir, self.readout, self.readout_layers, self.num_classes)
+        elif self._saved_head is not None:
+            blocks = self._saved_head[1]  # not used yet this run: the saved head stays, and stays described
+        state = {"readout_layers": self.readout_layers, "num_classes": self.num_classes, "blocks": blocks,
+                 "frames": self.frames, "evaluated": self.evaluated, "correct": self.correct}
+        write_json_atomic(Path(self.checkpoint_dir) / SINK_STATE, state)
+
     def on_close(self) -> None:
         if self._scores_file:
             self._scores_file.close()
-        if self.checkpoint_dir and self.readout is not None:
-            save_readout(self.checkpoint_dir, self.readout, self.readout_layers, self.num_classes)
+        if self.checkpoint_dir:
+            self._checkpoint()  # the head only once this run has one: a saved head is never replaced by an untrained one
 
     def metrics(self) -> dict[str, Any]:
         m = super().metrics()
