@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ffstream.ff.dreamer import NEGATIVE_KINDS
-
 LIVE_MAX_HELD = 128  # held positive messages with forward_first or scheduled learning (default Pairing: 16); rows (B, D) each, so small at batch 1
 
 
@@ -65,6 +63,8 @@ class SleepPlan:
     route: str = "snapshot"
 
     def __post_init__(self) -> None:
+        from ffstream.ff.dreamer import NEGATIVE_KINDS  # torch: a plan is made when a run starts, not for --help
+
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.route == "chain" and (self.update != "inputs" or self.phased):

@@ -1,0 +1,115 @@
+"""The cross-field rules of a run's config, each stated once; `RunConfig.check()` applies them all.
+
+Every rule raises a ConfigError whose one line names the key (`model.batch_stats`) and says what to change.
+The layer classes keep their own invariants (ValueError from ff/): those guard the maths when a layer is
+built by hand; these say it in the config's words before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ffstream.config.plans import LIVE_MAX_HELD
+
+if TYPE_CHECKING:
+    from ffstream.config.sections import ModelConfig, RunConfig, StreamConfig
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key or flag."""
+
+
+def positive(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_stream(s: StreamConfig) -> None:
+    positive("stream.batch", s.batch)
+    if s.rate_fps is not None and not s.rate_fps > 0:
+        raise ConfigError(f"stream.rate_fps must be a positive number of frames/s, got {s.rate_fps!r}")
+    positive("stream.epochs", s.epochs)
+    if s.max_frames is not None:
+        positive("stream.max_frames", s.max_frames)
+    if s.task not in (None, "supervised", "unsupervised"):
+        raise ConfigError(f"stream.task must be 'supervised' or 'unsupervised', got {s.task!r}")
+    if len(s.size) != 2 or min(s.size) <= 0:
+        raise ConfigError(f"stream.size must be HxW with positive numbers, got {s.size}")
+    if s.labels is not None and not os.path.isfile(s.labels):
+        raise ConfigError(f"stream.labels: no such label file: {s.labels}")
+
+
+def check_model(m: ModelConfig) -> None:
+    """The model section on its own; it also normalises `layers` to one entry per layer ("conv" is three)."""
+    from ffstream.ff.spec import parse_layers  # torch: only when a config is checked, never for --help
+
+    if not m.layers:
+        raise ConfigError("model.layers needs at least one layer, e.g. --set model.layers=500,500,500")
+    try:
+        specs = parse_layers(m.layers)
+    except ValueError as exc:
+        raise ConfigError(f"model.layers: {exc}") from None
+    m.layers = tuple(s.size if s.kind == "dense" else str(s) for s in specs)
+    spatial = [s.kind != "dense" for s in specs]
+    if m.batch_norm and not any(spatial):
+        raise ConfigError("model.batch_norm standardises conv/local channels: the layers have none")
+    if m.competition and not all(spatial):
+        raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
+    if m.batch_stats and not m.competition:
+        raise ConfigError("model.batch_stats reads CwComp's class scores on batch-standardised channels: it needs model.competition")
+    if m.batch_stats and m.batch_norm:
+        raise ConfigError("model.batch_stats and model.batch_norm are two kinds of batch norm: choose one")
+    if m.recurrent and m.label_relative:
+        raise ConfigError("model.label_relative writes the label into the frame; the recurrent network takes it at the top (use label_scale)")
+    if m.recurrent and any(spatial):
+        raise ConfigError("model.recurrent needs dense layers (model.layers=N,N,...); conv and local layers are feed-forward only")
+    positive("model.max_batch", m.max_batch)
+    positive("model.region", m.region)
+    if not (isinstance(m.outlier_weight, (int, float)) and m.outlier_weight >= 0):
+        raise ConfigError(f"model.outlier_weight must be a number >= 0, got {m.outlier_weight!r}")
+    if not isinstance(m.learn_every_rows, int) or m.learn_every_rows < 0:
+        raise ConfigError(f"model.learn_every_rows must be a whole number of rows >= 0, got {m.learn_every_rows!r}")
+    if not m.learn_every_ms >= 0:
+        raise ConfigError(f"model.learn_every_ms must be >= 0, got {m.learn_every_ms!r}")
+    if m.recurrent:
+        m.recurrent_config()
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Every section, then the rules that join them."""
+    check_stream(cfg.stream)
+    check_model(cfg.model)
+    if cfg.sleep.enabled:
+        plan = cfg.sleep_plan()
+        if plan.route == "chain" and cfg.model.recurrent:
+            raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
+        if plan.negatives != "hybrid" and cfg.stream.task == "unsupervised":
+            raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
+    if cfg.model.batching.scheduled and (cfg.model.recurrent or not cfg.sleep.enabled or cfg.sleep.update != "inputs" or cfg.sleep.phased):
+        raise ConfigError("model.learn_every_rows / learn_every_ms need a feed-forward stack with paired negatives "
+                          "(sleep on, sleep.update 'inputs', not phased)")
+    if cfg.model.learn_every_rows > LIVE_MAX_HELD // 2 * cfg.stream.batch:
+        raise ConfigError(f"model.learn_every_rows {cfg.model.learn_every_rows} is more rows than a layer holds "
+                          f"({LIVE_MAX_HELD // 2} batches of {cfg.stream.batch})")
+    if cfg.model.recurrent and cfg.sleep.enabled and cfg.sleep.update != "inputs":
+        raise ConfigError("a recurrent run sends the sleep worker's negatives as inputs; sleep.update must be 'inputs'")
+    cfg.layer_configs()  # the layer specs chain from the frame's shape, or one line says why not
+    if cfg.model.competition and cfg.sleep.enabled:
+        check_competition_sleep(cfg)
+    if not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+def check_competition_sleep(cfg: RunConfig) -> None:
+    """CwComp learns from hybrids only in the layers that see the whole frame (spec.Field): one must, and
+    no layer below passes them up."""
+    if cfg.sleep_plan().negatives != "hybrid":
+        raise ConfigError("model.competition (CwComp) takes labels as targets, not in the frame, so a wrong label makes no negative: "
+                          "use the sleep worker's hybrids (sleep.negatives=hybrid) or none (sleep.enabled=false)")
+    if cfg.sleep.route == "chain":
+        raise ConfigError("model.competition: only the layers that see the whole frame take hybrids, so none can be passed up "
+                          "from layer 1: use sleep.route=snapshot")
+    if cfg.model.outlier_weight > 0 and not any(c.takes_negatives for c in cfg.layer_configs()):
+        raise ConfigError("model.competition: the sleep worker's hybrids teach only a layer that sees the whole frame, and none of "
+                          "these does (add a layer, a stride or a +pool), or turn the sleep worker off (sleep.enabled=false)")
