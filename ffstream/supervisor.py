@@ -113,6 +113,9 @@ class Supervisor:
         self.stats_dir = self.run_dir / "final"
         self.config_path = self.run_dir / "run.json"
         self.config_path.write_text(cfg.to_json())
+        if cfg.checkpoint_dir:  # the recipe that made these checkpoints, kept with them (eval, score and --recipe DIR read it)
+            Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.checkpoint_dir) / "run.json").write_text(cfg.recipe_json())
         self.children: dict[str, Child] = {}
         self.interrupted = False
         self.latest: dict[str, dict] = {}  # worker name -> last metrics heard from the monitor

@@ -69,7 +69,7 @@ def test_kill_9_of_the_supervisor_takes_every_worker_with_it(tmp_path):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(monitor)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--source", "synthetic:1000000", "--layers", "32,32", "--batch", "32",
+        [sys.executable, "-m", "ffstream", "run", "--source", "synthetic:1000000", "--set", "model.layers=32,32", "--set", "stream.batch=32",
          "--monitor", monitor, "--no-progress"],
         cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

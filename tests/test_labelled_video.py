@@ -95,7 +95,7 @@ def test_bad_sidecar_is_one_line_and_exit_2(clip, tmp_path, capsys, case, how):
     text, expected = BAD_SIDECARS[case]
     target = clip.with_suffix(".csv") if how == "beside" else tmp_path / "named.csv"
     target.write_text(text)
-    flag = ["--labels", str(target)] if how == "flag" else []
+    flag = ["--set", f"stream.labels={target}"] if how == "flag" else []
     code = main(["run", "--source", str(clip), *flag, "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], (code, err)
@@ -115,7 +115,7 @@ def test_labels_flag_on_eval_and_score_reads_the_file(clip, tmp_path, capsys, co
 
 
 def test_missing_labels_file_is_a_config_error(clip, tmp_path, capsys):
-    code = main(["run", "--source", str(clip), "--labels", str(tmp_path / "nope.csv"), "--monitor", f"ipc://{tmp_path}/mon",
+    code = main(["run", "--source", str(clip), "--set", f"stream.labels={tmp_path / 'nope.csv'}", "--monitor", f"ipc://{tmp_path}/mon",
                  "--http", "none", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.csv" in err[0], (code, err)
@@ -125,7 +125,7 @@ def test_labels_reach_the_sink_in_a_run_on_a_labelled_file(clip, tmp_path):
     """Every frame's sidecar label reaches the sink's probe, which predicts it before learning it; the layers stay unsupervised."""
     summary_path = tmp_path / "summary.json"
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--source", str(clip), "--layers", "32,32", "--batch", "10",
+        [sys.executable, "-m", "ffstream", "run", "--source", str(clip), "--set", "model.layers=32,32", "--set", "stream.batch=10",
          "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress", "--summary-json", str(summary_path)],
         capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=240,
     )

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory) -> Path:
     """A 2-layer stack trained by `ffstream run` on 500 frames of the synthetic clip with seed 1, and a labelled video."""
     tmp = tmp_path_factory.mktemp("probe")
     run = subprocess.run(
-        ffstream("run", "--source", "synthetic:500:seed=1", "--max-frames", "500", "--layers", "40,40",
+        ffstream("run", "--source", "synthetic:500:seed=1", "--max-frames", "500", "--set", "model.layers=40,40",
                  "--checkpoint-dir", str(tmp / "ck"), "--monitor", f"ipc://{tmp}/mon", "--http", "none", "--no-progress"),
         capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp)}, cwd=ROOT, timeout=300,
     )

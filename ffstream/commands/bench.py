@@ -1,22 +1,36 @@
-"""`ffstream bench ...`: run a benchmark and print its figures (one JSON object with --json)."""
+"""`ffstream bench ...`: run a benchmark and print its figures (one JSON object with --json).
+
+The learning benchmarks (learning, sleep-gap, ablations, recurrent) take their run from a recipe and --set, like
+`ffstream run`; without a recipe they start from BENCH_BASE. Their own flags are only what no run has:
+--json, --no-reference, --no-pipeline, --plot, the recurrent bench's video part; --max-frames and --seed on top.
+"""
 
 from __future__ import annotations
 
 import json
 
+# The learning benches' starting point, below any recipe: a Fashion-MNIST epoch (10 classes) through dense
+# 3x1000 at the layers' default rate, as BENCHMARKS.md's first tables; the recurrent bench compares 2x500.
+BENCH_BASE = {
+    "stream": {"source": "fashion-mnist:train", "task": "supervised", "num_classes": 10, "batch": 64, "epochs": 1},
+    "model": {"layers": [1000, 1000, 1000], "lr": 1e-3},
+}
+RECURRENT_BASE = {**BENCH_BASE, "model": {"layers": [500, 500], "lr": 1e-3}}
+
+
+def bench_config(args, base: dict = BENCH_BASE):
+    """BENCH_BASE < --recipe < --set < --max-frames / --seed; the environment's FFSTREAM_* are not read (a bench is its command line)."""
+    from ffstream.config import load
+
+    flags = {"stream": {"max_frames": args.max_frames, "seed": args.seed}}
+    return load(base=base, recipe=args.recipe, sets=args.sets, overrides=flags, environ={})
+
 
 def bench_command(args) -> int:
     if args.bench == "learning":
-        from ffstream.bench.learning import (
-            format_result,
-            learning_benchmark,
-            learning_config,
-        )
+        from ffstream.bench.learning import format_result, learning_benchmark
 
-        cfg = learning_config(args.task, args.layers, args.epochs, args.batch, args.sleep_every, args.negatives, args.lr, args.seed, max_frames=args.max_frames, sleep=not args.no_sleep,
-                              sleep_route=args.sleep_route, competition=args.competition, region=args.region, batch_norm=args.batch_norm, batch_stats=args.batch_stats, outlier_weight=args.outlier_weight, label_scale=args.label_scale, label_relative=args.label_relative)
-        cfg.stream.size, cfg.threads = args.size, args.threads
-        cfg.check()
+        cfg = bench_config(args)
         result = learning_benchmark(cfg, reference=not args.no_reference, pipeline=not args.no_pipeline)
         print(json.dumps(result) if args.json else format_result(result), flush=True)
         return 0
@@ -24,13 +38,16 @@ def bench_command(args) -> int:
         from ffstream.bench.recurrent import format_result as format_recurrent
         from ffstream.bench.recurrent import recurrent_benchmark
 
+        cfg = bench_config(args, RECURRENT_BASE)
+        m, s = cfg.model, cfg.stream
         video = None if args.video == "none" else args.video
-        result = recurrent_benchmark(args.layers, args.epochs, args.batch, args.max_frames, args.iterations, args.window, video,
-                                     args.video_batch, args.video_frames, images=not args.no_images, seed=args.seed,
-                                     video_epochs=args.video_epochs, lr=args.lr)
+        result = recurrent_benchmark(m.layers, s.epochs, s.batch, s.max_frames, m.iterations, tuple(m.window), video,
+                                     args.video_batch, args.video_frames, images=not args.no_images, seed=s.seed,
+                                     video_epochs=args.video_epochs, lr=cfg.layer_lr)
         print(json.dumps(result) if args.json else format_recurrent(result), flush=True)
         return 0
     if args.bench == "throughput":
+        from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
         from ffstream.bench.throughput import format_result as format_throughput
         from ffstream.bench.throughput import throughput_benchmark
 
@@ -40,19 +57,18 @@ def bench_command(args) -> int:
             result = memory_benchmark(args.layers, args.batch, args.memory_seconds, args.memory_every)
             print(json.dumps(result) if args.json else format_memory(result), flush=True)
             return 0
+        every = LATENCY_LEARN_EVERY_ROWS if args.latency_learn_every_rows is None else args.latency_learn_every_rows
         result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames,
-                                      latency_learn_every_rows=args.latency_learn_every_rows, memory_every_s=args.memory_every)
+                                      latency_learn_every_rows=every, memory_every_s=args.memory_every)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0
     if args.bench in ("sleep-gap", "ablations"):
         from ffstream.bench import studies
-        from ffstream.bench.learning import learning_config
 
-        cfg = learning_config("supervised", args.layers, args.epochs, args.batch, args.sleep_every, None, 1e-3, args.seed, max_frames=args.max_frames)
-        cfg.check()
+        cfg = bench_config(args)
         rows = studies.sleep_gap(cfg) if args.bench == "sleep-gap" else studies.ablations(cfg)
         print(json.dumps(rows) if args.json else studies.markdown(rows), flush=True)
-        if args.plot and args.bench == "sleep-gap":
+        if getattr(args, "plot", None) and args.bench == "sleep-gap":
             studies.plot(rows, args.plot)
         return 0
     return 2

@@ -26,23 +26,13 @@ from ffstream.supervisor import EXIT_USAGE, resolve_stream, run_stack
 
 
 def config_from_args(args) -> config.RunConfig:
-    overrides = {
-        "stream": {
-            "source": args.source, "task": args.task, "max_frames": args.max_frames, "epochs": args.epochs,
-            "batch": args.batch, "seed": args.seed, "size": args.size, "color": args.color, "labels": args.labels,
-        },
-        "model": {"layers": args.layers, "lr": args.lr, "optimizer": args.optimizer, "goodness": args.goodness, "variant": args.variant,
-                  "recurrent": args.recurrent, "iterations": args.iterations, "window": args.window,
-                  "competition": args.competition, "region": args.region, "batch_norm": args.batch_norm, "batch_stats": args.batch_stats, "outlier_weight": args.outlier_weight, "wire_float16": args.wire_float16,
-                  "learn_every_rows": args.learn_every_rows, "learn_every_ms": args.learn_every_ms,
-                  "label_scale": args.label_scale, "label_relative": args.label_relative},
-        "sleep": {"sleep_every": args.sleep_every, "negatives": args.negatives, "enabled": False if args.no_sleep else None,
-                  "route": args.sleep_route},
-        "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device, "threads": args.threads},
+    """Defaults < --recipe < --config < FFSTREAM_* < --set < the flags given (ffstream.config.loading)."""
+    flags = {
+        "stream": {"source": args.source, "max_frames": args.max_frames, "epochs": args.epochs, "seed": args.seed},
+        "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device},
     }
-    if args.batch:
-        overrides["model"]["max_batch"] = args.batch
-    cfg = config.load(args.config, overrides=overrides)
+    cfg = config.load(args.config, overrides=flags, recipe=args.recipe, sets=args.sets, check=False)
+    cfg.check()  # before the source is opened: a bad field is one line, whatever the source
     resolve_stream(cfg)
     cfg.check()
     return cfg

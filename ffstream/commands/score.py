@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ffstream.cli import UserError
+from ffstream.config import recorded
 from ffstream.offline.recurrent_eval import is_recurrent
 from ffstream.offline.recurrent_score import comparison_line, score_recurrent_video
 from ffstream.offline.score import plot, require_matplotlib, score_video, write_csv
@@ -14,6 +15,11 @@ def score_command(args) -> int:
             require_matplotlib()  # before the work, so a missing package costs nothing
         except ImportError as exc:
             raise UserError(str(exc)) from None
+    if args.source is None:  # the video the stack learned from, as its run.json records
+        run = recorded(args.checkpoint_dir)
+        if run is None:
+            raise UserError(f"--source is needed: {args.checkpoint_dir} has no run.json saying what the stack learned from")
+        args.source = run.stream.source
     without_top_down = None
     if is_recurrent(args.checkpoint_dir):  # a recurrent stack: frames are its steps; also scored with top-down silenced
         scores, without_top_down = score_recurrent_video(args.source, args.checkpoint_dir)
