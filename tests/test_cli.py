@@ -36,9 +36,16 @@ def cli_env(tmp_dir) -> dict[str, str]:
 
 # (argv, what the error line must mention, the exit code)
 ERROR_CASES = {
-    "layers not numbers": (["run", "--layers", "10,x"], ["--layers", "10,x"], 2),
-    "batch zero": (["run", "--batch", "0"], ["--batch", "'0'"], 2),
-    "size without x": (["run", "--size", "28"], ["--size", "HxW"], 2),
+    "layers not numbers": (["run", "--set", "model.layers=10,x"], ["model.layers", "'x'"], 2),
+    "batch zero": (["run", "--set", "stream.batch=0"], ["stream.batch", "positive integer", "got 0"], 2),
+    "size without x": (["run", "--set", "stream.size=28"], ["stream.size", "HxW"], 2),
+    "set unknown key": (["run", "--set", "model.bogus=1"], ["unknown config key model.bogus;", "(in --set)"], 2),
+    "set unknown section": (["run", "--set", "modle.lr=0.1"], ["--set 'modle.lr=0.1'", "unknown section 'modle'"], 2),
+    "set bad value": (["run", "--set", "model.lr=fast"], ["model.lr", "bad value 'fast'"], 2),
+    "set bad bool": (["run", "--set", "sleep.enabled=maybe"], ["sleep.enabled", "true or false"], 2),
+    "set without a value": (["run", "--set", "model.lr"], ["--set 'model.lr'", "section.key=value"], 2),
+    "unknown recipe": (["run", "--recipe", "no-such-recipe"], ["unknown recipe 'no-such-recipe'", "images-dense"], 2),
+    "recipe unknown key": (["run", "--recipe", "bad_recipe.json"], ["unknown config key model.widths;", "bad_recipe.json"], 2),
     "config unknown key": (["worker", "layer", "--config", "unknown_key.json"], ["unknown config key stream.bogus;"], 2),
     "config bad value": (["worker", "layer", "--config", "bad_value.json"], ["stream.batch", "'many'"], 2),
     "missing video": (["run", "--source", "/nonexistent.mp4"], ["/nonexistent.mp4"], 2),
@@ -53,6 +60,7 @@ def error_runs(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli-errors")
     (cwd / "unknown_key.json").write_text(json.dumps({"stream": {"bogus": 1}}))
     (cwd / "bad_value.json").write_text(json.dumps({"stream": {"batch": "many"}}))
+    (cwd / "bad_recipe.json").write_text(json.dumps({"description": "a typo in a field name", "model": {"widths": [10]}}))
     (cwd / "notavideo.txt").write_text("this is not a video\n")
     (cwd / "empty").mkdir()
     procs = {
@@ -106,7 +114,7 @@ def _one_error_line(result, code: int = 2) -> str:
 def test_run_with_a_missing_webcam_exits_2_at_once(tmp_path):
     """There is no /dev/video97 (there is no camera on this machine at all): the run says so before starting a worker."""
     result = subprocess.run(
-        ffstream("run", "--source", "webcam:97", "--layers", "16", "--no-sleep", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
+        ffstream("run", "--source", "webcam:97", "--set", "model.layers=16", "--set", "sleep.enabled=false", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
     )
     line = _one_error_line(result)
@@ -120,7 +128,8 @@ def test_run_with_an_unreachable_stream_exits_2_without_restarting(tmp_path):
     once: restarting cannot fix a wrong address. Nothing listens on port 1, so the connection is refused."""
     started = time.monotonic()
     result = subprocess.run(
-        ffstream("run", "--source", "rtsp://127.0.0.1:1/none", "--layers", "16", "--no-sleep", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
+        ffstream("run", "--source", "rtsp://127.0.0.1:1/none", "--set", "model.layers=16",
+                 "--set", "sleep.enabled=false", "--no-progress", "--monitor", f"ipc://{tmp_path}/mon"),
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=CASE_TIMEOUT_S,
     )
     line = _one_error_line(result)
@@ -148,14 +157,19 @@ def _workers_left(tmp_dir) -> list[str]:
 def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     ck = tmp_path / "ck"
     run = subprocess.run(
-        ffstream("run", "--source", "synthetic:600", "--task", "supervised", "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck),
+        ffstream("run", "--source", "synthetic:600", "--set", "stream.task=supervised", "--set", "model.layers=32,32", "--set", "stream.batch=32",
+                 "--checkpoint-dir", str(ck),
                  "--monitor", f"ipc://{tmp_path}/mon", "--no-progress", "--summary-json", str(tmp_path / "summary.json")),
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [layer["frames"] for layer in summary["layers"]] == [600, 600], summary["layers"]
-    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors", "source.json"]
+    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors", "run.json", "source.json"]
+    recorded = json.loads((ck / "run.json").read_text())  # the effective config, kept beside the checkpoints
+    assert recorded["stream"]["source"] == "synthetic:600" and recorded["stream"]["task"] == "supervised"
+    assert recorded["model"]["layers"] == [32, 32] and recorded["model"]["max_batch"] == 32  # --set stream.batch carries the micro-batch
+    assert "topology" not in recorded, "where a run's sockets were is not part of its recipe"
 
     ev = subprocess.run(
         ffstream("eval", "--checkpoint-dir", str(ck), "--source", "synthetic:200", "--json"),
@@ -170,6 +184,12 @@ def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     for key in ("accuracy_energy", "accuracy_energy_all_layers", "accuracy_energy_last_layer", "accuracy_softmax"):
         assert isinstance(result[key], float) and 0.0 <= result[key] <= 1.0, result
 
+    # Without --source, eval reads the run's source from run.json (synthetic: the same 600-frame clip).
+    ev = subprocess.run(ffstream("eval", "--checkpoint-dir", str(ck), "--json"), cwd=tmp_path, env=cli_env(tmp_path),
+                        capture_output=True, text=True, timeout=60)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["n"] == 600
+
 
 def test_sigint_stops_a_run_cleanly_with_checkpoints(tmp_path, socket):
     ck = tmp_path / "ck"
@@ -178,7 +198,7 @@ def test_sigint_stops_a_run_cleanly_with_checkpoints(tmp_path, socket):
     watcher.setsockopt(zmq.SUBSCRIBE, b"")
     watcher.connect(monitor)
     proc = subprocess.Popen(
-        ffstream("run", "--source", "synthetic:1000000", "--layers", "32,32", "--batch", "32", "--checkpoint-dir", str(ck),
+        ffstream("run", "--source", "synthetic:1000000", "--set", "model.layers=32,32", "--set", "stream.batch=32", "--checkpoint-dir", str(ck),
                  "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")),
         cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
