@@ -31,18 +31,22 @@ CASE_TIMEOUT_S = 90
 
 # (argv, what the one error line must mention)
 BAD_SPECS = {
-    "kernel missing": (["run", "--layers", "conv:32x3"], ["--layers", "conv:32x3", "conv:CxKHxKW"]),
-    "stride zero": (["run", "--layers", "conv:8x3x3/0"], ["--layers", "conv:8x3x3/0"]),
-    "unknown kind": (["run", "--layers", "pool:2,500"], ["--layers", "pool:2"]),
-    "conv above dense": (["run", "--source", "synthetic:64", "--layers", "100,conv:8x3x3"], ["layer 2 (conv:8x3x3)", "needs an image below it"]),
-    "competition, no layer sees the frame": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition"],
-                                             ["sees the whole frame", "--no-sleep"]),
-    "competition with wrong labels": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--competition", "--negatives", "random"],
-                                      ["--negatives hybrid"]),
-    "outlier weight below zero": (["run", "--layers", "conv:8x3x3", "--competition", "--outlier-weight", "-1"], ["--outlier-weight", "-1"]),
-    "competition with dense": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3,100", "--competition", "--no-sleep"], ["competition", "conv or local"]),
-    "batch stats without competition": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3", "--batch-stats"], ["--batch-stats", "--competition"]),
-    "pool larger than the map": (["run", "--source", "synthetic:64", "--layers", "conv:8x3x3/2+pool16"], ["conv:8x3x3/2+pool16", "16x16 max-pool", "14x14"]),
+    "kernel missing": (["run", "--set", "model.layers=conv:32x3"], ["model.layers", "conv:32x3", "conv:CxKHxKW"]),
+    "stride zero": (["run", "--set", "model.layers=conv:8x3x3/0"], ["model.layers", "conv:8x3x3/0"]),
+    "unknown kind": (["run", "--set", "model.layers=pool:2,500"], ["model.layers", "pool:2"]),
+    "conv above dense": (["run", "--source", "synthetic:64", "--set", "model.layers=100,conv:8x3x3"], ["layer 2 (conv:8x3x3)", "needs an image below it"]),
+    "competition, no layer sees the frame": (["run", "--source", "synthetic:64", "--set", "model.layers=conv:8x3x3", "--set", "model.competition=true"],
+                                             ["sees the whole frame", "sleep.enabled=false"]),
+    "competition with wrong labels": (["run", "--source", "synthetic:64", "--set", "model.layers=conv:8x3x3", "--set", "model.competition=true",
+                                       "--set", "sleep.negatives=random"], ["sleep.negatives=hybrid"]),
+    "outlier weight below zero": (["run", "--set", "model.layers=conv:8x3x3", "--set", "model.competition=true", "--set", "model.outlier_weight=-1"],
+                                  ["model.outlier_weight", "-1"]),
+    "competition with dense": (["run", "--source", "synthetic:64", "--set", "model.layers=conv:8x3x3,100", "--set", "model.competition=true",
+                                "--set", "sleep.enabled=false"], ["competition", "conv or local"]),
+    "batch stats without competition": (["run", "--source", "synthetic:64", "--set", "model.layers=conv:8x3x3", "--set", "model.batch_stats=true"],
+                                        ["model.batch_stats", "model.competition"]),
+    "pool larger than the map": (["run", "--source", "synthetic:64", "--set", "model.layers=conv:8x3x3/2+pool16"],
+                                 ["conv:8x3x3/2+pool16", "16x16 max-pool", "14x14"]),
     "config file": (["worker", "layer", "--index", "1", "--config", "bad_layers.json"], ["model.layers", "conv:3x3"]),
 }
 
@@ -96,8 +100,8 @@ def goodness_gap(stack: FFStack, real: torch.Tensor, fake: torch.Tensor) -> list
 def run_video(tmp_path: Path, name: str) -> dict:
     summary = tmp_path / f"{name}.json"
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--source", str(VIDEO), "--size", "64x64", "--color", "--layers", CONV_STACK,
-         "--epochs", "3", "--batch", "16", "--lr", "0.01", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
+        [sys.executable, "-m", "ffstream", "run", "--source", str(VIDEO), "--set", "stream.size=64x64", "--set", "stream.color=true",
+         "--set", f"model.layers={CONV_STACK}", "--epochs", "3", "--set", "stream.batch=16", "--set", "model.lr=0.01", "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
          "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/{name}.monitor"],
         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=400,
     )
@@ -150,8 +154,8 @@ def test_batch_norm_statistics_travel_with_the_weights(tmp_path, update, route):
     route "chain": each layer passes its activity on the negatives up itself (sleep.route), as flat rows."""
     summary = tmp_path / "bn.json"
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--task", "unsupervised", "--layers",
-         "conv:8x3x3,conv:16x3x3/2", "--batch-norm", "--max-frames", "1280", "--no-progress", "--checkpoint-dir",
+        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--set", "stream.task=unsupervised", "--set",
+         "model.layers=conv:8x3x3,conv:16x3x3/2", "--set", "model.batch_norm=true", "--max-frames", "1280", "--no-progress", "--checkpoint-dir",
          str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/bn.monitor"],
         capture_output=True, text=True, env={**env(), "FFSTREAM_SLEEP_UPDATE": update, "FFSTREAM_SLEEP_ROUTE": route}, cwd=ROOT, timeout=300,
     )
@@ -184,8 +188,8 @@ def test_cwcomp_with_batch_statistics_pooling_and_sleep_learns_and_reloads(tmp_p
     without gradients reads the running statistics)."""
     summary = tmp_path / "cw.json"
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--layers", "conv:10x3x3+pool,conv:20x3x3+pool,conv:20x7x7",
-         "--competition", "--batch-stats", "--region", "99", "--lr", "0.01", "--max-frames", "1920", "--no-progress",
+        [sys.executable, "-m", "ffstream", "run", "--source", "fashion-mnist", "--set", "model.layers=conv:10x3x3+pool,conv:20x3x3+pool,conv:20x7x7",
+         "--set", "model.competition=true", "--set", "model.batch_stats=true", "--set", "model.region=99", "--set", "model.lr=0.01", "--max-frames", "1920", "--no-progress",
          "--checkpoint-dir", str(tmp_path / "ck"), "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/cw.monitor"],
         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=300,
     )

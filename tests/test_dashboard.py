@@ -40,8 +40,8 @@ def stack(tmp_path_factory):
     monitor = f"ipc://{tmp}/monitor"
     log = open(tmp / "run.log", "wb")
     run = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", *source, "--layers", "64,32", "--monitor", monitor, "--http", "http://127.0.0.1:0",
-         "--no-progress", "--threads", "1"],
+        [sys.executable, "-m", "ffstream", "run", *source, "--set", "model.layers=64,32", "--monitor", monitor, "--http", "http://127.0.0.1:0",
+         "--no-progress", "--set", "threads=1"],
         stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=ROOT,
     )
     ctx = zmq.Context()

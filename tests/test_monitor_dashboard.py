@@ -63,7 +63,7 @@ def restarted_stack(tmp_path_factory) -> Watched:
     try:
         for frames, extra in ((FIRST_RUN_FRAMES, []), (SECOND_RUN_FRAMES, ["--tensorboard", str(tmp / "tb_run")])):
             run = subprocess.run(
-                ffstream("run", "--source", f"synthetic:{frames}", "--layers", "24,24", "--batch", "32", "--monitor", address, "--no-progress", *extra),
+                ffstream("run", "--source", f"synthetic:{frames}", "--set", "model.layers=24,24", "--set", "stream.batch=32", "--monitor", address, "--no-progress", *extra),
                 capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=RUN_TIMEOUT_S,
             )
             assert run.returncode == 0, run.stderr[-3000:]
@@ -180,7 +180,7 @@ def test_tensorboard_scalars_are_written(restarted_stack, which):
     assert all(0.0 <= p <= 1.0 for p in scalars["layer1/p_pos"])
 
 
-@pytest.mark.parametrize("command", [["monitor", "--seconds", "30"], ["run", "--source", "synthetic:64", "--layers", "8", "--no-progress"]])
+@pytest.mark.parametrize("command", [["monitor", "--seconds", "30"], ["run", "--source", "synthetic:64", "--set", "model.layers=8", "--no-progress"]])
 def test_tensorboard_missing_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, command):
     """In-process through `ffstream.cli.main`, with the import genuinely failing: `tensorboard` is blocked in
     sys.modules and torch's wrapper module is dropped, so `from torch.utils.tensorboard import ...` runs afresh."""

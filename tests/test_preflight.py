@@ -11,7 +11,7 @@ from ffstream.preflight import missing_webcam, run_source
 
 @pytest.mark.parametrize(
     "argv, source",
-    [(["--source", "webcam:3"], "webcam:3"), (["--source=webcam"], "webcam"), (["--layers", "16"], None),
+    [(["--source", "webcam:3"], "webcam:3"), (["--source=webcam"], "webcam"), (["--set", "model.layers=16"], None),
      (["--source", "a.mp4", "--source", "webcam:1"], "webcam:1"), (["--source"], None)],
 )
 def test_run_source_reads_the_flag_as_argparse_does(argv, source):

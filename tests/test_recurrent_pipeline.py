@@ -137,7 +137,7 @@ def run_recurrent(tmp_path: Path, *args: str, rate_fps: float | None = None) -> 
     summary = tmp_path / "summary.json"
     run_env = env() if rate_fps is None else {**env(), "FFSTREAM_STREAM_RATE_FPS": str(rate_fps)}
     run = subprocess.run(
-        [sys.executable, "-m", "ffstream", "run", "--recurrent", "--no-progress", "--summary-json", str(summary),
+        [sys.executable, "-m", "ffstream", "run", "--set", "model.recurrent=true", "--no-progress", "--summary-json", str(summary),
          "--monitor", f"ipc://{tmp_path}/monitor", *args],
         capture_output=True, text=True, env=run_env, cwd=ROOT, timeout=240,
     )
@@ -147,7 +147,7 @@ def run_recurrent(tmp_path: Path, *args: str, rate_fps: float | None = None) -> 
 
 @pytest.mark.skipif(not VIDEO.exists(), reason="opencv-doc's vtest.avi is not installed")
 def test_recurrent_run_on_a_real_video(tmp_path):
-    s = run_recurrent(tmp_path, "--source", str(VIDEO), "--max-frames", "96", "--batch", "8", "--layers", "64,64,64",
+    s = run_recurrent(tmp_path, "--source", str(VIDEO), "--max-frames", "96", "--set", "stream.batch=8", "--set", "model.layers=64,64,64",
                       "--scores", str(tmp_path / "scores.jsonl"), "--checkpoint-dir", str(tmp_path / "ck"))
     assert s["sink"]["frames"] == 96
     for layer in s["layers"]:
@@ -167,15 +167,15 @@ def test_recurrent_run_on_a_real_video(tmp_path):
 
 
 def test_recurrent_run_on_fashion_mnist_repeats_each_image(tmp_path):
-    s = run_recurrent(tmp_path, "--source", "fashion-mnist", "--max-frames", "256", "--batch", "64", "--layers", "32,32",
-                      "--iterations", "3", "--window", "2,3", "--sleep-every", "6", "--checkpoint-dir", str(tmp_path / "ck"), rate_fps=128)
+    s = run_recurrent(tmp_path, "--source", "fashion-mnist", "--max-frames", "256", "--set", "stream.batch=64", "--set", "model.layers=32,32",
+                      "--set", "model.iterations=3", "--set", "model.window=2,3", "--set", "sleep.sleep_every=6", "--checkpoint-dir", str(tmp_path / "ck"), rate_fps=128)
     assert s["task"] == "supervised"
     assert s["sink"]["frames"] == 256  # each image counted once, at its last step
     assert s["sink"]["evaluated"] == 256  # and scored once, at the window's last step
     for layer in s["layers"]:
         assert layer["frames"] == 3 * 256 and layer["negative_updates"] > 0, layer
     assert s["layers"][0]["rows_with_feedback"] > 0
-    # --sleep-every counts layer steps: 3 a batch, so a fresh snapshot before batches 1 and 3 of the 4
+    # sleep.sleep_every counts layer steps: 3 a batch, so a fresh snapshot before batches 1 and 3 of the 4
     assert s["sleep"]["refreshes"] == 2, s["sleep"]
     # Each image makes 3 layer steps: without --lr the layers learn at the recurrent image rate.
     assert all(checkpoint_config(layer_path(tmp_path / "ck", i))[0].lr == RECURRENT_IMAGE_LR for i in (1, 2))

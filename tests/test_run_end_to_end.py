@@ -19,7 +19,7 @@ def test_run_synthetic_learns_and_reports(tmp_path):
     )
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "ffstream", "run", "--source", "synthetic:10000", "--layers", "500,500,500",
+            [sys.executable, "-m", "ffstream", "run", "--source", "synthetic:10000", "--set", "model.layers=500,500,500",
              "--monitor", monitor_addr, "--summary-json", str(summary_path), "--checkpoint-dir", str(tmp_path / "ck")],
             capture_output=True, text=True, env=env(), cwd=ROOT, timeout=240,
         )

@@ -66,7 +66,7 @@ def trained_on_vtest(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("score")
     ck = tmp / "ck"
     run = subprocess.run(
-        ffstream("run", "--source", str(VIDEO_A), "--layers", "200,200", "--epochs", "2", "--checkpoint-dir", str(ck),
+        ffstream("run", "--source", str(VIDEO_A), "--set", "model.layers=200,200", "--epochs", "2", "--checkpoint-dir", str(ck),
                  "--monitor", f"ipc://{tmp}/mon", "--no-progress"),
         capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp)}, cwd=ROOT, timeout=300,
     )

@@ -352,7 +352,7 @@ def test_batch_stats_config_is_checked():
     from ffstream import config
     env = {"FFSTREAM_MODEL_LAYERS": "conv:4x3x3", "FFSTREAM_MODEL_BATCH_STATS": "true", "FFSTREAM_STREAM_SOURCE": "fashion-mnist",
            "FFSTREAM_SLEEP_ENABLED": "false"}
-    with pytest.raises(config.ConfigError, match="--competition"):
+    with pytest.raises(config.ConfigError, match="model.competition"):
         config.load(environ=env).check()
     config.load(environ={**env, "FFSTREAM_MODEL_COMPETITION": "true"}).check()
 
@@ -366,7 +366,7 @@ def test_competition_with_the_sleep_worker_is_checked():
     cfg.check()
     assert cfg.sleep_plan().negatives == "hybrid"  # a labelled stream, but no label slot to write a wrong label into
     assert [c.takes_negatives for c in cfg.layer_configs()] == [False, False, True]  # fields of 4, 10 and 34 pixels, of 28
-    with pytest.raises(config.ConfigError, match="--negatives hybrid"):
+    with pytest.raises(config.ConfigError, match="sleep.negatives=hybrid"):
         config.load(environ={**env, "FFSTREAM_SLEEP_NEGATIVES": "random"}).check()
     with pytest.raises(config.ConfigError, match="--sleep-route snapshot"):
         config.load(environ={**env, "FFSTREAM_SLEEP_ROUTE": "chain"}).check()
@@ -381,7 +381,7 @@ def test_batch_norm_config_is_checked():
     with pytest.raises(ValueError, match="stats_ema"):
         one_by_one_conv(batch_norm=True, stats_ema=1.0)
     from ffstream import config
-    with pytest.raises(config.ConfigError, match="--batch-norm"):
+    with pytest.raises(config.ConfigError, match="model.batch_norm"):
         config.load(environ={"FFSTREAM_MODEL_LAYERS": "100,100", "FFSTREAM_MODEL_BATCH_NORM": "true"}).check()
 
 

@@ -60,7 +60,7 @@ def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}")
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(monitor)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", *extra, "--source", source, "--layers", "32,32", "--batch", "32",
+        [sys.executable, "-m", "ffstream", "run", *extra, "--source", source, "--set", "model.layers=32,32", "--set", "stream.batch=32",
          "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")],
         cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
