@@ -69,6 +69,15 @@ def test_a_bad_set_is_one_line_naming_it(item, words):
         assert word in message, message
 
 
+def test_a_recipe_file_with_an_unknown_key_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps({"description": "a typo in a field name", "model": {"widths": [10]}}))
+    with pytest.raises(ConfigError, match=r"unknown config key model\.widths;.*typo\.json"):
+        load(environ={}, recipe=str(path))
+    with pytest.raises(ConfigError, match="unknown recipe 'no-such'.*images-dense"):
+        load(environ={}, recipe="no-such")
+
+
 def test_precedence_recipe_config_env_set_flags(tmp_path):
     """Each layer overrides the one below it, field by field; fields a layer does not set pass through."""
     config_file = tmp_path / "c.json"
