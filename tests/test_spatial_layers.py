@@ -368,7 +368,7 @@ def test_competition_with_the_sleep_worker_is_checked():
     assert [c.takes_negatives for c in cfg.layer_configs()] == [False, False, True]  # fields of 4, 10 and 34 pixels, of 28
     with pytest.raises(config.ConfigError, match="sleep.negatives=hybrid"):
         config.load(environ={**env, "FFSTREAM_SLEEP_NEGATIVES": "random"}).check()
-    with pytest.raises(config.ConfigError, match="--sleep-route snapshot"):
+    with pytest.raises(config.ConfigError, match="sleep.route=snapshot"):
         config.load(environ={**env, "FFSTREAM_SLEEP_ROUTE": "chain"}).check()
     with pytest.raises(config.ConfigError, match="sees the whole frame"):
         config.load(environ={**env, "FFSTREAM_MODEL_LAYERS": "conv:10x3x3+pool,conv:20x3x3"}).check()
