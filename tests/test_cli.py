@@ -159,7 +159,7 @@ def test_short_run_then_eval_of_its_checkpoints(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [layer["frames"] for layer in summary["layers"]] == [600, 600], summary["layers"]
-    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors", "run.json", "source.json"]
+    assert sorted(p.name for p in ck.iterdir()) == ["layer1.safetensors", "layer2.safetensors", "readout.safetensors", "run.json", "sink.json", "source.json"]
     recorded = json.loads((ck / "run.json").read_text())  # the effective config, kept beside the checkpoints
     assert recorded["stream"]["source"] == "synthetic:600" and recorded["stream"]["task"] == "supervised"
     assert recorded["model"]["layers"] == [32, 32] and recorded["model"]["max_batch"] == 32  # --set stream.batch carries the micro-batch
