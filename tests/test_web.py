@@ -12,7 +12,6 @@ import socket as pysocket
 import struct
 import urllib.error
 import urllib.request
-import zlib
 
 import numpy as np
 import pytest
@@ -28,6 +27,7 @@ from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.stats import Histogram
 
 parser = pytest.importorskip("prometheus_client.parser")
+Image = pytest.importorskip("PIL.Image")  # Pillow comes with matplotlib, in the test extra
 
 LAYER_METRICS = {"kind": "layer", "layer": 2, "frames": 640, "fps": 310.5, "goodness_pos": 812.25, "goodness_neg": 120.5,
                  "p_pos": 0.93, "p_neg": 0.08, "threshold": 500.0, "updates": 10, "negative_updates": 9, "staleness": 1.5,
@@ -217,22 +217,10 @@ def png_header(png: bytes) -> tuple[int, int, int, int]:
 
 
 def decode_png(png: bytes) -> np.ndarray:
-    """Enough of a PNG reader for encode_png's output: one IDAT, filter 0 on every row."""
-    width, height, _, color = png_header(png)
-    stream, data = io.BytesIO(png[8:]), b""
-    while True:
-        length, kind = struct.unpack(">I4s", stream.read(8))
-        body = stream.read(length)
-        stream.read(4)
-        if kind == b"IDAT":
-            data += body
-        if kind == b"IEND":
-            break
-    channels = 3 if color == 2 else 1
-    rows = np.frombuffer(zlib.decompress(data), np.uint8).reshape(height, 1 + width * channels)
-    assert (rows[:, 0] == 0).all()
-    image = rows[:, 1:].reshape(height, width, channels)
-    return image[:, :, 0] if channels == 1 else image
+    """PNG bytes -> (H, W) grey or (H, W, 3) RGB, read by Pillow: a decoder other than the OpenCV that encoded it."""
+    image = np.asarray(Image.open(io.BytesIO(png)))
+    assert image.dtype == np.uint8
+    return image
 
 
 def test_png_round_trip_grey():
