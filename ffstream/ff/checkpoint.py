@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 
 from ffstream.ff import FFLayer, LayerConfig
@@ -72,13 +71,12 @@ def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dic
     """Tensors and string metadata of a safetensors file of ours; CheckpointError for anything else."""
     path = Path(path)
     try:
-        data = path.read_bytes()
-        tensors = load_bytes(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
+        with safe_open(path, framework="pt") as f:  # checks the header against the file before anything is read
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (SafetensorError, ValueError, json.JSONDecodeError, OSError, AttributeError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable ffstream checkpoint: {str(exc).splitlines()[0]}") from None
     if metadata.get("format") != expected_format:
         raise CheckpointError(f"{path} is not an ffstream {expected_format} file (format {metadata.get('format')!r})")

@@ -1,0 +1,58 @@
+"""Layer checkpoints (ffstream/ff/checkpoint.py): what is saved comes back, and what is not ours is refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ffstream.ff import FFLayer, LayerConfig
+from ffstream.ff.checkpoint import CheckpointError, checkpoint_config, load_layer, read_metadata, save_layer
+
+
+def trained_layer(seed: int = 0) -> FFLayer:
+    torch.manual_seed(seed)
+    layer = FFLayer(LayerConfig(12, 6))
+    x = torch.randn(8, 12)
+    layer.learn(x)  # one positive step, so that there is optimiser state (and a version) to save
+    return layer
+
+
+def test_save_then_load_gives_back_weights_optimiser_and_metadata(tmp_path):
+    layer, path = trained_layer(), tmp_path / "layer1.safetensors"
+    save_layer(path, layer, {"frame_shape": [1, 3, 4]})
+    fresh = FFLayer(LayerConfig(12, 6))
+    assert load_layer(path, fresh) == layer.version == 1
+    for name, tensor in layer.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], tensor, rtol=0, atol=0)
+    saved, restored = layer.optimizer.state_dict()["state"], fresh.optimizer.state_dict()["state"]
+    assert saved.keys() == restored.keys() and saved
+    for index in saved:
+        for key in saved[index]:
+            torch.testing.assert_close(torch.as_tensor(restored[index][key]), torch.as_tensor(saved[index][key]), rtol=0, atol=0)
+    cfg, extra = checkpoint_config(path)
+    assert cfg == layer.cfg and extra == {"frame_shape": [1, 3, 4]}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"garbage", "is not a readable ffstream checkpoint"),
+    ((1000).to_bytes(8, "little") + b"{}", "is not a readable ffstream checkpoint"),  # a header longer than the file
+    (None, "no checkpoint at"),
+])
+def test_unreadable_files_are_refused_in_one_line(tmp_path, content, message):
+    path = tmp_path / "layer1.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as refused:
+        read_metadata(path)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_safetensors_file_of_someone_else_is_refused(tmp_path):
+    path = tmp_path / "layer1.safetensors"
+    save_file({"weight": torch.ones(2, 2)}, str(path))  # readable, but no metadata at all
+    with pytest.raises(CheckpointError, match="is not an ffstream ffstream-layer-1 file"):
+        read_metadata(path)
+    save_file({"weight": torch.ones(2, 2)}, str(path), metadata={"format": "someone-else-1"})
+    with pytest.raises(CheckpointError, match="format 'someone-else-1'"):
+        read_metadata(path)
