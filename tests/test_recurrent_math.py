@@ -208,7 +208,7 @@ def test_a_shared_context_row_gives_the_same_result_as_repeating_it():
 
 def test_scoring_a_clip_with_and_without_top_down():
     """`ffstream score` on a recurrent stack: one step a frame; silencing the layer above changes the goodness."""
-    from ffstream.offline.recurrent_score import recurrent_goodness
+    from ffstream.offline.score import recurrent_goodness
 
     stack = RecurrentStack([LayerConfig(6, 5, seed=0), LayerConfig(5, 4, seed=1)])
     clip = torch.rand(7, 1, 2, 3, generator=gen(0)).numpy()

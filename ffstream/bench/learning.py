@@ -16,8 +16,7 @@ import torch
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig, Topology
 from ffstream.ff.stack import readout_layers
-from ffstream.offline.evaluate import batched_features, evaluate, fit_probe, load_stack
-from ffstream.offline.recurrent_eval import is_recurrent, load_recurrent_stack
+from ffstream.offline.evaluate import batched_features, evaluate, fit_probe, is_recurrent, load_recurrent_stack, load_stack
 from ffstream.offline.reference import train_reference
 from ffstream.sources import Preprocess, dataset_arrays
 from ffstream.supervisor import resolve_stream, run_stack

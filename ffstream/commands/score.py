@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from ffstream.cli import UserError
 from ffstream.config import recorded
-from ffstream.offline.recurrent_eval import is_recurrent
-from ffstream.offline.recurrent_score import comparison_line, score_recurrent_video
-from ffstream.offline.score import plot, require_matplotlib, score_video, write_csv
+from ffstream.offline.score import comparison_line, plot, require_matplotlib, score_video, write_csv
 
 
 def score_command(args) -> int:
@@ -20,11 +18,8 @@ def score_command(args) -> int:
         if run is None:
             raise UserError(f"--source is needed: {args.checkpoint_dir} has no run.json saying what the stack learned from")
         args.source = run.stream.source
-    without_top_down = None
-    if is_recurrent(args.checkpoint_dir):  # a recurrent stack: frames are its steps; also scored with top-down silenced
-        scores, without_top_down = score_recurrent_video(args.source, args.checkpoint_dir)
-    else:
-        scores = score_video(args.source, args.checkpoint_dir, batch=args.batch, labels=args.labels)
+    # a recurrent stack takes the frames as its steps, and is also scored with its top-down silenced
+    scores, without_top_down = score_video(args.source, args.checkpoint_dir, batch=args.batch, labels=args.labels)
     write_csv(scores, args.out)
     if args.plot:
         plot(scores, args.plot)

@@ -1,4 +1,9 @@
-"""Accuracy of saved weights on a labelled split: by energy and by the softmax head (or probe)."""
+"""Accuracy of saved weights on a labelled split: by energy and by the softmax head (or probe).
+
+A checkpoint directory holds one kind of stack, which layer 1's metadata names: feedforward (`FFStack`), or
+recurrent (`RecurrentStack`, from `ffstream run --recurrent`). `load_checkpoints` reads it once and builds that
+kind; `evaluate` scores it that kind's way.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,54 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ffstream.ff import FFStack, LinearReadout, checkpoint
+from ffstream.ff import FFStack, LayerConfig, LinearReadout, checkpoint
 from ffstream.ff.negatives import hybrid
+from ffstream.ff.recurrent import RecurrentConfig, RecurrentStack
 from ffstream.offline.readout_store import load_readout
-from ffstream.offline.recurrent_eval import evaluate_recurrent, is_recurrent
 
 EVAL_BATCH = 1000  # rows per forward pass; bounds memory, not results
 HYBRID_SEED = 1  # the masks of the hybrids `hybrid_auroc` scores: the same for every checkpoint
 
 
-def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
-    """All layer checkpoints in a directory, bottom up, and layer 1's metadata (frame shape, classes, task)."""
+def load_checkpoints(directory: str | os.PathLike) -> tuple[FFStack | RecurrentStack, dict]:
+    """All layer checkpoints in a directory, bottom up, as the kind of stack layer 1's metadata names, and that
+    metadata (frame shape, classes, task, and for a recurrent run its iterations, window and damping)."""
     paths = checkpoint.stack_layer_paths(directory)
     configs = [checkpoint.checkpoint_config(p)[0] for p in paths]
     meta = checkpoint.checkpoint_config(paths[0])[1]
-    stack = FFStack(configs, label_scale=float(meta.get("label_scale", 1.0)), label_relative=bool(meta.get("label_relative", False)))
+    stack = _recurrent_stack(configs, meta) if "recurrent" in meta else FFStack(
+        configs, label_scale=float(meta.get("label_scale", 1.0)), label_relative=bool(meta.get("label_relative", False)))
     for layer, path in zip(stack.layers, paths):
         checkpoint.load_layer(path, layer)
     return stack, meta
+
+
+def _recurrent_stack(configs: list[LayerConfig], meta: dict) -> RecurrentStack:
+    r = meta["recurrent"]
+    recurrent = RecurrentConfig(iterations=int(r["iterations"]), window=tuple(r["window"]), damping=float(r["damping"]))
+    return RecurrentStack(configs, r.get("label_classes"), float(meta.get("label_scale", 1.0)), recurrent)
+
+
+def load_stack(directory: str | os.PathLike) -> tuple[FFStack, dict]:
+    """A feedforward stack's checkpoints; CheckpointError when the directory holds a recurrent one."""
+    stack, meta = load_checkpoints(directory)
+    if not isinstance(stack, FFStack):
+        raise checkpoint.CheckpointError(f"{directory} holds a recurrent (--recurrent) stack, where a feedforward one was expected")
+    return stack, meta
+
+
+def load_recurrent_stack(directory: str | os.PathLike) -> tuple[RecurrentStack, dict]:
+    """A recurrent run's checkpoints; CheckpointError when the directory holds a feedforward stack."""
+    stack, meta = load_checkpoints(directory)
+    if not isinstance(stack, RecurrentStack):
+        raise checkpoint.CheckpointError(f"{directory} holds a feedforward stack, where a recurrent (--recurrent) one was expected")
+    return stack, meta
+
+
+def is_recurrent(directory: str | os.PathLike) -> bool:
+    """Whether layer 1's metadata says a recurrent run saved it (False when there is no layer 1)."""
+    path = checkpoint.layer_path(directory, 1)
+    return path.exists() and "recurrent" in checkpoint.checkpoint_config(path)[1]
 
 
 def energy_accuracies(stack: FFStack, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -71,31 +106,53 @@ def readout_accuracy(stack: FFStack, readout: LinearReadout, layers: Sequence[in
 
 
 def evaluate(directory: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> dict:
-    """images: (N, C, H, W) float32 as the source delivers them; labels: (N,)."""
-    if is_recurrent(directory):  # a recurrent run's checkpoints are scored its own way
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)
-        return evaluate_recurrent(directory, x, torch.from_numpy(labels.astype(np.int64)))
-    stack, meta = load_stack(directory)
-    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)
+    """images: (N, C, H, W) float32 as the source delivers them; labels: (N,). Each stack kind is scored its own way."""
+    stack, meta = load_checkpoints(directory)
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).flatten(1)  # (N, D)
     y = torch.from_numpy(labels.astype(np.int64))
     if x.shape[1] != stack.layers[0].cfg.in_features:
         raise checkpoint.CheckpointError(
             f"frames of {x.shape[1]} values do not fit layer 1, which takes {stack.layers[0].cfg.in_features} (frame shape {meta.get('frame_shape')})"
         )
-    supervised_classes = meta.get("num_classes")
     result = {"n": len(x), "layers": [layer.cfg.width for layer in stack.layers], "task": meta.get("task")}
+    try:
+        readout: tuple[LinearReadout, list[int]] | None = load_readout(directory)
+    except checkpoint.CheckpointError as exc:
+        readout = None
+        result["readout_error"] = str(exc)
     with torch.no_grad():
-        result.update(energy_accuracies(stack, x, y, supervised_classes) if supervised_classes
-                      else {"accuracy_energy": None, "accuracy_energy_all_layers": None, "accuracy_energy_last_layer": None})
-        if stack.competes:
-            result["hybrid_auroc"] = hybrid_auroc(stack, x, tuple(meta["frame_shape"]))
-        try:
-            readout, layers = load_readout(directory)
-            result["accuracy_softmax"] = readout_accuracy(stack, readout, layers, x, y, supervised_classes)
-        except checkpoint.CheckpointError as exc:
-            result["accuracy_softmax"] = None
-            result["readout_error"] = str(exc)
+        if isinstance(stack, RecurrentStack):
+            result.update(recurrent=meta["recurrent"], **_recurrent_accuracies(stack, readout, x, y))
+        else:
+            result.update(_feedforward_accuracies(stack, meta, readout, x, y))
     return result
+
+
+def _feedforward_accuracies(stack: FFStack, meta: dict, readout: tuple[LinearReadout, list[int]] | None,
+                            x: torch.Tensor, y: torch.Tensor) -> dict:
+    """By energy (supervised), the hybrids' AUROC (competing stacks) and by the softmax head or probe, if saved."""
+    supervised_classes = meta.get("num_classes")
+    result: dict = (energy_accuracies(stack, x, y, supervised_classes) if supervised_classes
+                    else {"accuracy_energy": None, "accuracy_energy_all_layers": None, "accuracy_energy_last_layer": None})
+    if stack.competes:
+        result["hybrid_auroc"] = hybrid_auroc(stack, x, tuple(meta["frame_shape"]))
+    result["accuracy_softmax"] = readout_accuracy(stack, *readout, x, y, supervised_classes) if readout else None
+    return result
+
+
+def _recurrent_accuracies(stack: RecurrentStack, readout: tuple[LinearReadout, list[int]] | None, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The paper's energy (each label clamped at the top, goodness summed over the window of iterations) and the
+    softmax head on the window's last step with a neutral label."""
+    energy = softmax = 0
+    for start in range(0, len(x), EVAL_BATCH):
+        xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+        if stack.num_classes:
+            energy += int((stack.label_scores(xb).argmax(dim=1) == yb).sum())
+        if readout is not None:
+            head, layers = readout
+            softmax += int((head.predict(stack.readout_features(xb, layers)) == yb).sum())
+    return {"accuracy_energy": energy / len(x) if stack.num_classes else None,
+            "accuracy_softmax": softmax / len(x) if readout is not None else None}
 
 
 def batched_features(features: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

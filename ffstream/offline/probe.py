@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ffstream.ff import FFStack
+from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.evaluate import batched_features
 from ffstream.offline.score import load_scoring_stack
 from ffstream.sources import Preprocess, SourceError, open_source
@@ -135,6 +136,8 @@ def probe_checkpoint(directory: str | os.PathLike, train_spec: str, test_spec: s
                      test_labels: str | None = None, max_frames: int | None = None, pixels: bool = True) -> ProbeResult:
     """The stack saved in `directory`, probed on the first `max_frames` frames of two labelled sources."""
     stack, meta, preprocess = load_scoring_stack(directory)
+    if not isinstance(stack, FFStack):  # its layers also take the state from above: a plain forward pass would be wrong
+        raise CheckpointError(f"{directory} holds a recurrent (--recurrent) stack; ffstream probe reads feedforward stacks only")
     input_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
     train = labelled_frames(train_spec, preprocess, train_labels, max_frames)
     test = labelled_frames(test_spec, preprocess, test_labels, max_frames)

@@ -7,11 +7,17 @@ relative to its threshold θ, averaged over layers, sign flipped so that higher 
     novelty = mean_l (θ_l − G_l) / θ_l          ("min" variant: mean_l (G_l − θ_l) / θ_l)
 
 0 is a frame at the threshold of every layer; a frame with twice the threshold's goodness scores −1.
+
+A recurrent stack (`ffstream run --recurrent`) takes the video's frames as its steps, one frame a step, in order,
+as in a recurrent run on video: each layer hears the layer above's state of the previous frame and keeps 0.3 of
+its own. It is scored twice: as it is, and with every top-down input silenced (each layer's damped state kept),
+so that the difference between the two is what the feedback from above does to each frame's goodness.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -21,8 +27,8 @@ import torch
 from ffstream.ff import FFStack
 from ffstream.ff.checkpoint import CheckpointError
 from ffstream.ff.labels import neutral_label
-from ffstream.offline.evaluate import load_stack
-from ffstream.offline.recurrent_eval import is_recurrent
+from ffstream.ff.recurrent import RecurrentStack
+from ffstream.offline.evaluate import load_checkpoints
 from ffstream.sources import LabelledVideoSource, Preprocess, VideoFileSource, sidecar_for
 
 
@@ -39,12 +45,10 @@ class Scores:
     labels: np.ndarray | None = None  # int64 (N,): each frame's class from the video's label sidecar; None: unlabelled
 
 
-def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack, dict, Preprocess]:
-    """The stack in `directory`, its metadata and the preprocessing it was trained with; CheckpointError if unusable."""
-    if is_recurrent(directory):  # its layers also take the state from above: a plain forward pass would be wrong
-        raise CheckpointError(f"{directory} holds a recurrent (--recurrent) stack; ffstream score reads feedforward stacks only")
+def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack | RecurrentStack, dict, Preprocess]:
+    """The stack in `directory` (either kind), its metadata and the preprocessing it was trained with; CheckpointError if unusable."""
     try:
-        stack, meta = load_stack(directory)
+        stack, meta = load_checkpoints(directory)
     except ValueError as exc:  # layers that do not chain, configs that do not parse
         raise CheckpointError(f"{directory}: {exc}") from None
     shape = meta.get("frame_shape") or [1, 28, 28]
@@ -68,6 +72,18 @@ def frame_goodness(stack: FFStack, pixels: np.ndarray, num_classes: int | None) 
         return torch.stack([layer.goodness(h) for layer, h in zip(stack.layers, hs)], dim=1).double().numpy()
 
 
+def recurrent_goodness(stack: RecurrentStack, frames: np.ndarray, top_down: bool = True) -> np.ndarray:
+    """frames: float32 (N, C, H, W) in time order -> goodness (N, L), one step per frame."""
+    x = torch.from_numpy(np.ascontiguousarray(frames, np.float32)).flatten(1)  # (N, D)
+    states = stack.initial_states(1)
+    top = stack.label_input(None, 1)  # the neutral label (supervised) or nothing
+    out = np.empty((len(x), len(stack.layers)))
+    for t in range(len(x)):
+        _, states = stack.step(x[t : t + 1], top, states, top_down=top_down)
+        out[t] = [float(layer.goodness(h)) for layer, h in zip(stack.layers, states)]
+    return out
+
+
 def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max") -> np.ndarray:
     """goodness (N, L) -> (N,); see the module docstring."""
     theta = np.asarray(thresholds, np.float64)  # (L,)
@@ -75,19 +91,23 @@ def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max")
     return relative.mean(axis=1)
 
 
-def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256, labels: str | None = None) -> Scores:
-    """labels: the video's label CSV (default: the same-stem .csv beside it, if any), written as a `label` column."""
+def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256,
+                labels: str | None = None) -> tuple[Scores, Scores | None]:
+    """The video's scores by the stack in `directory`, and for a recurrent stack the same frames scored with its
+    top-down silenced (None for a feedforward stack). batch: frames per forward pass (feedforward only);
+    labels: the video's label CSV (default: the same-stem .csv beside it, if any), written as a `label` column."""
     stack, meta, preprocess = load_scoring_stack(directory)
-    num_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
     labels = labels or sidecar_for(video)
     source = LabelledVideoSource(video, labels, preprocess) if labels else VideoFileSource(video, preprocess)
+    recurrent = isinstance(stack, RecurrentStack)
+    num_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
     indices: list[int] = []
     frame_labels: list[int] = []
-    rows: list[np.ndarray] = []
-    pending: list[np.ndarray] = []
+    rows: list[np.ndarray] = []  # feedforward: goodness (B, L) per batch
+    pending: list[np.ndarray] = []  # frames (C, H, W) not scored yet; a recurrent stack scores the whole clip at the end
 
     def flush() -> None:
-        if pending:
+        if pending and not recurrent:
             rows.append(frame_goodness(stack, np.stack(pending), num_classes))
             pending.clear()
 
@@ -101,21 +121,36 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
         flush()
     if not indices:
         raise CheckpointError(f"no frames decoded from {video}")  # pragma: no cover - VideoFileSource refuses such files first
-    goodness = np.concatenate(rows)
+    goodness = recurrent_goodness(stack, np.stack(pending)) if recurrent else np.concatenate(rows)  # (N, L)
     frames = np.asarray(indices, np.int64)
     rate = source.frame_rate
     thresholds = [float(layer.cfg.theta) for layer in stack.layers]
-    return Scores(
+    variant = stack.layers[0].cfg.variant
+    scores = Scores(
         frames=frames,
         times=frames / rate if rate else frames.astype(np.float64),
         goodness=goodness,
         thresholds=thresholds,
-        novelty=novelty(goodness, thresholds, stack.layers[0].cfg.variant),
+        novelty=novelty(goodness, thresholds, variant),
         frame_rate=rate,
         source=os.fspath(video),
         checkpoint_dir=os.fspath(directory),
         labels=np.asarray(frame_labels, np.int64) if labels else None,
     )
+    if not recurrent:
+        return scores, None
+    without = recurrent_goodness(stack, np.stack(pending), top_down=False)  # frames are steps: the same clip, in order
+    return scores, dataclasses.replace(scores, goodness=without, novelty=novelty(without, thresholds, variant))
+
+
+def comparison_line(with_top_down: Scores, without: Scores) -> str:
+    """One line: mean goodness / θ, mean novelty and frame-to-frame change of goodness, with and without top-down."""
+    def figures(s: Scores) -> str:
+        total = s.goodness.sum(axis=1)
+        change = float(np.abs(np.diff(total)).mean() / total.mean()) if len(total) > 1 else float("nan")
+        ratio = float((s.goodness / np.asarray(s.thresholds)).mean())
+        return f"goodness/θ {ratio:.3f}, novelty {float(s.novelty.mean()):+.4f}, frame-to-frame change {change:.4f}"
+    return f"recurrent vs feedforward: with top-down {figures(with_top_down)}; without top-down {figures(without)}"
 
 
 def write_csv(scores: Scores, path: str | os.PathLike) -> None:

@@ -167,6 +167,6 @@ def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) 
 
 
 def _recurrent_meta(cfg: RunConfig, num_classes: int | None) -> dict:
-    """What a recurrent checkpoint needs to be rebuilt and scored (ffstream.offline.recurrent_eval)."""
+    """What a recurrent checkpoint needs to be rebuilt and scored (ffstream.offline.evaluate)."""
     r = cfg.model.recurrent_config()
     return {"label_classes": num_classes, "iterations": r.iterations, "window": list(r.window), "damping": r.damping}
