@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
-from processes import ROOT, env, ipc_topology, start_worker, stop_all, write_config
 
 from ffstream.config import RunConfig
 from ffstream.monitor import health
+from tests.processes import ROOT, env, ipc_topology, start_worker, stop_all, write_config
 
 DEADLINE_S = 90.0  # worker processes import torch first, on 2 shared cores
 

@@ -17,10 +17,10 @@ import time
 
 import pytest
 import zmq
-from processes import env
 
 from ffstream.ff.checkpoint import layer_path, read_metadata
 from ffstream.net import wire
+from tests.processes import env
 
 CASE_TIMEOUT_S = 60  # no bad invocation may take longer than this; a hang fails, it does not block the suite
 BATCH_TIMEOUT_S = 120  # the error cases all together, started at once on a 2-core machine

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from processes import ROOT, env
 
 from ffstream.ff.checkpoint import layer_path, read_metadata
 from ffstream.ff.negatives import hybrid
@@ -24,6 +23,7 @@ from ffstream.ff.stack import FFStack
 from ffstream.offline.evaluate import load_stack
 from ffstream.sources import Preprocess, open_source
 from ffstream.sources.idx import FASHION_MNIST_DIR
+from tests.processes import ROOT, env
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/Megamind.avi")
 CONV_STACK = "conv:16x5x5/2,conv:32x3x3/2,conv:64x3x3/2"  # the default conv stack of the README

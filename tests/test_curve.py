@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 import zmq
-from processes import ROOT, env, eventually
 
 from ffstream.net import security, wire
 from ffstream.net.transport import make_socket
 from ffstream.workers.monitor import MonitorWorker
+from tests.processes import ROOT, env, eventually
 
 DEADLINE_S = 15.0
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-from processes import ROOT, env, eventually
 
 from ffstream.net import wire
+from tests.processes import ROOT, env, eventually
 
 parser = pytest.importorskip("prometheus_client.parser")
 

@@ -1,7 +1,7 @@
 """The deployment files: docker-compose validates and *runs* (as local processes), Kubernetes manifests validate.
 
-The compose test uses the compose file's own ports, 5710-5771 (see docker-compose.yml): nothing else in the
-test suite uses the 57xx range.
+The compose test runs the compose file's services with every port it names (5710-5772, see docker-compose.yml)
+moved to a free one, so that it passes while another ffstream, or anything else, holds those ports.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import zmq
-from processes import ROOT, env, stop_all
 
 from ffstream.net import security, wire
+from tests.processes import ROOT, env, stop_all
 
 yaml = pytest.importorskip("yaml")
 
@@ -81,9 +82,29 @@ def start_order(services: dict[str, dict]) -> list[str]:
     return order
 
 
-def local_value(value: str, services: set[str], mounts: dict[str, str]) -> str:
-    """What a container sees, translated for this host: service names -> 127.0.0.1, volume targets -> folders."""
+_PORT = re.compile(r"(?<=:)(\d{2,5})\b")  # a port after a colon: in tcp://host:PORT, http://host:PORT/, HOST:PORT:PORT
+
+
+def free_ports(wanted: set[int]) -> dict[int, int]:
+    """Each port of the compose file -> a free port of this host, all different (the OS picks them: port 0)."""
+    held = []
+    try:
+        for _ in wanted:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+        return {port: sock.getsockname()[1] for port, sock in zip(sorted(wanted), held)}
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def local_value(value: str, services: set[str], mounts: dict[str, str], ports: dict[int, int]) -> str:
+    """What a container sees, translated for this host: service names -> 127.0.0.1, the compose file's ports ->
+    free ones, volume targets -> folders."""
     value = re.sub(r"tcp://([\w.-]+):", lambda m: "tcp://127.0.0.1:" if m.group(1) in services else m.group(0), value)
+    if "://" in value:
+        value = _PORT.sub(lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
     for target, source in mounts.items():
         if value == target or value.startswith(target + "/"):
             value = source + value[len(target):]
@@ -97,6 +118,8 @@ class Stack:
         self.tmp = tmp
         self.compose = load_compose(variables)
         self.services = default_services(self.compose)
+        addresses = " ".join(str(v) for svc in self.services.values() for v in svc.get("environment", {}).values() if "://" in str(v))
+        self.ports = free_ports({int(p) for p in _PORT.findall(addresses)})  # compose port -> this host's free port
         self.procs: dict[str, subprocess.Popen] = {}
         self.health_dir = tmp / "health"
 
@@ -116,14 +139,14 @@ class Stack:
         mounts = self.mounts(svc)
         names = set(self.compose["services"])
         e = env()
-        e.update({k: local_value(str(v), names, mounts) for k, v in svc.get("environment", {}).items()})
+        e.update({k: local_value(str(v), names, mounts, self.ports) for k, v in svc.get("environment", {}).items()})
         e["FFSTREAM_HEALTH_DIR"] = str(self.health_dir)  # one folder for all, instead of each container's /tmp
         return e
 
     def argv(self, svc: dict, args: list[str]) -> list[str]:
         mounts = self.mounts(svc)
         names = set(self.compose["services"])
-        return [sys.executable, "-m", "ffstream", *(local_value(str(a), names, mounts) for a in args)]
+        return [sys.executable, "-m", "ffstream", *(local_value(str(a), names, mounts, self.ports) for a in args)]
 
     def start(self, name: str) -> None:
         svc = self.services[name]
@@ -153,6 +176,14 @@ class Stack:
                     self.wait_healthy(dep, deadline)
             self.start(name)
 
+    def published(self, name: str) -> list[tuple[str, int]]:
+        """(host, port) of each port the service publishes, at the free port that stands in for the container's."""
+        out = []
+        for entry in self.services[name].get("ports", []):
+            host, _, container = str(entry).split(":")
+            out.append((host, self.ports[int(container)]))
+        return out
+
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
 
@@ -163,15 +194,14 @@ class Stack:
 def test_compose_runs_as_local_processes(tmp_path):
     stack = Stack(tmp_path, TEST_VARIABLES)
     assert set(stack.services) == {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"}
-    monitor = stack.services["monitor"]
-    published = [p.split(":") for p in monitor["ports"]]
-    assert all(host == "127.0.0.1" for host, _, _ in published), published
+    published = stack.published("monitor")
+    assert all(host == "127.0.0.1" for host, _ in published), published
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     # The metrics socket the monitor publishes on the host, as `ffstream monitor` would connect to it.
-    host, port, _ = published[0]
+    host, port = published[0]
     sub.connect(f"tcp://{host}:{port}")
     deadline = time.monotonic() + DEADLINE_S
     try:
@@ -189,7 +219,7 @@ def test_compose_runs_as_local_processes(tmp_path):
         assert {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"} <= set(seen), set(seen)
         assert seen["sink"]["frames"] == 2000
         # The web side, on the other published port: /metrics has the same figures.
-        http_host, http_port, _ = published[1]
+        http_host, http_port = published[1]
         text = urllib.request.urlopen(f"http://{http_host}:{http_port}/metrics", timeout=10).read().decode()
         assert 'ffstream_frames_total{worker="sink"} 2000' in text, text[-2000:]
         assert stack.procs["sink"].wait(60) == 0, stack.log("sink")

@@ -6,7 +6,9 @@ import logging
 import math
 
 import numpy as np
-from test_workers import eventually, frames, receive, send, start_layer, weights_of  # noqa: F401 (a fixture)
+
+from tests.processes import eventually
+from tests.rig import frames, receive, send, weights_of
 
 
 def test_non_finite_weights_roll_back_and_halve_the_learning_rate(start_layer, caplog):

@@ -18,18 +18,6 @@ import numpy as np
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_workers import (  # noqa: F401 (a fixture)
-    LAYER,
-    CountingSource,
-    eventually,
-    frames,
-    layer_reasons,
-    receive,
-    running,
-    send,
-    start_layer,
-    unique,
-)
 
 from ffstream.net import wire
 from ffstream.workers import source as source_worker
@@ -37,6 +25,8 @@ from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
+from tests.processes import eventually
+from tests.rig import LAYER, CountingSource, frames, layer_reasons, receive, running, send, unique
 
 FUZZ_EXAMPLES = int(os.environ.get("FFSTREAM_FUZZ_EXAMPLES", "50"))
 BATCH = 200  # messages per example: 50 × 200 = 10,000 per worker kind

@@ -13,17 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from processes import run_local_stack
-from test_workers import (  # noqa: F401 (a fixture)
-    LAYER,
-    ROWS,
-    eventually,
-    frames,
-    receive,
-    send,
-    start_layer,
-    weights_of,
-)
 
 from ffstream.config import (
     ConfigError,
@@ -37,6 +26,8 @@ from ffstream.ff import FFLayer, LayerConfig, rms_normalize
 from ffstream.net import wire
 from ffstream.supervisor import resolve_stream
 from ffstream.workers.layer import IDLE_WAKE_S
+from tests.processes import eventually, run_local_stack
+from tests.rig import LAYER, ROWS, frames, receive, send, weights_of
 
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from processes import ROOT, env
 
 from ffstream.cli import main
 from ffstream.monitor.dashboard import (
@@ -26,6 +25,7 @@ from ffstream.monitor.dashboard import (
     render_text,
     sparkline,
 )
+from tests.processes import ROOT, env
 
 FIRST_RUN_FRAMES = 320
 SECOND_RUN_FRAMES = 640  # more than the first run: a layer1 row above FIRST_RUN_FRAMES can only come from the second

@@ -5,25 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 import zmq
-from test_workers import (  # noqa: F401 (a fixture)
-    LAYER,
-    ROWS,
-    CountingSource,
-    eventually,
-    frames,
-    receive,
-    running,
-    send,
-    start_layer,
-    unique,
-    weights_of,
-)
 
 from ffstream.ff import FFLayer
 from ffstream.net import wire
 from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.source import SourceWorker
+from tests.processes import eventually
+from tests.rig import LAYER, ROWS, CountingSource, frames, receive, running, send, unique, weights_of
 
 
 class Clock:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import zmq
-from conftest import recv_multipart
-from processes import ipc_topology, start_worker, stop_all, write_config
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig
 from ffstream.ff import FFStack, checkpoint, embed_label
 from ffstream.net import wire
+from tests.processes import ipc_topology, start_worker, stop_all, write_config
+from tests.rig import recv_multipart
 
 LAYERS = (64, 48, 32)
 BATCHES = 12

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 import zmq
-from processes import ROOT, env
-from test_workers import eventually, frames, receive, running, send, unique
 
 from ffstream.config import DEFAULT_LR, RECURRENT_IMAGE_LR
 from ffstream.config.plans import LayerEndpoints
@@ -26,6 +24,8 @@ from ffstream.ff.checkpoint import checkpoint_config, layer_path
 from ffstream.ff.recurrent import RecurrentFFLayer
 from ffstream.net import wire
 from ffstream.workers.recurrent_layer import RecurrentLayerWorker
+from tests.processes import ROOT, env, eventually
+from tests.rig import frames, receive, running, send, unique
 
 BELOW = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4)
 ABOVE = LayerConfig(in_features=8, width=6, lr=0.01, seed=2)

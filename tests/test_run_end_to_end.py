@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from processes import ROOT, env
+from tests.processes import ROOT, env
 
 
 def test_run_synthetic_learns_and_reports(tmp_path):

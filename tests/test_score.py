@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import ROOT, env
 
 from ffstream.cli import main
 from ffstream.ff import FFLayer, checkpoint
 from ffstream.ff.config import LayerConfig
 from ffstream.offline.score import read_csv
+from tests.processes import ROOT, env
 
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 VIDEO_A, VIDEO_B = DATA / "vtest.avi", DATA / "Megamind.avi"  # a shopping mall seen by a fixed camera; an animated film

@@ -10,8 +10,6 @@ import json
 import numpy as np
 import pytest
 import zmq
-from test_sources import make_idx_dir, write_video
-from test_workers import receive, running, unique
 
 from ffstream.sources import (
     IdxSource,
@@ -23,6 +21,8 @@ from ffstream.sources import (
 )
 from ffstream.workers.source import SourceWorker
 from ffstream.workers.source_position import PositionStore, SavedPosition
+from tests.media import make_idx_dir, write_video
+from tests.rig import receive, running, unique
 
 
 def _video(tmp_path):

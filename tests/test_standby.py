@@ -11,10 +11,10 @@ import sys
 import time
 
 import zmq
-from processes import ROOT, env, ipc_topology, write_config
 
 from ffstream.config import RunConfig
 from ffstream.net import wire
+from tests.processes import ROOT, env, ipc_topology, write_config
 
 DEADLINE_S = 120  # a cold torch import on a loaded 2-core machine
 

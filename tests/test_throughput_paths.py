@@ -11,18 +11,6 @@ import numpy as np
 import pytest
 import torch
 import zmq
-from processes import run_local_stack
-from test_workers import (  # noqa: F401 (a fixture)
-    LAYER,
-    ROWS,
-    eventually,
-    frames,
-    receive,
-    send,
-    start_layer,
-    unique,
-    weights_of,
-)
 
 from ffstream.config import ModelConfig, RunConfig, SleepConfig, StreamConfig
 from ffstream.config.plans import SleepPlan
@@ -30,6 +18,8 @@ from ffstream.ff import FFLayer, rms_normalize
 from ffstream.net import wire
 from ffstream.workers import malloc
 from ffstream.workers.stats import Phases
+from tests.processes import eventually, run_local_stack
+from tests.rig import LAYER, ROWS, frames, receive, send, unique, weights_of
 
 
 def negative_inputs(seed: int) -> np.ndarray:

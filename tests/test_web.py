@@ -16,7 +16,6 @@ import urllib.request
 import numpy as np
 import pytest
 import zmq
-from test_workers import eventually, running, unique
 
 from ffstream.config import Topology
 from ffstream.monitor import preview
@@ -25,6 +24,8 @@ from ffstream.monitor.web.server import parse_address
 from ffstream.net import wire
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.stats import Histogram
+from tests.processes import eventually
+from tests.rig import running, unique
 
 parser = pytest.importorskip("prometheus_client.parser")
 Image = pytest.importorskip("PIL.Image")  # Pillow comes with matplotlib, in the test extra

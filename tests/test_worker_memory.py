@@ -15,10 +15,11 @@ import textwrap
 
 import pytest
 import torch
-from test_workers import eventually, frames, receive, send, start_layer  # noqa: F401 (a fixture)
 
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.workers import malloc
+from tests.processes import eventually
+from tests.rig import frames, receive, send
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim and mallinfo2 are glibc's")
 

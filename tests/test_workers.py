@@ -10,138 +10,43 @@ arrives, always under a deadline.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import math
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 import zmq
-from conftest import recv_multipart
-from processes import eventually
 
-from ffstream.config.plans import Batching, LayerEndpoints, SleepPlan
+from ffstream.config.plans import LayerEndpoints, SleepPlan
 from ffstream.ff import FFLayer, LayerConfig, LinearReadout, rms_normalize
 from ffstream.ff.checkpoint import CheckpointError, layer_path
 from ffstream.net import wire
-from ffstream.sources import FrameSource, Preprocess
-from ffstream.sources.base import Frame
 from ffstream.workers.layer import LayerWorker
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
-
-LAYER = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4): 16 inputs
-ROWS = 4  # rows per test message
-JOIN_S = 5.0  # how long a stopped worker may take to end
-_names = itertools.count()
-
-
-# helpers ---------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def running(worker, join_s: float = JOIN_S):
-    """Run `worker` in a thread; on the way out stop it, and fail if it does not end or raised."""
-    errors: list[BaseException] = []
-
-    def target():
-        try:
-            worker.run()
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name=repr(worker), daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        worker.stop()
-        thread.join(join_s)
-    assert not thread.is_alive(), f"{worker!r} did not end within {join_s}s of stop()"
-    assert not errors, f"{worker!r} raised {errors[0]!r}"
-
-
-def frames(seq: int, rows: int = ROWS, seed: int | None = None, **kwargs) -> wire.Message:
-    rng = np.random.default_rng(seq if seed is None else seed)
-    return wire.Message("frames", rng.random((rows, 1, 4, 4), dtype=np.float32), seq=seq, **kwargs)
-
-
-def send(sock: zmq.Socket, msg: wire.Message | list) -> None:
-    sock.send_multipart(wire.encode(msg) if isinstance(msg, wire.Message) else msg)
-
-
-def receive(sock: zmq.Socket, timeout: float = 5.0) -> wire.Message:
-    return wire.decode(recv_multipart(sock, timeout))
-
-
-def unique(prefix: str) -> str:
-    return f"inproc://{prefix}-{next(_names)}"
-
-
-def weights_of(layer: FFLayer) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in layer.weights().items()}
-
-
-def layer_reasons(worker: LayerWorker) -> Counter:
-    """Every drop of a layer worker by reason: its own counts plus its receivers' wire rejections."""
-    total = Counter(worker.dropped)
-    for receiver in (worker.input, worker.negative, worker.snapshot):
-        total.update(receiver.rejected)
-    return +total
+from tests.processes import eventually
+from tests.rig import (
+    JOIN_S,
+    LAYER,
+    ROWS,
+    CountingSource,
+    frames,
+    layer_reasons,
+    receive,
+    running,
+    send,
+    unique,
+    weights_of,
+)
 
 
 # the layer worker ---------------------------------------------------------------------------------
-@dataclass
-class LayerRig:
-    worker: LayerWorker
-    endpoints: LayerEndpoints
-    input: zmq.Socket  # PUSH -> the layer's input
-    output: zmq.Socket  # PULL <- the layer's output
-    negative: zmq.Socket  # PUSH -> the layer's negative updates
-    snapshot: zmq.Socket  # REQ -> the layer's snapshot REP
-
-    def ask_snapshot(self, request: wire.Message | list | None = None) -> wire.Message:
-        send(self.snapshot, request or wire.Message("snapshot_request", np.zeros(0, np.float32)))
-        return receive(self.snapshot)
-
-    def dropped(self) -> int:
-        return self.worker.metrics()["dropped"]
-
-
-@pytest.fixture
-def start_layer(zmq_context, socket):
-    """start_layer(**LayerWorker kwargs) -> a LayerRig whose worker runs in a thread, answered one snapshot."""
-    with contextlib.ExitStack() as stack:
-
-        def start(config: LayerConfig = LAYER, negative_output: str | None = None, **kwargs) -> LayerRig:
-            ep = LayerEndpoints(unique("in"), unique("out"), unique("neg"), unique("snap"), negative_output)
-            socks = {}
-            for name, kind, addr in (("input", zmq.PUSH, ep.input), ("output", zmq.PULL, ep.output),
-                                     ("negative", zmq.PUSH, ep.negative), ("snapshot", zmq.REQ, ep.snapshot)):
-                sock = socket(kind)
-                sock.setsockopt(zmq.SNDTIMEO, 5000)  # a send with nobody to take it fails the test, not hangs it
-                if name == "output":
-                    sock.bind(addr)  # the layer connects its output, as it does to the next layer's input
-                else:
-                    sock.connect(addr)
-                socks[name] = sock
-            kwargs.setdefault("batching", Batching(max_rows=ROWS))  # one message, one step: easy to replay
-            worker = LayerWorker(1, config, ep, context=zmq_context, **kwargs)
-            stack.enter_context(running(worker))
-            rig = LayerRig(worker, ep, **socks)
-            # The handshake: a snapshot reply means every socket is bound and the loop is polling.
-            assert rig.ask_snapshot().kind == "snapshot"
-            return rig
-
-        yield start
-
-
 def test_layer_learns_and_passes_activity_up(start_layer):
     rig = start_layer()
     reference = FFLayer(LAYER)  # the same seed: the same initial weights
@@ -397,21 +302,6 @@ def test_sleep_fetches_a_snapshot_and_the_layer_gets_negatives(start_layer, zmq_
 
 
 # the source worker --------------------------------------------------------------------------------
-class CountingSource(FrameSource):
-    """Frame i is filled with the value i, label i % 3: order and loss are visible downstream."""
-
-    def __init__(self, n: int, num_classes: int | None = None):
-        super().__init__("counting", Preprocess(size=(4, 4)))
-        self.total = n
-        self.num_classes = num_classes
-
-    def _frames(self):
-        for i in range(self.total):
-            if self._closed:
-                return
-            yield Frame(np.full((1, 4, 4), i, np.float32), i % 3 if self.num_classes else None, i, time.time())
-
-
 class LiveSource(CountingSource):
     live = True
 

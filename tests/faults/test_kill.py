@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from processes import env  # noqa: E402
-
-from ffstream.net import wire  # noqa: E402
+from ffstream.net import wire
+from tests.processes import env
 
 TOTAL = 20_000  # frames of the synthetic stream
 VTEST_AVI = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # 795 frames, MPEG-4 part 2, from opencv-doc

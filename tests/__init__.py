@@ -1,0 +1,1 @@
+"""ffstream's tests. A package, so that helper modules import as `tests.rig`, `tests.processes`, `tests.media`."""

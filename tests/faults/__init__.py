@@ -1,0 +1,1 @@
+"""Fault injection on a real `ffstream run` (slow: run on its own)."""
