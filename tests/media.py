@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import av
 import numpy as np
@@ -59,3 +60,9 @@ def write_video(path, n: int = 40, codec: str | None = None) -> list[np.ndarray]
         for packet in stream.encode():  # flush
             container.mux(packet)
     return frames
+
+
+def write_labels(path: Path, labels, header: str = "frame,label") -> Path:
+    """A video's label sidecar: `frame,label` rows, frame i labelled labels[i]."""
+    path.write_text(header + "\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
+    return path

@@ -9,21 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from processes import ROOT, env
-from test_sources import write_video
 
 from ffstream.cli import main
 from ffstream.ff import LayerConfig
 from ffstream.ff.checkpoint import layer_path, save_layer
 from ffstream.ff.layer import FFLayer
 from ffstream.sources import LabelledVideoSource, Preprocess, SourceError, VideoFileSource, dataset_arrays, open_source
+from tests.media import write_labels, write_video
+from tests.processes import ROOT, env
 
 FRAMES = 30  # frames of the generated clip
-
-
-def write_labels(path: Path, labels, header: str = "frame,label") -> Path:
-    path.write_text(header + "\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
-    return path
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import ROOT, env
-from test_labelled_video import write_labels
-from test_sources import write_video
 
 from ffstream.cli import main
 from ffstream.offline.probe import fit_ridge
 from ffstream.offline.score import read_csv
+from tests.media import write_labels, write_video
+from tests.processes import ROOT, env
 
 
 def ffstream(*args: str) -> list[str]:
