@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import zmq
-from processes import env
 
 from ffstream.config import ConfigError, RunConfig
 from ffstream.net import wire
 from ffstream.supervisor import Child, RunFailed, Supervisor, check_header_fits
+from tests.processes import env
 
 
 def test_a_batch_whose_trace_cannot_fit_in_a_header_is_refused_in_one_line():

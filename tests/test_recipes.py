@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import env
 
 from ffstream.commands.bench import BENCH_BASE, bench_config
 from ffstream.config import ConfigError, RunConfig, load, recipes
 from ffstream.sources.idx import FASHION_MNIST_DIR
 from ffstream.supervisor import resolve_stream
+from tests.processes import env
 
 SHIPPED = ("images-dense", "images-conv-supervised", "images-conv-unsupervised", "recurrent", "webcam-live", "video")
 NO_FASHION = not Path(FASHION_MNIST_DIR).is_dir()

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import torch
 import zmq
-from test_workers import eventually, running, send, unique
 
 from ffstream.net import wire
 from ffstream.offline.readout_store import load_readout, readout_path
 from ffstream.workers.sink import SINK_STATE, SinkWorker
+from tests.processes import eventually
+from tests.rig import running, send, unique
 
 CLASSES, ROWS, WIDTH = 3, 16, 6
 
