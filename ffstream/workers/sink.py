@@ -75,6 +75,8 @@ class SinkWorker(Worker):
         self._scores_file = None
 
     def setup(self) -> None:
+        if self.checkpoint_dir:
+            self._restore()  # before the input binds: no frame is counted by a sink that has not yet resumed
         self.input = Receiver(self.socket(zmq.PULL, bind=self.input_addr, hwm=8), name="sink.in")
         self.poller = zmq.Poller()
         self.poller.register(self.input.sock, zmq.POLLIN)
@@ -82,8 +84,6 @@ class SinkWorker(Worker):
         if self.snapshot_addr:
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
-        if self.checkpoint_dir:
-            self._restore()
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
