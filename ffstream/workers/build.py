@@ -11,8 +11,8 @@ from ffstream.ff.stack import readout_layers
 from ffstream.sources import Preprocess, open_source
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import LayerWorker, choose
-from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
+from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker

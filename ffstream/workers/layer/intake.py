@@ -72,3 +72,11 @@ class LabelSlots:
             dropped["label"] += 1
             return None
         return embed_label(x, torch.tensor(msg.label, device=self.device), self.num_classes, self.scale, self.relative)
+
+    def targets(self, messages: list[wire.Message], dropped: Counter) -> torch.Tensor | None:
+        """The messages' labels (B,) as targets (channel-wise competition: every layer learns from them); None (and
+        counted) when one has none."""
+        if any(m.label is None for m in messages):
+            dropped["label"] += len(messages)
+            return None
+        return torch.tensor([c for m in messages for c in m.label], device=self.device)

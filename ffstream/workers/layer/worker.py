@@ -16,12 +16,12 @@ from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send
 from ffstream.workers import malloc
 from ffstream.workers.base import Worker
-from ffstream.workers.layer import last_good
+from ffstream.workers.layer import weights
 from ffstream.workers.layer.intake import LabelSlots, gather
 from ffstream.workers.layer.negatives import NegativeInbox
 from ffstream.workers.layer.outlet import Outlet
-from ffstream.workers.layer.preview import WeightPreview
 from ffstream.workers.layer.policies import StepPolicy, choose
+from ffstream.workers.layer.preview import WeightPreview
 from ffstream.workers.layer.stepping import NegativeChain, Stepper
 from ffstream.workers.stats import Ema, Mean, Phases, Rate
 
@@ -152,14 +152,7 @@ class LayerWorker(Worker):
             self._last_trim = time.monotonic()
 
     def _answer_snapshot(self) -> None:
-        request = self.snapshot.recv_ready()
-        if request is None or request.kind != "snapshot_request":
-            # REP must answer every request, even a bad one, or the socket locks up.
-            self.dropped["bad_snapshot_request"] += request is not None
-            reply = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "error"})
-        else:
-            flat, layout = wire.pack_tensors({k: v.cpu().numpy() for k, v in self.layer.weights().items()})
-            reply = wire.Message("snapshot", flat, stream=self.name, extra={"version": self.layer.version, "tensors": layout, "layer": self.index})
+        reply = weights.snapshot_reply(self.snapshot.recv_ready(), self.layer, self.name, self.index, self.dropped)
         send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
 
     def _record(self, figures: dict, rows: int) -> None:
@@ -212,12 +205,9 @@ class LayerWorker(Worker):
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
         if self.lr_decay_frames:
             self.layer.set_lr_scale(self.lr_factor * linear_decay(self.frames, self.lr_decay_frames))
-        labels = None
-        if self.layer.needs_labels:  # channel-wise competition: every layer learns from the labels
-            if any(m.label is None for m, _ in kept):
-                self.dropped["label"] += len(kept)
-                return
-            labels = torch.tensor([c for m, _ in kept for c in m.label], device=self.device)
+        labels = self.labels.targets([m for m, _ in kept], self.dropped) if self.layer.needs_labels else None
+        if self.layer.needs_labels and labels is None:
+            return
         # The activity goes on before any backward pass.
         stats = take(x, labels, [m.seq for m, _ in kept], lambda h: self._send_activity(kept, h))
         self._last_wake_step = time.monotonic()
@@ -259,12 +249,12 @@ class LayerWorker(Worker):
 
     def _remember(self) -> None:
         """The last good state, in memory: what the last checkpoint holds, or would hold without a checkpoint dir."""
-        self._good = last_good.remember(self.layer, getattr(self, "_good", None))
+        self._good = weights.remember(self.layer, getattr(self, "_good", None))
         self._last_checkpoint = time.monotonic()
 
     def _roll_back(self) -> None:
         """Divergence: weights went non-finite. Back to the last good state, at half the learning rate."""
-        last_good.restore(self.layer, self._good)
+        weights.restore(self.layer, self._good)
         self.rollbacks += 1
         self.lr_factor *= 0.5
         self.layer.set_lr_scale(self.lr_factor * (linear_decay(self.frames, self.lr_decay_frames) if self.lr_decay_frames else 1.0))

@@ -1,16 +1,30 @@
-"""The last good state of a layer, in memory: what its last checkpoint holds (or would hold without a checkpoint
-directory), to roll back to when a step leaves non-finite weights."""
+"""Copies of a layer worker's weights: the snapshot the sleep worker asks for, and the last good state, in memory,
+what the last checkpoint holds (or would hold without a checkpoint directory), to roll back to when a step leaves
+non-finite weights."""
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 
 from ffstream.ff import FFLayer
+from ffstream.net import wire
 
 Good = tuple[dict, dict]  # (layer.state_dict(), layer.optimizer.state_dict()), copies
+
+
+def snapshot_reply(request: wire.Message | None, layer: FFLayer, name: str, index: int, dropped: Counter) -> wire.Message:
+    """The answer to a snapshot request: the weights as raw arrays under a header, with their version."""
+    if request is None or request.kind != "snapshot_request":
+        # REP must answer every request, even a bad one, or the socket locks up.
+        dropped["bad_snapshot_request"] += request is not None
+        return wire.Message("control", np.zeros(0, np.float32), stream=name, extra={"command": "error"})
+    flat, layout = wire.pack_tensors({k: v.cpu().numpy() for k, v in layer.weights().items()})
+    return wire.Message("snapshot", flat, stream=name, extra={"version": layer.version, "tensors": layout, "layer": index})
 
 
 def remember(layer: FFLayer, old: Good | None) -> Good:
