@@ -67,7 +67,7 @@ def test_steps_sum_gradients_in_reused_tensors_and_leave_the_callers_alone():
 
 
 def test_layer_trims_the_heap_every_period(start_layer, monkeypatch):
-    from ffstream.workers import layer as layer_worker
+    from ffstream.workers.layer import worker as layer_worker  # the module whose loop reads TRIM_EVERY_S
 
     calls = []
     monkeypatch.setattr(malloc, "trim", lambda: calls.append(1) or True)

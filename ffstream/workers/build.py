@@ -10,9 +10,9 @@ from ffstream.config import ConfigError, RunConfig
 from ffstream.ff.stack import readout_layers
 from ffstream.sources import Preprocess, open_source
 from ffstream.workers.base import Worker
-from ffstream.workers.layer import LayerWorker
+from ffstream.workers.layer import LayerWorker, choose
+from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.monitor import MonitorWorker
-from ffstream.workers.recurrent_layer import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
@@ -92,8 +92,9 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             label_relative=cfg.model.label_relative,
             # every step of a recurrent image is a learned row, so the decay spans them all
             lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
-            pair_negatives=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
-            negatives_alone=takes_negatives and cfg.sleep.phased,
+            # when the layer steps, and on which negatives: chosen here, once (workers/layer/policies.py)
+            policy=choose(cfg.model.batching, paired=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
+                          phased=takes_negatives and cfg.sleep.phased),
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,

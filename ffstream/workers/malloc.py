@@ -56,7 +56,7 @@ def trim() -> bool:
     The high trim threshold above keeps the heap's free top, and glibc never returns free holes below the top
     by itself: over minutes, the steps' temporaries land in new places and RSS becomes the heap's high-water
     mark, not its use. Trimmed pages the next steps want are faulted in again (about 1.5 µs a 4 KiB page, measured), so a
-    layer trims every few seconds (workers/layer.py TRIM_EVERY_S), not per step. False where libc is not glibc.
+    layer trims every few seconds (workers/layer/worker.py TRIM_EVERY_S), not per step. False where libc is not glibc.
     """
     try:
         malloc_trim = _libc().malloc_trim

@@ -13,6 +13,7 @@ import torch
 import zmq
 
 from ffstream.ff import LinearReadout
+from ffstream.net import blocks as eval_blocks
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send
 from ffstream.ff.checkpoint import CheckpointError
@@ -149,9 +150,8 @@ class SinkWorker(Worker):
 
     def _evaluate(self, msg) -> None:
         """Predict, then learn: every labelled frame is scored before the head has seen its label."""
-        blocks = msg.extra.get("blocks")
-        if (not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks)
-                or sum(blocks) != msg.array.shape[1] or max(self.readout_layers) >= len(blocks)):
+        blocks = msg.extra.get(eval_blocks.KEY)
+        if not eval_blocks.readable(blocks, msg.array, self.readout_layers):
             self.dropped["blocks"] += 1
             return
         if not self.num_classes:
@@ -159,8 +159,7 @@ class SinkWorker(Worker):
         if msg.label is None or max(msg.label) >= self.num_classes:
             self.dropped["label"] += 1  # nothing to score against
             return
-        edges = np.cumsum([0] + list(blocks))
-        features = torch.from_numpy(np.concatenate([msg.array[:, edges[i] : edges[i + 1]] for i in self.readout_layers], axis=1).astype(np.float32, copy=False))
+        features = torch.from_numpy(eval_blocks.features(msg.array, blocks, self.readout_layers))
         labels = torch.tensor(msg.label)
         if self.readout is None:
             self.readout = self._head_for(features.shape[1], list(blocks))
