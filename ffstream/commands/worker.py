@@ -38,6 +38,8 @@ def worker_command(args) -> int:
         own = Path(cfg.security.curve_dir) / f"{worker.kind}.key_secret"  # per-role pairs; else the configured one
         client = worker.kind if own.exists() else cfg.security.curve_client
         security.enable(worker.context, cfg.security.curve_dir, client, role=worker.kind)
+    elif cfg.security.allow_plaintext:
+        security.allow_plaintext(worker.context)  # else a non-loopback tcp bind is refused in one line
     worker.handle_signals()
     if os.environ.get("FFSTREAM_HEAP_LOG_S"):  # diagnostics: the heap's figures in this worker's log, every N seconds
         malloc.log_heap_every(float(os.environ["FFSTREAM_HEAP_LOG_S"]), lambda: repr(worker))

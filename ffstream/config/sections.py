@@ -224,6 +224,10 @@ class SecurityConfig:
 
     curve_dir: str | None = None  # keys from `ffstream keys generate DIR`; None: no CURVE
     curve_client: str = "worker"  # this process's client key pair, DIR/<name>.key_secret
+    # Bind non-loopback tcp without CURVE anyway (default False: such a bind is refused in one line, since anyone who
+    # reaches the port could send frames, negatives or `end`). Only for a network no one else is on, such as
+    # docker-compose's private network on one host (FFSTREAM_SECURITY_ALLOW_PLAINTEXT=true).
+    allow_plaintext: bool = False
 
 
 @dataclass

@@ -12,7 +12,8 @@ group or others is refused at load.
 
 CURVE is off unless a directory is given (`security.curve_dir`, FFSTREAM_SECURITY_CURVE_DIR), and never used on
 loopback (127.0.0.0/8, localhost, ::1), ipc:// or inproc:// addresses: both ends of a link must then agree, so a
-socket bound on tcp://*:PORT with CURVE on needs CURVE from every client, local ones too.
+socket bound on tcp://*:PORT with CURVE on needs CURVE from every client, local ones too. With CURVE off, a bind on a
+non-loopback tcp address is refused (PlaintextRefused) unless the config says `security.allow_plaintext`.
 
 >>> curve = enable(ctx, "/keys")    # doctest: +SKIP
 >>> sock = make_socket(ctx, zmq.PULL, bind="tcp://*:5710")   # now a CURVE server; unknown client keys are refused
@@ -46,6 +47,11 @@ ADMITTED = {
 }
 
 _enabled: dict[int, "Curve"] = {}  # id(context) -> its CURVE settings; one context per worker process
+_plaintext: set[int] = set()  # id(context)s whose config allows non-loopback binds without CURVE
+
+
+class PlaintextRefused(OSError):
+    """A non-loopback tcp bind without CURVE, which the config does not allow; the message says what to set."""
 
 
 class KeyFileError(OSError):
@@ -186,18 +192,30 @@ def enabled(ctx: zmq.Context) -> Curve | None:
     return _enabled.get(id(ctx))
 
 
+def allow_plaintext(ctx: zmq.Context) -> None:
+    """Let make_socket(ctx, ...) bind non-loopback tcp without CURVE (security.allow_plaintext: a private network)."""
+    _plaintext.add(id(ctx))
+
+
 def release(ctx: zmq.Context) -> None:
-    """Undo enable(): stop the authenticator. Call before ctx.term() (Worker.close does)."""
+    """Undo enable() and allow_plaintext(): stop the authenticator. Call before ctx.term() (Worker.close does)."""
+    _plaintext.discard(id(ctx))
     curve = _enabled.pop(id(ctx), None)
     if curve is not None:
         curve.close()
 
 
 def secure(ctx: zmq.Context, sock: zmq.Socket, bind: str | None, connect: str | list[str] | None) -> None:
-    """The make_socket hook: nothing unless enable(ctx, ...) was called."""
+    """The make_socket hook: CURVE if enable(ctx, ...) was called; else a non-loopback tcp bind is refused
+    (PlaintextRefused) unless allow_plaintext(ctx) was. Connecting in plaintext is the binding side's choice."""
     curve = _enabled.get(id(ctx))
     if curve is not None:
         curve.secure(sock, bind, [connect] if isinstance(connect, str) else list(connect or []))
+    elif bind and not is_loopback(bind) and id(ctx) not in _plaintext:
+        raise PlaintextRefused(
+            f"refusing to bind {bind} without CURVE: anyone who reaches it could send frames, negatives or end. "
+            "Set security.curve_dir (FFSTREAM_SECURITY_CURVE_DIR, keys from `ffstream keys generate DIR`), bind on "
+            "127.0.0.1, or on a private network set security.allow_plaintext (FFSTREAM_SECURITY_ALLOW_PLAINTEXT=true)")
 
 
 def refused(ctx: zmq.Context) -> int:

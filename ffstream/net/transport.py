@@ -73,6 +73,9 @@ def make_socket(
             before_connect(sock)
         for addr in [connect] if isinstance(connect, str) else connect or []:
             sock.connect(addr)
+    except security.PlaintextRefused:
+        sock.close(linger=0)
+        raise
     except zmq.ZMQError as exc:
         sock.close(linger=0)
         raise OSError(f"cannot {'bind' if bind else 'connect'} {bind or connect}: {exc}") from None
