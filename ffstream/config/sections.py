@@ -228,6 +228,11 @@ class SecurityConfig:
     # reaches the port could send frames, negatives or `end`). Only for a network no one else is on, such as
     # docker-compose's private network on one host (FFSTREAM_SECURITY_ALLOW_PLAINTEXT=true).
     allow_plaintext: bool = False
+    # The monitor's HTTP side (dashboard, /events, /metrics, /api/*) asks for `Authorization: Bearer TOKEN`, or HTTP
+    # Basic with TOKEN as the password (what a browser prompts for), and answers 401 otherwise; the page's static
+    # files stay open. None (default): no token asked. FFSTREAM_SECURITY_HTTP_TOKEN. HTTP itself is plaintext: on a
+    # shared network put TLS in front of it.
+    http_token: str | None = None
 
 
 @dataclass

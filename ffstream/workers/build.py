@@ -150,7 +150,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             **common,
         )
     http = topo.bind(topo.monitor_http) if topo.monitor_http else None
-    return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), http, **common)
+    return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), http, http_token=cfg.security.http_token,
+                         **common)
 
 
 def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) -> dict:

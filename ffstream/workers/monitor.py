@@ -21,8 +21,10 @@ class MonitorWorker(Worker):
 
     kind = "monitor"
 
-    def __init__(self, collect_addr: str, publish_addr: str, http_addr: str | None = None, **worker_kwargs: Any):
+    def __init__(self, collect_addr: str, publish_addr: str, http_addr: str | None = None, http_token: str | None = None,
+                 **worker_kwargs: Any):
         super().__init__("monitor", **worker_kwargs)
+        self.http_token = http_token  # the HTTP side asks for it (Bearer, or Basic's password); None asks for none
         self.collect_addr = collect_addr
         self.publish_addr = publish_addr
         self.http_addr = http_addr  # http://host:port of the dashboard and /metrics; None serves no HTTP
@@ -39,7 +41,7 @@ class MonitorWorker(Worker):
         self.collect.send(b"\x01")  # subscribe to everything the workers publish
         if self.http_addr:
             try:
-                self.web = DashboardServer(self.http_addr, self.board).start()
+                self.web = DashboardServer(self.http_addr, self.board, token=self.http_token).start()
                 self.log.info("dashboard at %s (Prometheus: %smetrics)", self.web.url, self.web.url)
             except (OSError, ValueError) as exc:
                 # The page is a window on the run, not part of it: a taken port must not stop the metrics feed.
