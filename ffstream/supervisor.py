@@ -27,8 +27,6 @@ from ffstream.workers.build import thread_budget
 log = logging.getLogger("ffstream.run")
 
 SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
-RESTART_BUDGET = 5  # restarts per worker within RESTART_WINDOW_S before the run gives up
-RESTART_WINDOW_S = 600.0  # a sliding window: a long run that crashes now and then goes on, a crash loop does not
 RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before a restart, by crashes in the window: the first at once, repeats slower
 END_DEADLINE_S = 30.0  # after the source ended: how long the sink may go without progress before the run fails
 WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
@@ -40,6 +38,66 @@ SPARE_DELAY_S = 5.0
 
 
 EXIT_USAGE = 2  # a worker's exit code for bad input (a missing device, a bad config): restarting cannot fix it
+BLOCKED_AFTER_S = 5.0  # a worker unheard this long (five metrics intervals) has its loop stopped: blocked or hung
+
+
+@dataclass
+class Heard:
+    """The last metrics message from one worker, as the stall rule needs it."""
+
+    pid: int | None  # the process that sent it: figures from before a restart say nothing about the new one
+    at: float  # monotonic time it came
+    input_frames: Any  # its upstream's "frames" as last heard at that moment (None: nothing heard from it yet)
+
+
+class StallWatch:
+    """Which worker of the frame chain (layer 1 .. layer L, sink) is hung: alive, but its loop no longer turns.
+
+    Every worker publishes its metrics each second, idle or not, from its loop; a worker whose loop is stopped goes
+    silent (SIGSTOP, a deadlock, a call that never returns), and so do the workers above it once their sends block
+    behind it. The rule, conservative on purpose:
+      1. the worker's process runs and has been heard from with frames done (by its pid: a restarted worker starts
+         with a clean slate; its first step pays torch's one-off costs, seconds on a loaded machine, and is not judged);
+      2. it has been silent for stall_after_s (60 s by default, RunConfig.stall_after_s);
+      3. the path to the monitor works: what is below it is heard (the next worker down, for the sink the monitor);
+      4. its input grew: its upstream's frames rose after it fell silent, or its upstream is silent too (blocked);
+      5. of the workers that meet 1-4, only the one nearest the sink is stalled: those above are blocked behind it;
+         and no one above a worker that fails 1 is judged (a restarting worker holds up those above it too).
+    A worker that is merely slow, or starved, or one the source's end left idle, still publishes: never stalled.
+    """
+
+    def __init__(self, num_layers: int, stall_after_s: float):
+        self.chain = ["source", *(f"layer{i}" for i in range(1, num_layers + 1)), "sink"]  # upstream first
+        self.stall_after_s = stall_after_s  # 0: never stalled
+        self.heard: dict[str, Heard] = {}
+        self.frames: dict[str, Any] = {}  # worker -> its last "frames"
+
+    def hear(self, name: str, figures: dict, now: float) -> None:
+        self.frames[name] = figures.get("frames")
+        upstream = self.chain[self.chain.index(name) - 1] if name in self.chain[1:] else None
+        self.heard[name] = Heard(figures.get("pid"), now, self.frames.get(upstream) if upstream else None)
+
+    def stalled(self, now: float, pids: dict[str, int | None]) -> tuple[str, str] | None:
+        """(the worker to restart, why), or None. pids: each worker's running process id (None: not running)."""
+        if not self.stall_after_s:
+            return None
+        silent = lambda name, for_s: name not in self.heard or now - self.heard[name].at > for_s  # noqa: E731
+        for below, name in zip([*self.chain[2:], "monitor"][::-1], self.chain[1:][::-1]):  # from the sink up
+            heard = self.heard.get(name)
+            if heard is None or heard.pid is None or heard.pid != pids.get(name) or not self.frames.get(name):
+                return None  # not running, not heard from since it started, or in its first step: not judged, nor
+                # anyone above it, who may be blocked behind it
+            if not silent(name, self.stall_after_s):
+                continue  # its loop turns
+            if silent(below, BLOCKED_AFTER_S):
+                return None  # nothing below is heard: the monitor's path may be down; judge no one
+            upstream = self.chain[self.chain.index(name) - 1]
+            grew = (self.frames.get(upstream) or 0) > (heard.input_frames or 0)
+            if not (grew or silent(upstream, BLOCKED_AFTER_S)):
+                return None  # silent with no input waiting: the end deadline, not a restart, deals with it
+            return name, (f"{name} has been silent for {now - heard.at:.0f} s (frames {self.frames.get(name)}) while its input "
+                          f"{'grew' if grew else 'is blocked behind it'}")
+        return None
 
 
 class RunFailed(Exception):
@@ -99,14 +157,16 @@ class Child:
 class Supervisor:
     """Starts the workers of one stack, restarts crashed ones with backoff, and ends when the sink is done."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | None = None, *, restart_budget: int = RESTART_BUDGET,
-                 restart_window_s: float = RESTART_WINDOW_S, end_deadline_s: float = END_DEADLINE_S):
+    def __init__(self, cfg: RunConfig, run_dir: str | None = None, *, restart_budget: int | None = None,
+                 restart_window_s: float | None = None, end_deadline_s: float = END_DEADLINE_S):
         self.cfg = cfg
-        self.restart_budget = restart_budget  # crashes of one worker within restart_window_s that are restarted
-        self.restart_window_s = restart_window_s  # seconds
+        # crashes of one worker within restart_window_s that are restarted; None: the config's (RunConfig.restart_budget)
+        self.restart_budget = cfg.restart_budget if restart_budget is None else restart_budget
+        self.restart_window_s = cfg.restart_window_s if restart_window_s is None else restart_window_s  # seconds
         self.end_deadline_s = end_deadline_s  # seconds without sink progress after the source ended, then the run fails
         self.source_ended_at: float | None = None  # monotonic: when the source exited cleanly (the stream is sent)
         self.sink_progress: tuple[Any, float] = (None, time.monotonic())  # the sink's last counters, and when they moved
+        self.stalls = StallWatch(len(cfg.model.layers), cfg.stall_after_s)  # hung workers: alive, their loop stopped
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="ffstream-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
@@ -190,6 +250,7 @@ class Supervisor:
             figures = msg.extra.get("metrics")
             if msg.kind == "metrics" and isinstance(figures, dict):
                 self.latest[msg.stream] = figures
+                self.stalls.hear(msg.stream, figures, time.monotonic())
                 if on_metrics:
                     on_metrics(msg.stream, figures)
 
@@ -225,8 +286,20 @@ class Supervisor:
             child.restarts += 1
             child.restart_at = now + RESTART_BACKOFF_S[min(len(child.crashes), len(RESTART_BACKOFF_S)) - 1]
             log.warning("%s exited with %s; restart %d in %.1f s", child.name, code, child.restarts, child.restart_at - now)
+        self._check_stalls(now)
         self._check_end_deadline(now)
         return False
+
+    def _check_stalls(self, now: float) -> None:
+        """SIGKILL a hung worker (SIGTERM cannot reach a stopped one); it is then restarted as a crash, within the budget."""
+        pids = {name: child.process.pid if child.running() else None for name, child in self.children.items()}
+        verdict = self.stalls.stalled(now, pids)
+        if verdict is None:
+            return
+        name, why = verdict
+        log.error("%s; killing it to restart it", why)
+        self.children[name].process.kill()
+        self.stalls.heard.pop(name, None)  # judged again only once its successor is heard from
 
     def _check_end_deadline(self, now: float) -> None:
         """Once the source has sent everything, the sink must keep moving or finish: a lost end marker, or a worker

@@ -99,6 +99,10 @@ def check_run(cfg: RunConfig) -> None:
         check_competition_sleep(cfg)
     if not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {cfg.device!r}")
+    positive("restart_budget", cfg.restart_budget)
+    if not cfg.restart_window_s > 0 or not cfg.checkpoint_every_s > 0 or not cfg.stall_after_s >= 0:
+        raise ConfigError(f"restart_window_s and checkpoint_every_s must be > 0 and stall_after_s >= 0 seconds, got "
+                          f"{cfg.restart_window_s!r}, {cfg.checkpoint_every_s!r} and {cfg.stall_after_s!r}")
 
 
 def check_competition_sleep(cfg: RunConfig) -> None:

@@ -243,7 +243,10 @@ class RunConfig:
     topology: Topology = field(default_factory=Topology)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     checkpoint_dir: str | None = None  # layer checkpoints and the readout; None keeps nothing
-    checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints
+    checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints (layers, and the sink's head and counters)
+    restart_budget: int = 5  # `ffstream run`: crashes of one worker within restart_window_s that are restarted; one more fails the run
+    restart_window_s: float = 600.0  # seconds the restart budget slides over: rare crashes go on, a crash loop does not
+    stall_after_s: float = 60.0  # `ffstream run`: a live worker silent this long while its input grew is restarted (supervisor.StallWatch); 0 never
     scores: str | None = None  # JSONL of per-frame goodness, written by the sink
     device: str = "cpu"  # torch device of the layer workers: cpu, cuda, cuda:N
     threads: int | None = None  # torch threads per worker; None: cores shared among the compute workers

@@ -145,6 +145,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             readout_lr=cfg.model.readout_lr,
             scores_path=cfg.scores,
             checkpoint_dir=cfg.checkpoint_dir,
+            checkpoint_every_s=cfg.checkpoint_every_s,
             seed=stream.seed,
             eval_step=cfg.model.window[1] - 1 if cfg.steps_per_batch > 1 else None,
             **common,
