@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from processes import eventually
+from tests.processes import eventually
 
 from ffstream.config import load
 from ffstream.monitor.web.board import Board

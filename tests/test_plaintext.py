@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 import zmq
-from processes import ROOT, env
+from tests.processes import ROOT, env
 
 from ffstream.config import load
 from ffstream.net import security

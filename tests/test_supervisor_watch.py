@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from processes import env, ipc_topology
+from tests.processes import env, ipc_topology
 
 from ffstream.config import ConfigError, RunConfig, load
 from ffstream.supervisor import Child, RunFailed, StallWatch, Supervisor, resolve_stream
