@@ -81,7 +81,10 @@ class StallWatch:
         """(the worker to restart, why), or None. pids: each worker's running process id (None: not running)."""
         if not self.stall_after_s:
             return None
-        silent = lambda name, for_s: name not in self.heard or now - self.heard[name].at > for_s  # noqa: E731
+
+        def silent(name: str, for_s: float) -> bool:
+            return name not in self.heard or now - self.heard[name].at > for_s
+
         for below, name in zip([*self.chain[2:], "monitor"][::-1], self.chain[1:][::-1]):  # from the sink up
             heard = self.heard.get(name)
             if heard is None or heard.pid is None or heard.pid != pids.get(name) or not self.frames.get(name):

@@ -12,12 +12,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from tests.processes import eventually
 
 from ffstream.config import load
 from ffstream.monitor.web.board import Board
 from ffstream.monitor.web.server import DashboardServer
 from ffstream.workers.build import build_worker
+from tests.processes import eventually
 
 DEADLINE_S = 15.0
 

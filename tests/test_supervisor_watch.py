@@ -9,11 +9,11 @@ import threading
 import time
 
 import pytest
-from tests.processes import env, ipc_topology
 
 from ffstream.config import ConfigError, RunConfig, load
 from ffstream.supervisor import Child, RunFailed, StallWatch, Supervisor, resolve_stream
 from ffstream.workers.build import build_worker
+from tests.processes import env, ipc_topology
 
 
 # the config reaches the supervisor and the sink -----------------------------------------------------------------------
