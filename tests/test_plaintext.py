@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
 import yaml
@@ -79,6 +80,8 @@ def test_ffstream_worker_binds_in_plaintext_when_the_config_allows_it(tmp_path):
     """The same sink with allow_plaintext binds and keeps running; it is stopped by SIGTERM and exits cleanly."""
     proc = subprocess.Popen([sys.executable, "-m", "ffstream", "worker", "sink"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=worker_env(tmp_path, FFSTREAM_SECURITY_ALLOW_PLAINTEXT="true"), cwd=ROOT, text=True)
+    deadline = threading.Timer(120.0, proc.kill)  # a worker that never logs is killed, which ends the loop below
+    deadline.start()
     try:
         seen = []
         for line in proc.stdout:  # the worker logs "started: ..." once every socket is bound
@@ -89,6 +92,7 @@ def test_ffstream_worker_binds_in_plaintext_when_the_config_allows_it(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=30) == 0
     finally:
+        deadline.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
