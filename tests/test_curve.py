@@ -122,7 +122,8 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
 def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path, zmq_context, socket):
     """Authorisation, not only authentication: the viewer's key is a listed key, but a layer's input admits workers only."""
     from ffstream.config.plans import Batching
-    from ffstream.workers.layer import LayerEndpoints, LayerWorker
+    from ffstream.config.plans import LayerEndpoints
+    from ffstream.workers.layer import LayerWorker
     from tests.rig import LAYER, ROWS, frames, receive, running, unique
 
     keys = tmp_path / "keys"
