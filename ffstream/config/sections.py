@@ -44,6 +44,10 @@ class StreamConfig:
     seed: int = 0  # seeds weights, shuffling and negatives
     rate_fps: float | None = None  # pace the source to this many frames/s, a simulated live camera; None: as fast as it can
     labels: str | None = None  # a video file's per-frame label CSV (frame,label); None: the same-stem .csv beside it, if any
+    # Exactly-once learning of files and datasets (DESIGN.md §2 "Delivery", with a checkpoint directory): a barrier every this
+    # many batches, at which every worker checkpoints and the source commits its position once the sink acknowledges it.
+    # 0: off. Live sources never take barriers (at most once, drops counted); nor do recurrent static images (steps per batch).
+    barrier_every: int = 50
 
     def check(self) -> None:
         rules.check_stream(self)
@@ -164,7 +168,7 @@ class Topology:
     """Where every socket lives. Stable sides bind: each layer its inputs, the sink, the source's publisher, the monitor."""
 
     source_publish: str = "tcp://127.0.0.1:5560"  # source XPUB of raw frames for the sleep worker
-    source_control: str = "tcp://127.0.0.1:5561"  # source PULL: the sleep worker's "resume" in phased mode
+    source_control: str = "tcp://127.0.0.1:5561"  # source PULL: the sleep worker's "resume" in phased mode; the sink's barrier acks
     layer_inputs: tuple[str, ...] = ()  # per layer, PULL of frames/activity
     layer_negatives: tuple[str, ...] = ()  # per layer, PULL of negative updates
     layer_snapshots: tuple[str, ...] = ()  # per layer, REP for snapshots

@@ -43,7 +43,8 @@ KINDS = frozenset(
         "negative_update",  # sleep -> layer: a negative gradient, flattened like a snapshot
         "metrics",  # any worker -> monitor: a "metrics" dict in the header, empty payload
         "preview",  # layer 1 -> monitor: some of its weights as uint8 image tiles (N, H, W) or (N, H, W, 3)
-        "control",  # supervisor or peers: "command" in the header, e.g. "stop", "pause", "resume"
+        "control",  # supervisor or peers: "command" in the header, e.g. "stop", "pause", "resume", "ack" (sink -> source)
+        "barrier",  # source -> layers -> sink, in line with the frames: "barrier" (its id) and "pass_id"; seq: the last batch before it
     }
 )
 DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64}

@@ -67,6 +67,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             iterations=cfg.steps_per_batch,
             eval_steps=cfg.model.window[1] if cfg.steps_per_batch > 1 else None,
             interleave=INTERLEAVED_BATCHES,  # used only with more than one step per batch
+            barrier_every=stream.barrier_every,  # exactly-once: the source turns it off for live streams and without position_path
             **common,
         )
     if kind == "layer":
@@ -148,6 +149,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             checkpoint_every_s=cfg.checkpoint_every_s,
             seed=stream.seed,
             eval_step=cfg.model.window[1] - 1 if cfg.steps_per_batch > 1 else None,
+            ack_addr=topo.source_control,  # barrier acknowledgements (exactly-once), connect form
             **common,
         )
     http = topo.bind(topo.monitor_http) if topo.monitor_http else None

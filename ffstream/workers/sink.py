@@ -15,10 +15,11 @@ import zmq
 from ffstream.ff import LinearReadout
 from ffstream.net import blocks as eval_blocks
 from ffstream.net import wire
-from ffstream.net.transport import POLL_MS, Receiver, send
+from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.base import Worker, write_json_atomic
+from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
@@ -44,6 +45,7 @@ class SinkWorker(Worker):
         exit_on_end: bool = True,  # the sink's exit is how the supervisor knows that a stream is done
         seed: int = 0,
         eval_step: int | None = None,  # recurrent static images: score the eval copy of this (0-based) step only; None: every one
+        ack_addr: str | None = None,  # PUSH, connected: the source's control socket, where barriers are acknowledged; None: none
         **worker_kwargs: Any,
     ):
         super().__init__("sink", **worker_kwargs)
@@ -74,6 +76,13 @@ class SinkWorker(Worker):
         self.latency = Histogram(LATENCY_BUCKETS_S)  # the same, in seconds, per frame, over the whole run
         self.ended = False
         self._scores_file = None
+        self.ack_addr = ack_addr
+        # Exactly-once streams: the pass and the last seq counted (learn rows) and scored (eval copies), so that a replay
+        # after a rewind is neither counted nor learned by the head twice; saved in sink.json at every barrier.
+        self.pass_id: str | None = None
+        self.counted_upto = self.scored_upto = -1
+        self.barrier = 0  # the last barrier checkpointed and acknowledged
+        self.replayed = 0  # messages of a replay, not counted again
 
     def setup(self) -> None:
         if self.checkpoint_dir:
@@ -85,6 +94,7 @@ class SinkWorker(Worker):
         if self.snapshot_addr:
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
+        self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64) if self.ack_addr else None
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
@@ -105,6 +115,12 @@ class SinkWorker(Worker):
                 self.ended = True
                 self.finished = self.exit_on_end
             return
+        if msg.kind == "barrier":
+            self._barrier(msg)
+            return
+        if not self._first_time(msg):
+            self.replayed += 1
+            return
         if msg.kind != "activity":
             self.dropped["kind"] += 1
         elif msg.array.ndim < 2 or len(msg.array) == 0:
@@ -114,6 +130,36 @@ class SinkWorker(Worker):
                 self._evaluate(msg)
         else:
             self._record(msg)
+
+    def _first_time(self, msg: wire.Message) -> bool:
+        """Whether an exactly-once stream's message is new here (a replayed one is neither counted nor learned again)."""
+        pass_id = msg.extra.get(PASS_KEY)
+        if not isinstance(pass_id, str):
+            return True
+        if pass_id != self.pass_id:
+            self.pass_id, self.counted_upto, self.scored_upto = pass_id, -1, -1
+        upto = "scored_upto" if msg.mode == "eval" else "counted_upto"
+        if msg.seq <= getattr(self, upto):
+            return False
+        setattr(self, upto, msg.seq)
+        return True
+
+    def _barrier(self, msg: wire.Message) -> None:
+        """Checkpoint the head and counters, then tell the source whether every layer had learned all before it."""
+        barrier = msg.extra.get("barrier")
+        if not isinstance(barrier, int) or isinstance(barrier, bool):
+            self.dropped["barrier"] += 1
+            return
+        self.barrier = barrier
+        if self.checkpoint_dir:
+            self._checkpoint()
+        complete = not msg.extra.get("behind")
+        if not complete:
+            self.log.info("barrier %d: layers %s miss batches; the source replays", barrier, msg.extra.get("behind"))
+        ack = wire.Message("control", np.zeros(0, np.float32), stream=self.name, seq=msg.seq,
+                           extra={"command": "ack", "barrier": barrier, "complete": complete, PASS_KEY: msg.extra.get(PASS_KEY)})
+        if self.ack is None or not try_send(self.ack, ack):
+            self.dropped["ack_not_sent"] += 1  # the source sends barriers on; the final one again until acknowledged
 
     def _answer_snapshot(self) -> None:
         """The head's weights, or an "empty" control reply before it exists (REP must always answer)."""
@@ -193,10 +239,11 @@ class SinkWorker(Worker):
                 self.log.warning("the head in %s does not fit this readout; starting afresh", self.checkpoint_dir)
                 return
             self._saved_head = (readout, blocks)
-        for key in ("frames", "evaluated", "correct"):
+        for key in ("frames", "evaluated", "correct", "counted_upto", "scored_upto", "barrier"):
             value = state.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
                 setattr(self, key, value)
+        self.pass_id = state.get(PASS_KEY) if isinstance(state.get(PASS_KEY), str) else None
         self.log.info("resumed the sink from %s: %d frames, %d evaluated", self.checkpoint_dir, self.frames, self.evaluated)
 
     def _head_for(self, in_features: int, blocks: list[int]) -> LinearReadout:
@@ -221,7 +268,8 @@ class SinkWorker(Worker):
         elif self._saved_head is not None:
             blocks = self._saved_head[1]  # not used yet this run: the saved head stays, and stays described
         state = {"readout_layers": self.readout_layers, "num_classes": self.num_classes, "blocks": blocks,
-                 "frames": self.frames, "evaluated": self.evaluated, "correct": self.correct}
+                 "frames": self.frames, "evaluated": self.evaluated, "correct": self.correct,
+                 PASS_KEY: self.pass_id, "counted_upto": self.counted_upto, "scored_upto": self.scored_upto, "barrier": self.barrier}
         write_json_atomic(Path(self.checkpoint_dir) / SINK_STATE, state)
 
     def on_close(self) -> None:
@@ -243,6 +291,8 @@ class SinkWorker(Worker):
             latency_p99_ms=round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
             latency_histogram_s=self.latency.get(),
             ended=self.ended,
+            barrier=self.barrier,
+            replayed=self.replayed,
             dropped=sum(self.dropped.values()) + (sum(self.input.rejected.values()) if hasattr(self, "input") else 0),
         )
         return m

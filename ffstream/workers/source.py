@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -13,6 +14,7 @@ from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
 from ffstream.workers.base import Worker
+from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.workers.stats import Rate
 
@@ -21,6 +23,11 @@ RESUME_TIMEOUT_S = 60.0  # phased sleep: the longest the source waits for the sl
 # a spare; an eval copy makes a batch two messages). A kill -9 loses them, so the saved position stays this
 # many batches behind what was sent: a restart replays a few frames rather than losing any.
 IN_FLIGHT_BATCHES = 6
+# Exactly-once: the final barrier (the end of the stream) is sent again when no acknowledgement came within this
+# long (a worker restarted and lost it), and the source gives up, exiting non-zero, after END_ACK_DEADLINE_S.
+FINAL_BARRIER_RESEND_S = 10.0
+END_ACK_DEADLINE_S = 300.0
+MAX_OUTSTANDING_BARRIERS = 1000  # barriers sent and not yet acknowledged that the source remembers (a dead sink)
 
 
 class SourceWorker(Worker):
@@ -56,6 +63,8 @@ class SourceWorker(Worker):
         iterations: int = 1,  # recurrent static images: send each batch this many times, as steps 0..n-1 (seq = batch·n + step)
         eval_steps: int | None = None,  # with iterations > 1: eval copies of the first this many steps only; None: all
         interleave: int = 1,  # with iterations > 1: send the steps of this many batches in turn (A1 B1 A2 B2 ...)
+        barrier_every: int = 0,  # exactly-once (a file or dataset with position_path, one step per batch): a barrier every this many batches; 0 off
+        end_ack_deadline_s: float = END_ACK_DEADLINE_S,  # exactly-once: the longest the end of the stream waits for its acknowledgement
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -93,14 +102,34 @@ class SourceWorker(Worker):
         identity = None if source.live or position_path is None else source.identity()
         self.positions = PositionStore(position_path, identity, run_id) if identity is not None else None
         self._iter = iter(source)
+        # Exactly-once delivery (DESIGN.md §2, workers/delivery.py): barriers, acknowledged by the sink; the position is
+        # committed only at an acknowledged barrier, and the stream rewinds to it when a barrier comes back incomplete.
+        self.exactly_once = barrier_every > 0 and self.positions is not None and iterations == 1 and control_addr is not None
+        self.barrier_every = barrier_every
+        self.end_ack_deadline_s = end_ack_deadline_s
+        self.pass_id: str | None = None  # the pass over the stream that seqs belong to (kept in the position file)
+        self.barrier_id = 0  # the last barrier sent; ids only grow, across rewinds and restarts
+        self.committed: SavedPosition | None = None  # the last acknowledged barrier's position: where a restart or rewind resumes
+        self._outstanding: dict[int, SavedPosition] = {}  # barrier id -> the position after the batches before it
+        self._barrier_at = 0  # self.batches when the last barrier went
+        self._rewound_after = 0  # incomplete acks of barriers up to this id came before the last rewind: ignored
+        self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
+        self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
+        self.barriers = self.acks = self.rewinds = 0
         if self.positions is not None:
             self._resume()
+        if self.exactly_once and self.pass_id is None:
+            self._start_pass()
 
     def _resume(self) -> None:
         """Start where the saved position says (a restart), with the counters it had, so seqs and max_frames carry on."""
         saved = self.positions.load()
         if saved is None:
             return
+        if self.exactly_once and saved.pass_id is None:
+            self.log.info("the saved position %s has no pass id (not exactly-once); starting from the beginning", self.positions.path)
+            return
+        self.pass_id, self.barrier_id, self.committed, self._rewound_after = saved.pass_id, saved.barrier, saved, saved.barrier
         self.source.seek(saved.position)
         self._iter = iter(self.source)
         self.frames, self.batches, self.resumed_from = saved.frames, saved.batches, saved.frames
@@ -109,6 +138,14 @@ class SourceWorker(Worker):
                       saved.position.epoch, saved.position.offset, self.positions.path)
         if saved.ended:
             self._iter = iter(())  # a restart after the end: nothing to replay, the end marker goes again
+        self._barrier_at = self.batches
+
+    def _start_pass(self) -> None:
+        """A new pass over the stream: a new id, committed at once, so that a restart before the first acknowledged
+        barrier resumes this pass (from its start) rather than starting another the workers do not know."""
+        self.pass_id = uuid.uuid4().hex[:12]
+        self.committed = SavedPosition(self.source.position, self.frames, self.batches, barrier=self.barrier_id, pass_id=self.pass_id)
+        self.positions.save(self.committed)
 
     @property
     def total(self) -> int | None:
@@ -128,8 +165,9 @@ class SourceWorker(Worker):
             self.publisher.setsockopt(zmq.XPUB_NODROP, 0 if self.source.live else 1)
             self._await_subscribers()
         self.control = None
-        if self.phase_length and self.control_addr:
-            self.control = Receiver(self.socket(zmq.PULL, bind=self.control_addr, hwm=4), name="source.control")
+        if (self.phase_length or self.exactly_once) and self.control_addr:
+            # phased sleep: the sleep worker's "resume"; exactly-once: the sink's acknowledgements of barriers
+            self.control = Receiver(self.socket(zmq.PULL, bind=self.control_addr, hwm=64), name="source.control")
 
     def _await_subscribers(self) -> None:
         """The handshake: XPUB hears each subscription, so the first frames are not lost to a slow joiner."""
@@ -147,6 +185,11 @@ class SourceWorker(Worker):
             timeout_ms = 0
 
     def step(self) -> None:
+        if self.exactly_once and not self.ended:
+            self._take_acks(POLL_MS if self._final is not None else 0)
+            if self._final is not None:
+                self._await_final()
+                return
         if self.ended:
             self._stop.wait(POLL_MS / 1000)  # idle: what is queued downstream is still being delivered
             return
@@ -154,7 +197,11 @@ class SourceWorker(Worker):
             return
         group = self._next_group()
         if not group:
-            self._end()
+            if self.exactly_once:
+                self._end_started = self._end_started or time.monotonic()
+                self._barrier(final=True)  # the end goes once this is acknowledged complete
+            else:
+                self._end()
             return
         self._count_subscriptions()
         batches = []
@@ -172,18 +219,22 @@ class SourceWorker(Worker):
             # step late on every batch when they keep pace: the layer above works on the other batch's step meanwhile.
             for index, pixels, labels, t_src in batches:
                 extra = {"frame": index, "step": step, "iterations": n} if n > 1 else {}
+                if self.exactly_once:
+                    extra[PASS_KEY] = self.pass_id
                 if labels is not None and self.eval_every and index % self.eval_every == 0 and step < self.eval_steps:
                     self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
                 self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, extra=extra))
-        phases_before = self.batches // self.phase_length if self.control is not None else 0
+        phases_before = self.batches // self.phase_length if self.phase_length and self.control is not None else 0
         for frames, position in group:
             self.batches += 1
             self.frames += len(frames)
             self.fps.add(len(frames))
             self._sent.append(SavedPosition(position, self.frames, self.batches))
-        if self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
+        if self.exactly_once and self.batches - self._barrier_at >= self.barrier_every:
+            self._barrier()
+        elif not self.exactly_once and self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
             self._save_position()
-        if self.control is not None and self.batches // self.phase_length > phases_before:
+        if self.phase_length and self.control is not None and self.batches // self.phase_length > phases_before:
             self._await_resume()
 
     def _next_group(self) -> list[tuple[list, Position]]:
@@ -214,6 +265,9 @@ class SourceWorker(Worker):
             msg = self.control.recv(POLL_MS)
             if msg is not None and msg.kind == "control" and msg.extra.get("command") == "resume":
                 return
+            if msg is not None and msg.kind == "control" and msg.extra.get("command") == "ack":
+                self._on_ack(msg)
+                continue
             self.dropped["control"] += msg is not None  # a valid message, but not a resume
         if not self.stopping:
             self.resume_timeouts += 1
@@ -259,10 +313,79 @@ class SourceWorker(Worker):
         if self.publisher is not None:
             send(self.publisher, end, lambda: self.stopping, timeout_ms=5000)
         self.ended = True
+        self._final = None
         self.finished = self.exit_on_end
         self.log.info("end of stream after %d frames", self.frames)
-        if self.positions is not None:
+        if self.positions is not None and not self.exactly_once:
             self.positions.save(SavedPosition(self.source.position, self.frames, self.batches, ended=True))
+
+    # exactly-once: barriers, acknowledgements, commits and rewinds --------------------------------------------------
+    def _barrier(self, final: bool = False) -> None:
+        """A barrier after the batches sent so far: every worker checkpoints at it, the sink acknowledges it."""
+        self.barrier_id += 1
+        self.barriers += 1
+        msg = wire.Message("barrier", np.zeros(0, np.float32), seq=self.batches - 1,
+                           extra={"barrier": self.barrier_id, PASS_KEY: self.pass_id, "final": final})
+        if not send(self.output, msg, lambda: self.stopping):
+            return  # stopping: the committed position stands, and a restart resumes there
+        if len(self._outstanding) >= MAX_OUTSTANDING_BARRIERS:
+            self._outstanding.pop(min(self._outstanding))
+        self._outstanding[self.barrier_id] = SavedPosition(self.source.position, self.frames, self.batches, ended=final,
+                                                           barrier=self.barrier_id, pass_id=self.pass_id)
+        self._barrier_at = self.batches
+        if final:
+            self._final = (self.barrier_id, time.monotonic())
+
+    def _take_acks(self, timeout_ms: int = 0) -> None:
+        while self.control is not None and (msg := self.control.recv(timeout_ms)) is not None:
+            timeout_ms = 0
+            if msg.kind == "control" and msg.extra.get("command") == "ack":
+                self._on_ack(msg)
+            else:
+                self.dropped["control"] += 1  # a valid message, but no acknowledgement
+
+    def _on_ack(self, msg: wire.Message) -> None:
+        """The sink's word on a barrier: complete (every layer has learned everything before it: commit there) or not
+        (a layer misses batches, lost with a worker that restarted: rewind to the last commit and replay)."""
+        barrier, complete = msg.extra.get("barrier"), msg.extra.get("complete")
+        if msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(barrier, int) or not isinstance(complete, bool):
+            self.dropped["ack"] += 1
+            return
+        self.acks += 1
+        if complete:
+            saved = self._outstanding.get(barrier)
+            if saved is None:
+                return  # from before a rewind or a restart, or a repeat: what it covered is committed or replayed
+            for done in [b for b in self._outstanding if b <= barrier]:
+                del self._outstanding[done]
+            self.committed = saved
+            self.positions.save(saved)
+            if saved.ended:
+                self._end()
+        elif barrier > self._rewound_after:
+            self._rewind(barrier)
+
+    def _rewind(self, barrier: int) -> None:
+        committed = self.committed
+        self.log.warning("barrier %d is incomplete (a worker lost batches); replaying from batch %d", barrier, committed.batches)
+        self.source.seek(committed.position)
+        self._iter = iter(self.source)
+        self.frames, self.batches = committed.frames, committed.batches
+        self._outstanding.clear()
+        self._rewound_after = self.barrier_id  # barriers already sent come back incomplete too: one rewind serves them all
+        self._barrier_at = self.batches
+        self._final = None
+        self.rewinds += 1
+
+    def _await_final(self) -> None:
+        """The stream has run out; its final barrier waits for the acknowledgement: sent again now and then, bounded."""
+        now = time.monotonic()
+        if now - self._end_started > self.end_ack_deadline_s:
+            self.log.error("the end of the stream was not acknowledged within %.0f s; giving up", self.end_ack_deadline_s)
+            raise SystemExit(1)
+        if now - self._final[1] > FINAL_BARRIER_RESEND_S:
+            self.log.warning("no acknowledgement of the final barrier %d after %.0f s; sending it again", self._final[0], FINAL_BARRIER_RESEND_S)
+            self._barrier(final=True)
 
     def _save_position(self) -> None:
         """The oldest of the last batches: everything before it has left this process."""
@@ -271,8 +394,8 @@ class SourceWorker(Worker):
         self._position_saved_at = time.monotonic()
 
     def on_close(self) -> None:
-        if self.positions is not None and not self.ended:
-            self._save_position()
+        if self.positions is not None and not self.ended and not self.exactly_once:
+            self._save_position()  # exactly-once: the committed position (the last acknowledged barrier) stands
         self.source.close()
 
     def metrics(self) -> dict[str, Any]:
@@ -291,6 +414,11 @@ class SourceWorker(Worker):
             bad_messages=self.dropped["control"] + (sum(self.control.rejected.values()) if getattr(self, "control", None) else 0),
             ended=self.ended,
             resumed_from=self.resumed_from,
+            exactly_once=self.exactly_once,
+            barriers=self.barriers,
+            acks=self.acks,
+            rewinds=self.rewinds,
+            committed_batches=self.committed.batches if self.committed else None,
         )
         return m
 

@@ -30,6 +30,8 @@ class SavedPosition:
     frames: int  # frames sent before it (the worker's counter, which max_frames bounds)
     batches: int  # batches sent before it: the next batch's seq, so a replayed batch keeps its seq
     ended: bool = False  # the stream had ended
+    barrier: int = 0  # exactly-once: the barrier acknowledged at this position (ids go on from it after a restart)
+    pass_id: str | None = None  # exactly-once: the pass over the stream that the workers' learned seqs belong to
 
 
 class PositionStore:
@@ -51,15 +53,17 @@ class PositionStore:
                 saved = json.load(fh)
             if saved.get("format") != FORMAT:
                 raise ValueError(f"format {saved.get('format')!r}")
+            pass_id = saved.get("pass_id")
             found = SavedPosition(
-                Position(int(saved["epoch"]), int(saved["offset"])), int(saved["frames"]), int(saved["batches"]), bool(saved["ended"])
+                Position(int(saved["epoch"]), int(saved["offset"])), int(saved["frames"]), int(saved["batches"]), bool(saved["ended"]),
+                int(saved.get("barrier", 0)), pass_id if isinstance(pass_id, str) else None,
             )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("ignoring the unreadable source position %s (%s); starting from the beginning", self.path, exc)
             return None
-        if min(found.position.epoch, found.position.offset, found.frames, found.batches) < 0:
+        if min(found.position.epoch, found.position.offset, found.frames, found.batches, found.barrier) < 0:
             log.warning("ignoring the source position %s: negative counts; starting from the beginning", self.path)
             return None
         if saved.get("identity") != self.identity:
@@ -92,5 +96,7 @@ class PositionStore:
                 "frames": saved.frames,
                 "batches": saved.batches,
                 "ended": saved.ended,
+                "barrier": saved.barrier,
+                "pass_id": saved.pass_id,
             },
         )

@@ -17,12 +17,13 @@ from ffstream.net.transport import Receiver
 
 
 def gather(receiver: Receiver, batching: Batching) -> list[wire.Message]:
-    """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms; ends at a control."""
+    """A micro-batch: the ready message, plus more up to max_rows, waiting at most max_wait_ms; ends at a control or a
+    barrier (a barrier is a cut: nothing after it may step with what came before)."""
     first = receiver.recv_ready()
     batch = [first] if first is not None else []
     rows = _rows(first) if first is not None else 0
     deadline = time.monotonic() + batching.max_wait_ms / 1000
-    while rows < batching.max_rows and not (batch and batch[-1].kind == "control"):
+    while rows < batching.max_rows and not (batch and batch[-1].kind in ("control", "barrier")):
         wait_ms = max(0.0, (deadline - time.monotonic()) * 1000)
         msg = receiver.recv(int(wait_ms))
         if msg is None:
@@ -30,7 +31,7 @@ def gather(receiver: Receiver, batching: Batching) -> list[wire.Message]:
                 break
             continue
         batch.append(msg)
-        rows += _rows(msg) if msg.kind != "control" else 0
+        rows += _rows(msg) if msg.kind not in ("control", "barrier") else 0
     return batch
 
 
