@@ -1,0 +1,152 @@
+"""Exactly-once learning of a file or dataset stream (DESIGN.md §2 "Delivery", workers/delivery.py).
+
+The pipeline tests run a real `ffstream run --checkpoint-dir` with per-layer learning logs (FFSTREAM_LEARN_LOG_DIR),
+hurt it (kill -9 of a layer or of the source; Ctrl-C, then a resumed run), and check that every layer learned every
+batch of the stream exactly once: the union of its logged seqs is the stream's, with no seq twice and every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import zmq
+
+from ffstream.net import wire
+from ffstream.workers.delivery import GAP, LEARN, SKIP, LearnLog, SeqGate
+from tests.processes import env
+
+FRAMES = 4000  # frames of the synthetic stream
+BATCH = 32
+BATCHES = -(-FRAMES // BATCH)  # 125, the last one of 32 rows too
+LAYERS = ("layer1", "layer2")
+
+
+# the gate and the log, in process ------------------------------------------------------------------------------------
+def test_gate_learns_each_seq_once_in_order_and_starts_over_on_a_new_pass():
+    gate = SeqGate()
+    assert [gate.admit("a", s) for s in (0, 1, 3, 2, 2, 3)] == [LEARN, LEARN, GAP, LEARN, SKIP, LEARN]
+    assert gate.has_all("a", 3) and not gate.has_all("a", 4) and not gate.has_all("b", 0)
+    assert gate.admit("b", 5) == GAP and gate.admit("b", 0) == LEARN  # another pass: learned from its start
+    assert SeqGate.from_dict(gate.to_dict()) == gate
+    assert SeqGate.from_dict({"pass_id": 3, "upto": "x"}) == SeqGate()  # a malformed checkpoint entry: a fresh gate
+
+
+def test_learn_log_is_cut_back_to_what_the_checkpoint_holds(tmp_path):
+    log = LearnLog(tmp_path / "layer1.learn.jsonl")
+    for seq in range(5):
+        log.add("p", seq, 32)
+    log.close()
+    with open(log.path, "a") as fh:
+        fh.write('{"pass_id": "p", "se')  # a torn line: the kill came mid-write
+    again = LearnLog(log.path)
+    again.resume(SeqGate("p", 2))  # the checkpoint holds 0..2; 3 and 4 were undone by the kill
+    again.add("p", 3, 32)
+    again.close()
+    assert [line["seq"] for line in LearnLog.read(log.path)] == [0, 1, 2, 3]
+
+
+# a real run ----------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def watched_run(tmp_path: Path, *extra: str):
+    """`ffstream run` of synthetic:FRAMES on 32,32 layers with barriers every 5 batches, checkpoints in tmp_path/ck and
+    learning logs in tmp_path/learn; yields (process, SUB on its monitor). Killed on the way out if still running."""
+    monitor = f"ipc://{tmp_path}/mon"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(monitor)
+    argv = [sys.executable, "-m", "ffstream", "run", "--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(tmp_path / "ck"),
+            "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5",
+            "--monitor", monitor, "--no-progress", *extra]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path), "FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, sub
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close(0)
+        ctx.term()
+
+
+def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, timeout_s: float = 180.0) -> dict:
+    """The first metrics of `worker` for which wanted(metrics) holds; fails if the run ends or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the run ended before {worker} got there"
+        assert time.monotonic() < deadline, f"{worker} did not get there within {timeout_s:.0f} s"
+        if not sub.poll(200):
+            continue
+        try:
+            msg = wire.decode(sub.recv_multipart(), max_payload=0)
+        except wire.WireError:
+            continue
+        figures = msg.extra.get("metrics", {})
+        if msg.stream == worker and wanted(figures):
+            return figures
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 240.0) -> str:
+    out, err = proc.communicate(timeout=timeout_s)
+    assert proc.returncode == 0, f"ffstream run exited {proc.returncode}:\n{err[-3000:]}"
+    return out
+
+
+def assert_learned_exactly_once(tmp_path: Path) -> None:
+    """Every layer's log: each batch of the stream once, all its rows, nothing else."""
+    for layer in LAYERS:
+        lines = LearnLog.read(tmp_path / "learn" / f"{layer}.learn.jsonl")
+        counts = Counter(line["seq"] for line in lines)
+        twice = sorted(s for s, n in counts.items() if n > 1)
+        missing = sorted(set(range(BATCHES)) - set(counts))
+        assert not twice and not missing, f"{layer}: learned twice {twice[:20]}, never {missing[:20]}"
+        assert set(counts) == set(range(BATCHES)), f"{layer}: seqs outside the stream {sorted(set(counts) - set(range(BATCHES)))}"
+        assert sum(line["rows"] for line in lines) == FRAMES
+        assert len({line["pass_id"] for line in lines}) == 1  # one pass over the stream, restarts and all
+
+
+def kill_mid_run(tmp_path: Path, victim: str, after_frames: int) -> dict:
+    with watched_run(tmp_path) as (proc, sub):
+        # Past a few barriers, so that the restart resumes from a checkpoint and has something to replay.
+        figures = await_metrics(proc, sub, victim, lambda m: (m.get("frames") or 0) >= after_frames)
+        os.kill(figures["pid"], signal.SIGKILL)
+        finish(proc)
+    return json.loads((tmp_path / "ck" / "source.json").read_text())
+
+
+def test_a_layer_killed_mid_run_still_learns_every_batch_exactly_once(tmp_path):
+    """The restarted layer resumes from its last barrier's checkpoint; the next barrier finds it behind, the source
+    rewinds to its last commit and replays; every layer skips what it had learned and learns what it lacks."""
+    saved = kill_mid_run(tmp_path, "layer2", after_frames=FRAMES // 3)
+    assert saved["ended"] and saved["batches"] == BATCHES
+    assert_learned_exactly_once(tmp_path)
+
+
+def test_the_source_killed_mid_run_still_learns_every_batch_exactly_once(tmp_path):
+    """The restarted source resumes from its last acknowledged barrier; the layers skip the batches it sends again."""
+    kill_mid_run(tmp_path, "source", after_frames=FRAMES // 3)
+    assert_learned_exactly_once(tmp_path)
+
+
+def test_ctrl_c_then_resume_learns_the_stream_exactly_once(tmp_path):
+    """Ctrl-C: every layer drains and checkpoints what it learned; the resumed run rewinds the source to its last
+    acknowledged barrier and the layers skip what they had: the two runs' logs together are one uninterrupted run's."""
+    with watched_run(tmp_path) as (proc, sub):
+        await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 3)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    first = {layer: len(LearnLog.read(tmp_path / "learn" / f"{layer}.learn.jsonl")) for layer in LAYERS}
+    assert all(0 < n < BATCHES for n in first.values()), f"the interrupted run learned {first} of {BATCHES} batches"
+    with watched_run(tmp_path) as (proc, _):
+        finish(proc)
+    assert_learned_exactly_once(tmp_path)
