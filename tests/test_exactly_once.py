@@ -27,6 +27,7 @@ FRAMES = 4000  # frames of the synthetic stream
 BATCH = 32
 BATCHES = -(-FRAMES // BATCH)  # 125, the last one of 32 rows too
 LAYERS = ("layer1", "layer2")
+PACED = ("--set", "stream.rate_fps=1000")  # 4 s of stream: the fault lands mid-stream however fast the machine is
 
 
 # the gate and the log, in process ------------------------------------------------------------------------------------
@@ -97,9 +98,10 @@ def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, 
 
 
 def finish(proc: subprocess.Popen, timeout_s: float = 240.0) -> str:
+    """Wait for the run to end well; its stderr (the supervisor's log lines)."""
     out, err = proc.communicate(timeout=timeout_s)
     assert proc.returncode == 0, f"ffstream run exited {proc.returncode}:\n{err[-3000:]}"
-    return out
+    return err  # the supervisor's log
 
 
 def assert_learned_exactly_once(tmp_path: Path) -> None:
@@ -116,11 +118,12 @@ def assert_learned_exactly_once(tmp_path: Path) -> None:
 
 
 def kill_mid_run(tmp_path: Path, victim: str, after_frames: int) -> dict:
-    with watched_run(tmp_path) as (proc, sub):
+    with watched_run(tmp_path, *PACED) as (proc, sub):
         # Past a few barriers, so that the restart resumes from a checkpoint and has something to replay.
         figures = await_metrics(proc, sub, victim, lambda m: (m.get("frames") or 0) >= after_frames)
         os.kill(figures["pid"], signal.SIGKILL)
-        finish(proc)
+        log = finish(proc)
+    assert f"restarting {victim}" in log, "the kill went unnoticed: the test proves nothing"
     return json.loads((tmp_path / "ck" / "source.json").read_text())
 
 
@@ -141,7 +144,7 @@ def test_the_source_killed_mid_run_still_learns_every_batch_exactly_once(tmp_pat
 def test_ctrl_c_then_resume_learns_the_stream_exactly_once(tmp_path):
     """Ctrl-C: every layer drains and checkpoints what it learned; the resumed run rewinds the source to its last
     acknowledged barrier and the layers skip what they had: the two runs' logs together are one uninterrupted run's."""
-    with watched_run(tmp_path) as (proc, sub):
+    with watched_run(tmp_path, *PACED) as (proc, sub):
         await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 3)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
