@@ -70,6 +70,7 @@ class ComposeProject:
     override: Path  # the test's compose override (JSON is YAML)
     variables: dict[str, str]  # FFSTREAM_* settings the compose file interpolates
     name: str = field(default_factory=lambda: f"ffstest{uuid.uuid4().hex[:10]}")  # unique: no clash with others
+    _ids: dict[str, str] = field(default_factory=dict)  # service -> container id (docker-compose ps is slow)
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         argv = ["docker-compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yml"), "-f", str(self.override), *args]
@@ -78,9 +79,12 @@ class ComposeProject:
         return out
 
     def container(self, service: str) -> str:
-        ids = self.compose("ps", "-q", service).stdout.split()
-        assert len(ids) == 1, f"{service}: containers {ids}"
-        return ids[0]
+        """The service's container id; kept, since a restart (policy or `docker restart`) keeps the container."""
+        if service not in self._ids:
+            ids = self.compose("ps", "-q", service).stdout.split()
+            assert len(ids) == 1, f"{service}: containers {ids}"
+            self._ids[service] = ids[0]
+        return self._ids[service]
 
     def inspect(self, service: str) -> dict:
         out = subprocess.run(["docker", "inspect", self.container(service)], capture_output=True, text=True, timeout=60)
