@@ -86,6 +86,10 @@ class ComposeProject:
             self._ids[service] = ids[0]
         return self._ids[service]
 
+    def forget_containers(self) -> None:
+        """After `down`: the next `up` makes new containers."""
+        self._ids.clear()
+
     def inspect(self, service: str) -> dict:
         out = subprocess.run(["docker", "inspect", self.container(service)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr

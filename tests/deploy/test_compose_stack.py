@@ -21,8 +21,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-from dockerstack import ROOT, ComposeProject, Unavailable, build_image, docker_usable, wait_until
+from dockerstack import ComposeProject, Unavailable, build_image, docker_usable, wait_until
 
 av = pytest.importorskip("av")
 pytestmark = pytest.mark.compose
@@ -130,11 +129,18 @@ def stack(tmp_path):
         project.down()
 
 
-def test_compose_stack_streams_survives_kill_and_partition_and_ends(stack):
-    report = {"image build (s)": round(stack.build_s, 1)}
+def test_compose_stack_streams_survives_faults_ends_and_resumes(stack):
+    report = {"image build (s)": round(stack.build_s, 1)}  # what the run measured, printed even when it fails
+    try:
+        exercise(stack, report)
+    finally:
+        print("\ncompose stack measured:", json.dumps(report, indent=1))
+
+
+def exercise(stack: ComposeProject, report: dict) -> None:
     t0 = time.monotonic()
     stack.compose("up", "-d", "--no-build", timeout=600)
-    unhealthy = lambda: {s: stack.health(s) for s in SERVICES if stack.health(s) != "healthy"}  # noqa: E731
+    unhealthy = lambda: {s: stack.health(s) for s in SERVICES if stack.health(s) != "healthy"}
     wait_until("every service healthy", lambda: not unhealthy(), HEALTHY_S, lambda: f"{unhealthy()}\n{stack.logs('source')}")
     report["up to all healthy (s)"] = round(time.monotonic() - t0, 1)
 
@@ -171,6 +177,14 @@ def test_compose_stack_streams_survives_kill_and_partition_and_ends(stack):
         report["kill -9 -> learning again (s)"] = round(learned - t_kill, 1)  # its first metrics with frames learned
         assert report["kill -9 -> container restarted (s)"] <= RECOVERY_S, report
 
+        # `docker-compose restart` of layer 4: SIGTERM (the worker checkpoints), then the same container again.
+        t_restart = time.monotonic()
+        stack.compose("restart", "layer4", timeout=120)
+        wait_until("layer4 learning again after docker-compose restart", lambda: any(
+            t > t_restart and w == "layer4" and m["uptime_s"] < t - t_restart and m.get("frames", 0) > 0
+            for t, w, m in list(metrics.history)), LEARNING_AGAIN_S, lambda: stack.logs("layer4"))
+        report["docker-compose restart -> learning again (s)"] = round(time.monotonic() - t_restart, 1)
+
         # Layer 3 off the network for PARTITION_S, then back under its name: no hang, the stream completes.
         before = metrics.frames().get("sink", 0)
         stack.disconnect("layer3")
@@ -184,7 +198,7 @@ def test_compose_stack_streams_survives_kill_and_partition_and_ends(stack):
         report["partition: reconnect -> frames flowing (s)"] = round(time.monotonic() - t_back, 1)
 
         # The end, by the compose file's rule: the sink exits 0 and stays down; the source reports ended.
-        sink_state = lambda: stack.inspect("sink")["State"]  # noqa: E731
+        sink_state = lambda: stack.inspect("sink")["State"]
         wait_until("the sink exits at the end of the stream", lambda: sink_state()["Status"] == "exited", END_S,
                    lambda: f"{metrics.frames()}\n{stack.logs('sink')}")
         assert sink_state()["ExitCode"] == 0, stack.logs("sink")
@@ -203,6 +217,22 @@ def test_compose_stack_streams_survives_kill_and_partition_and_ends(stack):
         for service in SERVICES:  # everything but the sink still up: the layers idle
             if service != "sink":
                 assert stack.inspect(service)["State"]["Status"] == "running", f"{service}: {stack.logs(service)}"
+        versions = {w: m["weights_version"] for w, m in metrics.latest.items() if w.startswith("layer")}
     finally:
         metrics.close()
-        print("\ncompose stack measured:", json.dumps(report, indent=1))
+
+    # `down` (the checkpoint volume kept) then `up`: every layer resumes at the version it stopped at; the ended
+    # stream stays ended (the source's saved position), so the sink sees the end again and exits 0 at once.
+    stack.compose("down", "--timeout", "20", timeout=300)
+    stack.forget_containers()
+    t0 = time.monotonic()
+    stack.compose("up", "-d", "--no-build", timeout=600)
+    metrics = Metrics(f"tcp://{stack.address('monitor')}:5770", stack.keys)
+    try:
+        resumed = lambda: {w: m["weights_version"] for w, m in metrics.latest.items() if w.startswith("layer")}
+        wait_until("every layer resumed from its checkpoint", lambda: resumed() == versions, HEALTHY_S, lambda: f"{resumed()} != {versions}")
+        report["down, up -> layers resumed (s)"] = round(time.monotonic() - t0, 1)
+        wait_until("the sink ends again at once", lambda: stack.inspect("sink")["State"]["Status"] == "exited", HEALTHY_S, lambda: stack.logs("sink"))
+        assert stack.inspect("sink")["State"]["ExitCode"] == 0, stack.logs("sink")
+    finally:
+        metrics.close()
