@@ -33,7 +33,7 @@ def docker_usable() -> None:
     for tool, package in (("docker", "docker.io"), ("docker-compose", "docker-compose")):
         if shutil.which(tool) is None:
             raise Unavailable(f"no {tool} binary (apt-get install {package})")
-    out = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["?"])[-1]
         raise Unavailable(f"docker daemon not reachable ({last}); start dockerd as root")
@@ -42,7 +42,7 @@ def docker_usable() -> None:
 def build_image(image: str) -> float:
     """deploy/compose-test-image.sh: the base image (cached), then the project's image; returns seconds taken."""
     t0 = time.monotonic()
-    out = subprocess.run([str(IMAGE_SCRIPT)], capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT_S,
+    out = subprocess.run([str(IMAGE_SCRIPT)], check=False, capture_output=True, text=True, timeout=IMAGE_BUILD_TIMEOUT_S,
                          env={**os.environ, "FFSTREAM_IMAGE": image})
     print(out.stderr.rstrip())
     if out.returncode == INFRA_EXIT:
@@ -74,7 +74,7 @@ class ComposeProject:
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         argv = ["docker-compose", "-p", self.name, "-f", str(ROOT / "docker-compose.yml"), "-f", str(self.override), *args]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **self.variables})
+        out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **self.variables})
         assert not check or out.returncode == 0, f"{' '.join(args)} failed: {out.stderr[-3000:]}"
         return out
 
@@ -91,7 +91,7 @@ class ComposeProject:
         self._ids.clear()
 
     def inspect(self, service: str) -> dict:
-        out = subprocess.run(["docker", "inspect", self.container(service)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(["docker", "inspect", self.container(service)], check=False, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)[0]
 

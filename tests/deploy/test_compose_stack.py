@@ -112,7 +112,7 @@ def stack(tmp_path):
     video, keys = tmp_path / "videos", tmp_path / "keys"
     video.mkdir()
     write_clip(video / "clip.mp4", CLIP_FRAMES)
-    out = subprocess.run([sys.executable, "-m", "ffstream", "keys", "generate", str(keys)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "ffstream", "keys", "generate", str(keys)], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for path in (tmp_path, video, keys, *video.iterdir(), *keys.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -154,7 +154,7 @@ def exercise(stack: ComposeProject, report: dict) -> None:
         text = wait_until("/metrics shows layer 4", scrape, 60)
         assert 'ffstream_layer_goodness{layer="1",phase="pos"}' in text, text[-2000:]
         cli = subprocess.run([sys.executable, "-m", "ffstream", "monitor", "--json", "--count", "16", "--seconds", "60",
-                              "--connect", f"tcp://{stack.address('monitor')}:5770"], capture_output=True, text=True, timeout=120,
+                              "--connect", f"tcp://{stack.address('monitor')}:5770"], check=False, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "FFSTREAM_SECURITY_CURVE_DIR": stack.keys})
         lines = [json.loads(line) for line in cli.stdout.splitlines()]
         assert cli.returncode == 0 and len(lines) == 16, cli.stderr[-2000:]
