@@ -27,6 +27,7 @@ av = pytest.importorskip("av")
 pytestmark = pytest.mark.compose
 
 IMAGE = os.environ.get("FFSTREAM_IMAGE", "ffstream:cpu")
+IMAGE_UID = 10001  # the Dockerfile's user and group
 SERVICES = ("monitor", "sink", "layer4", "layer3", "layer2", "layer1", "sleep", "source")
 CLIP_FRAMES = 300  # frames in the generated file
 EPOCHS = 20  # passes over it: 6000 frames, ...
@@ -108,14 +109,17 @@ def stack(tmp_path):
         build_s = build_image(IMAGE)
     except Unavailable as exc:
         pytest.skip(f"docker-compose stack: {exc}")
-    # What the containers (user 10001) read: the video and the CURVE keys. Test-only keys, so readable by all.
+    # What the containers read: the video (readable by all) and the CURVE keys, owned by the image's user (10001) and
+    # kept 0600, as a Kubernetes Secret mounted with fsGroup gives them; workers refuse secret keys open to others.
     video, keys = tmp_path / "videos", tmp_path / "keys"
     video.mkdir()
     write_clip(video / "clip.mp4", CLIP_FRAMES)
     out = subprocess.run([sys.executable, "-m", "ffstream", "keys", "generate", str(keys)], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for path in (tmp_path, video, keys, *video.iterdir(), *keys.iterdir()):
+    for path in (tmp_path, video, keys, *video.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
+    for path in (keys, *keys.iterdir()):
+        os.chown(path, IMAGE_UID, IMAGE_UID)  # as root, like docker itself here; the host's monitor client reads them as root
     curve = {"FFSTREAM_SECURITY_CURVE_DIR": "/etc/ffstream/keys"}
     override = {"services": {name: {"environment": dict(curve), "volumes": [f"{keys}:/etc/ffstream/keys:ro"]} for name in SERVICES}}
     override["services"]["source"]["environment"]["FFSTREAM_STREAM_RATE_FPS"] = str(RATE_FPS)
