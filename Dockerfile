@@ -7,6 +7,8 @@
 #                                                                            # through the NVIDIA container toolkit
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .   # or on a CUDA base image
+#   deploy/compose-test-image.sh                                     # no registry: a debootstrapped Debian base
+#                                                                    # (ffstream-base:bookworm), torch from the disk
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
@@ -28,8 +30,11 @@ RUN set -eux; \
     rm -rf /var/lib/apt/lists/*; \
     python3 -m venv /opt/venv
 
-# torch first, from the chosen index: a plain `pip install torch` would pull a multi-GB CUDA build.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# torch first, from the chosen index: a plain `pip install torch` would pull a multi-GB CUDA build. Wheels in the
+# context's wheels/ (deploy/compose-test-image.sh puts the CPU wheel there where no torch index is reachable) are
+# preferred; the README is only the anchor that lets the folder be missing.
+COPY README.md wheel[s] /tmp/wheels/
+RUN pip install --find-links /tmp/wheels --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
