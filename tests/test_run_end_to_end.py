@@ -46,6 +46,8 @@ def test_run_synthetic_learns_and_reports(tmp_path):
 
     seen = {json.loads(line)["worker"] for line in lines.splitlines() if line.strip()}
     assert {"layer1", "layer2", "layer3", "sleep", "sink", "source"} <= seen, seen
-    # Checkpoints were written at shutdown, one per layer, plus the softmax head and the source's position.
+    # Checkpoints were written at shutdown, one per layer, plus the softmax head and its counters, the source's
+    # position and the effective config (run.json, the recipe that made them).
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "layer1.safetensors", "layer2.safetensors", "layer3.safetensors", "readout.safetensors", "source.json"]
+        "layer1.safetensors", "layer2.safetensors", "layer3.safetensors", "readout.safetensors", "run.json", "sink.json",
+        "source.json"]
