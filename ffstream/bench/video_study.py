@@ -39,6 +39,8 @@ class StudyConfig:
     peer_weight: float = 0.03  # peer normalisation λ
     region: int = 1  # goodness pooled over region×region locations
     reservoir: int = 1024  # past frames that negatives' partners are drawn from
+    center: bool = True  # subtract each frame's mean first: a clip's background level is then no cue for pairs
+    readout: str = "norm"  # probe features: "norm" (channel-normalised map) or "raw" (h), each globally mean- and max-pooled
     shuffled: bool = False  # i.i.d. baseline: the same frames (or pairs) in a random order
     seed: int = 0
 
@@ -53,9 +55,10 @@ def shapes_video(frames: int, seed: int, size: int = 28) -> tuple[np.ndarray, np
     return np.stack([p for p, _ in pairs]).round().astype(np.uint8), np.array([y for _, y in pairs])
 
 
-def as_input(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W) uint8 -> (T, 1, H, W) float in [0, 1]."""
-    return torch.from_numpy(frames).float().div_(255).unsqueeze(1)
+def as_input(frames: np.ndarray, center: bool = True) -> torch.Tensor:
+    """(T, H, W) uint8 -> (T, 1, H, W) float in [0, 1], minus each frame's mean if center."""
+    x = torch.from_numpy(frames).float().div_(255).unsqueeze(1)
+    return x - x.mean(dim=(1, 2, 3), keepdim=True) if center else x
 
 
 def make_stack(cfg: StudyConfig, frame_shape: tuple[int, int, int]) -> FFStack:
@@ -102,9 +105,9 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
     return {"frames": frames, "wall_s": round(wall, 1), "fps": round(frames / wall, 1)}
 
 
-def pooled_features(h: torch.Tensor) -> torch.Tensor:
-    """h (B, C, H, W) -> (B, 2C): the channel-normalised map's global mean and max, so position does not count."""
-    n = channel_normalize(h)
+def pooled_features(h: torch.Tensor, readout: str = "norm") -> torch.Tensor:
+    """h (B, C, H, W) -> (B, 2C): the (channel-normalised) map's global mean and max, so position does not count."""
+    n = channel_normalize(h) if readout == "norm" else h
     return torch.cat([n.mean(dim=(2, 3)), n.amax(dim=(2, 3))], dim=1)
 
 
@@ -115,7 +118,7 @@ def ff_features(stack: FFStack, cfg: StudyConfig, video: torch.Tensor, chunk: in
         x = video[i : i + chunk]
         x = self_pairs(x) if cfg.negatives in PAIRED_KINDS else x
         hs = stack.activities(x.flatten(1))
-        out.append(torch.cat([pooled_features(h) for h in hs], dim=1))
+        out.append(torch.cat([pooled_features(h, cfg.readout) for h in hs], dim=1))
     return torch.cat(out)
 
 
@@ -188,8 +191,8 @@ def video_study(cfg: StudyConfig, train: tuple[np.ndarray, np.ndarray], test: tu
 
     Returns FF's probe accuracy and frames/s, and with baselines: untrained layers, raw pixels and backprop.
     """
-    video, labels = as_input(train[0]), torch.from_numpy(train[1]).long()
-    test_video, test_labels = as_input(test[0]), torch.from_numpy(test[1]).long()
+    video, labels = as_input(train[0], cfg.center), torch.from_numpy(train[1]).long()
+    test_video, test_labels = as_input(test[0], cfg.center), torch.from_numpy(test[1]).long()
     sub = slice(0, None, probe_every)
 
     def probe_stack(stack: FFStack) -> float:
