@@ -4,6 +4,11 @@ The probe is a logistic regression on frozen features of one stream, scored on a
 split). Beside FF: the same layers untrained, raw pixels, and the same layer shapes trained by backprop.
 
     PYTHONPATH=. python -m ffstream.bench.video_study --data shapes --negatives scff   # prints a JSON dict of figures
+
+Measured (2 cores shared, 1 thread; layers conv:32x5x5/2,conv:64x3x3/2, SCFF, Adam 0.003, θ 256, batch 16, in order):
+shapes 28x28, 30k frames: FF 92.2 % (init seed 0) and 92.3 % (seed 1) against 79.0 and 73.1 % untrained, 33.4 % pixels;
+100k frames: 89.7 % in order, 83.3 % shuffled, 80.9 % untrained. Moving Fashion-MNIST 48x48, 30k: 76.6 % against 73.6 %
+untrained, 69.0 % shuffled, 26.5 % pixels. Random features read raw (readout "raw") already give 93.5 % on shapes.
 """
 
 from __future__ import annotations
