@@ -16,8 +16,8 @@ from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send
 from ffstream.workers import malloc
 from ffstream.workers.base import Worker
-from ffstream.workers.delivery import GAP, LEARN, PASS_KEY, LearnLog, SeqGate
 from ffstream.workers.layer import weights
+from ffstream.workers.layer.delivery import LayerDelivery
 from ffstream.workers.layer.intake import LabelSlots, gather
 from ffstream.workers.layer.negatives import NegativeInbox
 from ffstream.workers.layer.outlet import Outlet
@@ -80,19 +80,14 @@ class LayerWorker(Worker):
         self.recent = {k: Ema(0.05) for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "latency_ms", "staleness")}
         self.whole_run = {k: Mean() for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "staleness")}
         self._last_checkpoint = self._last_trim = self._last_wake_step = time.monotonic()
-        # Exactly-once (workers/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
-        self.gate = SeqGate()
-        self.exactly_once = False
-        self.replayed_rows = 0  # rows forwarded without learning: learned before (a replay after a rewind or restart)
-        self.gap_rows = 0  # rows forwarded without learning: an earlier batch is missing (it comes again after a rewind)
+        # Exactly-once (layer/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
+        saved = None
         if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
             path = checkpoint.layer_path(checkpoint_dir, index)
             version = checkpoint.load_layer(path, self.layer)
-            self.gate = SeqGate.from_dict(checkpoint.checkpoint_config(path)[1].get("delivery"))
-            self.log.info("resumed from %s at version %d (learned up to batch %d)", path, version, self.gate.upto)
-        self.learn_log = LearnLog.from_env(self.name)
-        if self.learn_log is not None:
-            self.learn_log.resume(self.gate)
+            saved = checkpoint.checkpoint_config(path)[1].get("delivery")
+            self.log.info("resumed from %s at version %d", path, version)
+        self.delivery = LayerDelivery(self.name, saved)
         self._sent_ok = True  # whether the last micro-batch's activity was finite and went on
         self._deferred: list[wire.Message] = []  # controls that came while a step forwarded arrivals: handled after it
         self.phases = Phases()  # seconds per phase of the loop, published as busy_s
@@ -156,7 +151,7 @@ class LayerWorker(Worker):
             self._control(self._deferred.pop(0))
         if time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
             # exactly-once: checkpoints at barriers only (and at close), each a cut the source knows of
-            self.save() if self.checkpoint_dir and not self.exactly_once else self._remember()
+            self.save() if self.checkpoint_dir and not self.delivery.on else self._remember()
         if time.monotonic() - self._last_trim > TRIM_EVERY_S:
             # The steps' freed weight-sized buffers leave holes that glibc keeps resident; given back, only what the
             # next steps touch comes back (about 1 ms of page faults per 2 MB, so not every step).
@@ -194,7 +189,7 @@ class LayerWorker(Worker):
         # In arrival order, runs of messages to learn and of messages only to forward (the layer above gates them too).
         runs: list[tuple[bool, list[wire.Message]]] = []
         for msg in (m for m in data if m.mode == "learn"):
-            learns = self._admit(msg)
+            learns = self.delivery.admit(msg)
             if runs and runs[-1][0] == learns:
                 runs[-1][1].append(msg)
             else:
@@ -202,22 +197,6 @@ class LayerWorker(Worker):
         for learns, messages in runs:
             self._learn(messages, take) if learns else self._forward_only(messages)
         return [m for m in batch if m.kind in ("control", "barrier")]
-
-    def _admit(self, msg: wire.Message) -> bool:
-        """Whether to learn a learn-mode message: under exactly-once only when it is the next batch (SeqGate)."""
-        pass_id = msg.extra.get(PASS_KEY)
-        if not isinstance(pass_id, str):
-            return True  # a live stream, or a file without barriers: at most once
-        self.exactly_once = True
-        verdict = self.gate.admit(pass_id, msg.seq)
-        if verdict == LEARN:
-            return True
-        rows = len(msg.array) if msg.array.ndim else 0
-        if verdict == GAP:
-            self.gap_rows += rows
-        else:
-            self.replayed_rows += rows
-        return False
 
     def _forward_only(self, messages: list[wire.Message]) -> None:
         """Learn messages this layer does not learn from: their activity still goes on, so the layers above (each
@@ -254,9 +233,7 @@ class LayerWorker(Worker):
         labels = self.labels.targets([m for m, _ in kept], self.dropped) if self.layer.needs_labels else None
         if self.layer.needs_labels and labels is None:
             return
-        if self.learn_log is not None:
-            for m, xi in kept:
-                self.learn_log.add(m.extra.get(PASS_KEY), m.seq, len(xi))
+        self.delivery.learned([m for m, _ in kept], [len(xi) for _, xi in kept])
         # The activity goes on before any backward pass.
         stats = take(x, labels, [m.seq for m, _ in kept], lambda h: self._send_activity(kept, h))
         self._last_wake_step = time.monotonic()
@@ -287,19 +264,11 @@ class LayerWorker(Worker):
     def _barrier(self, msg: wire.Message) -> None:
         """Step everything held, checkpoint (weights, optimiser, what was learned), then pass the barrier on, saying
         whether this layer has learned every batch before it (if not, the source rewinds and replays)."""
-        self.exactly_once = True
         self.policy.before_end()
         self.policy.drain()  # held rows step now: the checkpoint holds every batch the gate counts as learned
-        barrier = msg.extra.get("barrier")
-        self.gate.barrier = barrier if isinstance(barrier, int) and not isinstance(barrier, bool) else self.gate.barrier
-        behind = msg.extra.get("behind")
-        behind = [i for i in behind if isinstance(i, int)] if isinstance(behind, list) else []
-        if not self.gate.has_all(msg.extra.get(PASS_KEY), msg.seq):
-            behind.append(self.index)
+        out = self.delivery.barrier_reply(msg, self.index)
         if self.checkpoint_dir:
             self.save()
-        out = wire.Message("barrier", np.zeros(0, np.float32), stream=msg.stream, seq=msg.seq, t_src=msg.t_src,
-                           extra={**msg.extra, "behind": behind})
         if not send(self.output, out, lambda: self.stopping):
             self.dropped["barrier_not_sent"] += 1
 
@@ -312,13 +281,10 @@ class LayerWorker(Worker):
     def on_close(self) -> None:
         if self.checkpoint_dir:
             self.save()
-        if self.learn_log is not None:
-            self.learn_log.close()
+        self.delivery.close()
 
     def save(self) -> None:
-        if self.learn_log is not None:
-            self.learn_log.sync()  # the log's lines first: a restart cuts it back to what the checkpoint holds
-        meta = {**self.checkpoint_meta, "delivery": self.gate.to_dict()}
+        meta = {**self.checkpoint_meta, "delivery": self.delivery.saved()}
         checkpoint.save_layer(checkpoint.layer_path(self.checkpoint_dir, self.index), self.layer, meta)
         self._remember()
 
@@ -343,7 +309,7 @@ class LayerWorker(Worker):
             layer=self.index, frames=self.frames, eval_frames=self.eval_frames, updates=self.updates,
             negative_updates=self.negatives, **self.policy.metrics(), fps=self.fps.get(), threshold=self.layer.cfg.theta,
             weights_version=self.layer.version, rollbacks=self.rollbacks, lr_factor=self.lr_factor, busy_s=self.phases.get(),
-            dropped=self.dropped_total(), replayed_rows=self.replayed_rows, gap_rows=self.gap_rows, learned_upto=self.gate.upto,
+            dropped=self.dropped_total(), **self.delivery.metrics(),
             **{k: v.get() for k, v in self.recent.items()},
             **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},
         )
