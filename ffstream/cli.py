@@ -7,16 +7,17 @@ import logging
 import sys
 
 from ffstream import __version__
+from ffstream.commands import UserError
 from ffstream.commands.check import add_arguments as check_arguments
 from ffstream.commands.probe import LABELS_HELP
 from ffstream.commands.probe import add_arguments as probe_arguments
-from ffstream.config import DEFAULT_MONITOR, DEFAULT_MONITOR_HTTP, ConfigError  # config imports no torch: --help stays fast
+from ffstream.config import (  # config imports no torch: --help stays fast
+    DEFAULT_MONITOR,
+    DEFAULT_MONITOR_HTTP,
+    ConfigError,
+)
 
 EXIT_USAGE = 2  # bad flags, config, input files or checkpoints: a one-line message, no traceback
-
-
-class UserError(Exception):
-    """Anything the user can fix; main() prints it on one line and exits 2."""
 
 
 def _layers(text: str) -> tuple[int | str, ...]:

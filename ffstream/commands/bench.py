@@ -47,9 +47,8 @@ def bench_command(args) -> int:
         print(json.dumps(result) if args.json else format_recurrent(result), flush=True)
         return 0
     if args.bench == "throughput":
-        from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS
+        from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS, throughput_benchmark
         from ffstream.bench.throughput import format_result as format_throughput
-        from ffstream.bench.throughput import throughput_benchmark
 
         if args.memory_only:
             from ffstream.bench.throughput import format_memory, memory_benchmark

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def probe_command(args) -> int:
-    from ffstream.cli import UserError
+    from ffstream.commands import UserError
     from ffstream.offline.probe import probe_checkpoint
 
     if args.max_frames is not None and args.max_frames <= 0:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from ffstream.config import recipes
-from ffstream.config import load
+from ffstream.config import load, recipes
 
 
 def recipes_command(args) -> int:

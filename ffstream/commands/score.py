@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ffstream.cli import UserError
+from ffstream.commands import UserError
 from ffstream.config import recorded
 from ffstream.offline.score import comparison_line, plot, require_matplotlib, score_video, write_csv
 
