@@ -9,6 +9,7 @@ import torch
 from ffstream.config import recorded
 from ffstream.ff.checkpoint import CheckpointError, checkpoint_config, layer_path
 from ffstream.offline.evaluate import evaluate
+from ffstream.offline.score import trained_preprocessing
 from ffstream.sources import Preprocess, dataset_arrays
 
 
@@ -21,7 +22,9 @@ def eval_command(args) -> int:
         args.source = test_split(run.stream.source if run else None, args.checkpoint_dir)
     _, meta = checkpoint_config(layer_path(args.checkpoint_dir, 1))  # layer 1's metadata: the frame shape (any stack kind)
     channels, height, width = meta.get("frame_shape") or (1, 28, 28)
-    images, labels = dataset_arrays(args.source, Preprocess(size=(height, width), color=channels == 3), labels=args.labels)
+    center, pairs = trained_preprocessing(args.checkpoint_dir, meta)  # an SCFF stack: frames centred, each beside itself
+    preprocess = Preprocess(size=(height, width), color=channels == 3, center=center, self_pair=pairs)
+    images, labels = dataset_arrays(args.source, preprocess, labels=args.labels)
     result = evaluate(args.checkpoint_dir, images, labels)
     if args.json:
         print(json.dumps(result))

@@ -86,8 +86,9 @@ def check_run(cfg: RunConfig) -> None:
         plan = cfg.sleep_plan()
         if plan.route == "chain" and cfg.model.recurrent:
             raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
-        if plan.negatives != "hybrid" and cfg.stream.task == "unsupervised":
-            raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid'")
+        if plan.negatives not in ("hybrid", "scff") and cfg.stream.task == "unsupervised":
+            raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid' or 'scff'")
+    check_pairs(cfg)
     if cfg.model.batching.scheduled and (cfg.model.recurrent or not cfg.sleep.enabled or cfg.sleep.update != "inputs" or cfg.sleep.phased):
         raise ConfigError("model.learn_every_rows / learn_every_ms need a feed-forward stack with paired negatives "
                           "(sleep on, sleep.update 'inputs', not phased)")
@@ -105,6 +106,27 @@ def check_run(cfg: RunConfig) -> None:
     if not cfg.restart_window_s > 0 or not cfg.checkpoint_every_s > 0 or not cfg.stall_after_s >= 0:
         raise ConfigError(f"restart_window_s and checkpoint_every_s must be > 0 and stall_after_s >= 0 seconds, got "
                           f"{cfg.restart_window_s!r}, {cfg.checkpoint_every_s!r} and {cfg.stall_after_s!r}")
+
+
+def check_pairs(cfg: RunConfig) -> None:
+    """SCFF's one rule: stream.pairs (layer 1 sees two frames stacked) and sleep.negatives "scff" (a frame beside an old
+    one) go together, since a paired layer needs paired negatives and scff negatives need a paired layer."""
+    from ffstream.ff.spec import parse_layers  # torch: only when a config is checked
+
+    pairs = cfg.stream.pairs
+    scff = cfg.sleep.enabled and cfg.sleep_plan().negatives == "scff"
+    if scff and not pairs:
+        raise ConfigError("sleep.negatives 'scff' pairs frames for a layer that sees two: set stream.pairs=true")
+    if not pairs:
+        return
+    if cfg.sleep.enabled and not scff:
+        raise ConfigError(f"stream.pairs needs paired negatives: sleep.negatives 'scff', not {cfg.sleep_plan().negatives!r}")
+    if parse_layers(cfg.model.layers)[0].kind == "dense":
+        raise ConfigError("stream.pairs stacks two frames along channels: layer 1 must be conv or local (e.g. model.layers=conv:32x5x5/2,...)")
+    if cfg.stream.supervised:
+        raise ConfigError("stream.pairs is for unsupervised video: set stream.task=unsupervised (labels then feed the probe only)")
+    if cfg.model.recurrent:
+        raise ConfigError("stream.pairs needs a feed-forward stack; model.recurrent takes one frame a step")
 
 
 def check_competition_sleep(cfg: RunConfig) -> None:

@@ -48,6 +48,11 @@ class StreamConfig:
     # many batches, at which every worker checkpoints and the source commits its position once the sink acknowledges it.
     # 0: off. Live sources never take barriers (at most once, drops counted); nor do recurrent static images (steps per batch).
     barrier_every: int = 50
+    center: bool = False  # subtract each frame's own mean after scaling: a clip's background level is then no cue (SCFF on video)
+    # Self-contrastive pairs (SCFF): layer 1 sees each frame stacked with the one before it along channels, (2C, H, W),
+    # the previous frame kept across batches; the sleep worker pairs each frame with an old one (sleep.negatives "scff").
+    # Offline (probe, eval, score) a frame is paired with itself. The two go together: rules.check_run.
+    pairs: bool = False
 
     def check(self) -> None:
         rules.check_stream(self)
@@ -62,8 +67,14 @@ class StreamConfig:
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of a frame as the source sends it."""
+        """(C, H, W) of a frame as the source reads it (and publishes it to the sleep worker)."""
         return (3 if self.color else 1, *self.size)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what layer 1 takes: a frame, or with pairs two frames stacked along channels."""
+        c, h, w = self.frame_shape
+        return (2 * c if self.pairs else c, h, w)
 
 
 @dataclass
@@ -101,6 +112,9 @@ class ModelConfig:
     # in the layers that see the whole frame. Through the pipeline, 4 layers, 5 epochs: 0.005 read as the sleep worker off (91.41 / 91.42 %
     # by energy) and told real frames from hybrids better (AUROC 0.928 / 0.859); 0.02 cost 0.3 points (BENCHMARKS.md)
     outlier_weight: float = 0.005
+    # conv/local: what the sink's readout and the offline probes read of each map: "grid" (7x7 cell averages) or "global"
+    # (the mean and max over the whole map: position does not count, as a moving object wants)
+    readout_pool: str = "grid"
 
     def recurrent_config(self) -> RecurrentConfig:
         from ffstream.ff.recurrent import RecurrentConfig  # torch: imported when a stack is built, not for --help
@@ -114,7 +128,7 @@ class ModelConfig:
         rules.check_model(self)
 
     def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None, lr: float) -> list[LayerConfig]:
-        """input_shape: (C, H, W) of a frame; num_classes: the label groups of channel-wise competition; lr: the layers' rate."""
+        """input_shape: (C, H, W) of layer 1's input; num_classes: the label groups of channel-wise competition; lr: the layers' rate."""
         from ffstream.ff.spec import build_configs, parse_layers  # torch: imported when a stack is built, not for --help
 
         competition = (num_classes or 0) if self.competition else 0  # the labels' classes are known once the source is
@@ -134,6 +148,7 @@ class ModelConfig:
                 momentum=self.momentum,
                 weight_decay=self.weight_decay,
                 peer_weight=self.peer_weight,
+                readout_pool=self.readout_pool,
             )
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
@@ -147,15 +162,15 @@ class ModelConfig:
 @dataclass
 class SleepConfig:
     enabled: bool = True  # run the sleep worker at all; without it there are no negatives
-    negatives: str | None = None  # "random", "hard" or "hybrid"; None: random when supervised, hybrid otherwise
+    negatives: str | None = None  # "random", "hard", "hybrid" or "scff" (needs stream.pairs); None: random when supervised, else scff with pairs, else hybrid
     sleep_every: int = 10  # wake batches between snapshot refreshes, as the layers step them (a recurrent image: one per iteration)
     reservoir: int = 4096  # raw frames kept for negatives
     update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)
     phased: bool = False  # sleep in phases: the source pauses after every sleep_every batches while the negatives run
     route: str = "snapshot"  # "snapshot": negatives for every layer made here on snapshots; "chain": layer 1's only, each layer passes its own up
 
-    def plan(self, supervised: bool) -> SleepPlan:
-        kind = self.negatives or ("random" if supervised else "hybrid")
+    def plan(self, supervised: bool, pairs: bool = False) -> SleepPlan:
+        kind = self.negatives or ("random" if supervised else "scff" if pairs else "hybrid")
         try:
             return SleepPlan(negatives=kind, sleep_every=self.sleep_every, reservoir=self.reservoir, update=self.update, phased=self.phased,
                              route=self.route)
@@ -272,10 +287,10 @@ class RunConfig:
     def sleep_plan(self) -> SleepPlan:
         """The sleep worker's plan. Wrong-label negatives by default where labels are written into the frames;
         channel-wise competition has its labels as targets, so its default is hybrids."""
-        return self.sleep.plan(self.stream.supervised and not self.model.competition)
+        return self.sleep.plan(self.stream.supervised and not self.model.competition, self.stream.pairs)
 
     def layer_configs(self) -> list[LayerConfig]:
-        return self.model.layer_configs(self.stream.frame_shape, self.stream.seed, self.stream.num_classes, self.layer_lr)
+        return self.model.layer_configs(self.stream.input_shape, self.stream.seed, self.stream.num_classes, self.layer_lr)
 
     @property
     def layer_lr(self) -> float:

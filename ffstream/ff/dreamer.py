@@ -9,10 +9,14 @@ import torch
 
 from ffstream.ff.labels import embed_label
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
+from ffstream.ff.pairs import Reservoir as RecentFrames
+from ffstream.ff.pairs import cross_pairs
 from ffstream.ff.readout import LinearReadout
 from ffstream.ff.stack import FFStack
 
-NEGATIVE_KINDS = ("random", "hard", "hybrid")
+NEGATIVE_KINDS = ("random", "hard", "hybrid", "scff")
+UNLABELLED_KINDS = ("hybrid", "scff")  # made from frames alone
+SCFF_MIN_AGE = 64  # frames: an scff partner is never one of the newest this many (most likely the current clip)
 Head = tuple[LinearReadout, Sequence[int]]  # a softmax head and the 0-based layers whose activity it reads
 
 
@@ -49,21 +53,29 @@ class Dreamer:
     "random"/"hard": the same frames with a wrong label, hard ones sampled from
     the model's own predictions (the softmax head's, on the snapshot's neutral
     pass: one forward pass instead of one per label); "hybrid": each frame
-    blended with a frame from the reservoir through the paper's blurred mask.
+    blended with a frame from the reservoir through the paper's blurred mask; "scff" (self-contrastive pairs, for a
+    layer that sees two frames stacked): each frame beside a frame at least SCFF_MIN_AGE frames older, drawn from a
+    ring of the last `reservoir` frames, (B, 2C, H, W). Until the ring holds that many, the partner is whatever of it
+    is oldest-at-hand (any held frame; the batch itself, reversed, for the very first), so that no positive waits.
     """
 
     def __init__(self, kind: str, num_classes: int | None, reservoir: int = 4096, seed: int = 0):
         if kind not in NEGATIVE_KINDS:
             raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {kind!r}")
-        if kind != "hybrid" and not num_classes:
+        if kind not in UNLABELLED_KINDS and not num_classes:
             raise ValueError(f"{kind!r} negatives need a labelled stream; use 'hybrid' for unlabelled video")
         self.kind = kind
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)
         self.reservoir = Reservoir(reservoir, np.random.default_rng(seed))
+        # scff: a ring of the newest frames in order, since a partner's age counts (capacity above the minimum age)
+        self.recent = RecentFrames(max(reservoir, SCFF_MIN_AGE + 1), seed=seed + 1, min_age=SCFF_MIN_AGE) if kind == "scff" else None
 
     def observe(self, batch: np.ndarray) -> None:
         """batch: (B, C, H, W) real frames, remembered for hybrids. Call it after `negatives` for that batch."""
+        if self.recent is not None:
+            self.recent.add(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+            return
         self.reservoir.add(batch)
 
     def negatives(self, batch: np.ndarray, labels: list[int] | None, stack: FFStack, head: Head | None = None) -> torch.Tensor:
@@ -73,6 +85,8 @@ class Dreamer:
         a head yet, hard negatives fall back to goodness over all labels (energy), which costs K passes.
         """
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        if self.kind == "scff":
+            return cross_pairs(x, self.partners(x)).flatten(1)
         if self.kind == "hybrid":
             # Partners come from earlier batches: a video frame blended with itself or its neighbour
             # is nearly real, and teaches the layers nothing. The very first batch pairs its two halves.
@@ -92,3 +106,19 @@ class Dreamer:
         else:
             wrong = random_wrong_labels(true, self.num_classes, self.generator)
         return embed_label(flat, wrong, self.num_classes, stack.label_scale, stack.label_relative)
+
+    def partners(self, x: torch.Tensor) -> torch.Tensor:
+        """scff: for x (B, C, H, W), a frame of another time for each, (B, C, H, W)."""
+        ring = self.recent
+        if ring.ready():
+            return ring.sample(len(x))
+        if ring.count == 0:
+            return x.flip(0)  # the very first batch: its frames beside each other in reverse (a lone frame beside itself)
+        held = min(ring.count, ring.capacity)
+        ages = torch.randint(0, held, (len(x),), generator=self.generator)  # the stream's start: any frame held
+        return ring.frames[(ring.count - 1 - ages) % ring.capacity]
+
+    @property
+    def size(self) -> int:
+        """Frames held for negatives."""
+        return min(self.recent.count, self.recent.capacity) if self.recent is not None else self.reservoir.size

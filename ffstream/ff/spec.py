@@ -68,10 +68,10 @@ def parse_layers(text: str | Sequence[str | int]) -> tuple[LayerSpec, ...]:
 
 def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], seed: int = 0, competition: int = 0,
                   region: int = 1, batch_norm: bool = False, batch_stats: bool = False, outlier_weight: float = 0.0,
-                  **learning) -> list[LayerConfig]:
+                  readout_pool: str = "grid", **learning) -> list[LayerConfig]:
     """Chain the specs from an input of shape (C, H, W); learning: the LayerConfig fields every layer shares.
 
-    competition (CwComp label groups), region, batch_norm and batch_stats apply to the spatial layers. outlier_weight
+    competition (CwComp label groups), region, batch_norm, batch_stats and readout_pool apply to the spatial layers. outlier_weight
     goes to the competing layers that see the whole frame (`Field.covers`), 0 to the rest. Layer i is seeded seed + i.
     """
     configs: list[LayerConfig] = []
@@ -91,6 +91,7 @@ def build_configs(specs: Sequence[LayerSpec], in_shape: tuple[int, int, int], se
         try:
             cfg = SpatialConfig.build(spec.kind, shape, spec.size, spec.kernel, spec.stride, pool=spec.pool, seed=seed + i,
                                       competition=competition, region=region, batch_norm=batch_norm, batch_stats=batch_stats,
+                                      readout_pool=readout_pool,
                                       outlier_weight=outlier_weight if field.covers(in_shape) else 0.0, **learning)
         except ValueError as exc:
             raise ValueError(f"layer {i + 1} ({spec}) of the layers: {exc}") from None

@@ -55,11 +55,27 @@ def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack | Recurren
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise CheckpointError(f"{directory}: layer 1 was saved with frame shape {shape}, expected [channels, height, width]")
     channels, height, width = (int(v) for v in shape)
-    if channels * height * width != stack.layers[0].cfg.in_features:
+    center, pairs = trained_preprocessing(directory, meta)
+    if (2 if pairs else 1) * channels * height * width != stack.layers[0].cfg.in_features:
         raise CheckpointError(
             f"{directory}: layer 1 takes {stack.layers[0].cfg.in_features} values, but its frames are {channels}x{height}x{width}"
+            + (", paired" if pairs else "")
         )
-    return stack, meta, Preprocess(size=(height, width), color=channels == 3)
+    # A paired stack (SCFF) learned from a frame beside its predecessor; at inference a frame is beside itself.
+    return stack, meta, Preprocess(size=(height, width), color=channels == 3, center=center, self_pair=pairs)
+
+
+def trained_preprocessing(directory: str | os.PathLike, meta: dict) -> tuple[bool, bool]:
+    """(center, pairs) the stack was trained with: from its checkpoint's metadata, else its run.json, else neither."""
+    if "pairs" in meta:
+        return bool(meta.get("center")), bool(meta["pairs"])
+    from ffstream.config.loading import recorded  # config: only for checkpoints from before the metadata said
+
+    try:
+        run = recorded(str(directory))
+    except ValueError:  # a run.json of another version: the metadata's silence means neither
+        run = None
+    return (run.stream.center, run.stream.pairs) if run is not None else (False, False)
 
 
 def frame_goodness(stack: FFStack, pixels: np.ndarray, num_classes: int | None) -> np.ndarray:

@@ -47,7 +47,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     }
     num_classes = stream.num_classes if stream.supervised else None
     if kind == "source":
-        preprocess = Preprocess(size=stream.size, color=stream.color)
+        preprocess = Preprocess(size=stream.size, color=stream.color, center=stream.center)
         source = open_source(stream.source, preprocess, seed=stream.seed, epochs=stream.epochs, labels=stream.labels)
         return SourceWorker(
             source,
@@ -68,6 +68,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             eval_steps=cfg.model.window[1] if cfg.steps_per_batch > 1 else None,
             interleave=INTERLEAVED_BATCHES,  # used only with more than one step per batch
             barrier_every=stream.barrier_every,  # exactly-once: the source turns it off for live streams and without position_path
+            pairs=stream.pairs,
             **common,
         )
     if kind == "layer":
@@ -101,7 +102,9 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             checkpoint_every_s=cfg.checkpoint_every_s,
             device=cfg.device,
             wire_dtype="float16" if cfg.model.wire_float16 else "float32",
+            # frame_shape is a frame's, as the source reads it; offline readers centre and self-pair frames as center and pairs say
             checkpoint_meta={"frame_shape": [3 if stream.color else 1, *stream.size], "task": "supervised" if stream.supervised else "unsupervised",
+                             "center": stream.center, "pairs": stream.pairs,
                              **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {}),
                              **({"num_classes": num_classes} if cfg.model.competition else {})},
             preview_shape=(3 if stream.color else 1, *stream.size) if index == 1 else None,

@@ -17,7 +17,7 @@ import zmq
 
 from ffstream.config.plans import SleepPlan
 from ffstream.ff import LayerConfig, LinearReadout
-from ffstream.ff.dreamer import Dreamer
+from ffstream.ff.dreamer import UNLABELLED_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, make_socket, send
@@ -64,6 +64,8 @@ class SleepWorker(Worker):
         self.stack = FFStack(layer_configs, label_scale=label_scale, label_relative=label_relative)  # the snapshot: weights only, never trained here
         self.versions: list[int | None] = [None] * len(layer_configs)
         self.dreamer = Dreamer(plan.negatives, num_classes, plan.reservoir, seed)
+        # The source publishes single frames; scff negatives stack two of them for a layer 1 that sees pairs (stream.pairs).
+        self.frame_values = layer_configs[0].in_features // (2 if plan.negatives == "scff" else 1)
         self.batches = 0
         self.negatives_made = 0
         self.since_snapshot = 0
@@ -100,8 +102,8 @@ class SleepWorker(Worker):
             self.dropped["kind"] += msg.kind != "frames"  # eval copies are the layers' business, not a fault
             return
         batch = np.asarray(msg.array, np.float32)
-        if batch.ndim < 2 or len(batch) == 0 or batch[0].size != self.stack.layers[0].cfg.in_features:
-            self.dropped["frame_shape"] += 1  # (B, C, H, W) or (B, D) whose rows fit layer 1
+        if batch.ndim < 2 or len(batch) == 0 or batch[0].size != self.frame_values:
+            self.dropped["frame_shape"] += 1  # (B, C, H, W) or (B, D) whose rows fit layer 1 (half of it, paired)
             return
         if self.plan.phased:
             self._phase(batch, msg.label, msg.seq)
@@ -190,7 +192,7 @@ class SleepWorker(Worker):
             self._dream(batch, labels, seq)
 
     def _dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
-        if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
+        if self.plan.negatives not in UNLABELLED_KINDS and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
         x = self.dreamer.negatives(batch, labels, self.stack, self.head)
@@ -247,7 +249,7 @@ class SleepWorker(Worker):
             staleness=self.staleness.get(),
             busy_s=self.phases.get(),
             goodness_neg=[g.get() for g in self.goodness_neg],
-            reservoir=self.dreamer.reservoir.size,
+            reservoir=self.dreamer.size,
             dropped=sum(self.dropped.values()) + (sum(self.frames.rejected.values()) if hasattr(self, "frames") else 0),
         )
         return m

@@ -13,6 +13,7 @@ import zmq
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
+from ffstream.sources.preprocess import SuccessorPairs
 from ffstream.workers.base import Worker
 from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
@@ -65,6 +66,7 @@ class SourceWorker(Worker):
         interleave: int = 1,  # with iterations > 1: send the steps of this many batches in turn (A1 B1 A2 B2 ...)
         barrier_every: int = 0,  # exactly-once (a file or dataset with position_path, one step per batch): a barrier every this many batches; 0 off
         end_ack_deadline_s: float = END_ACK_DEADLINE_S,  # exactly-once: the longest the end of the stream waits for its acknowledgement
+        pairs: bool = False,  # SCFF (stream.pairs): layer 1 gets each frame after the one before it, (B, 2C, H, W); the sleep worker single frames
         **worker_kwargs: Any,
     ):
         super().__init__("source", **worker_kwargs)
@@ -86,6 +88,7 @@ class SourceWorker(Worker):
             raise ValueError(f"interleave must be at least 1, got {interleave}")
         self.interleave = interleave if iterations > 1 else 1
         self.control_addr = control_addr
+        self.pairs = SuccessorPairs() if pairs else None  # keeps the last frame sent, so pairs span batch boundaries
         self.pauses = 0
         self.resume_timeouts = 0
         self._paced_from: float | None = None  # monotonic time of the first paced frame
@@ -132,6 +135,7 @@ class SourceWorker(Worker):
         self.pass_id, self.barrier_id, self.committed, self._rewound_after = saved.pass_id, saved.barrier, saved, saved.barrier
         self.source.seek(saved.position)
         self._iter = iter(self.source)
+        self._forget_previous()
         self.frames, self.batches, self.resumed_from = saved.frames, saved.batches, saved.frames
         self._sent.append(saved)
         self.log.info("resuming %s at frame %d (pass %d, frame %d of it) from %s", self.source.name, saved.frames,
@@ -139,6 +143,11 @@ class SourceWorker(Worker):
         if saved.ended:
             self._iter = iter(())  # a restart after the end: nothing to replay, the end marker goes again
         self._barrier_at = self.batches
+
+    def _forget_previous(self) -> None:
+        """After a jump in the stream, the next frame is paired with itself, not with the frame sent before the jump."""
+        if getattr(self, "pairs", None) is not None:
+            self.pairs.reset()
 
     def _start_pass(self) -> None:
         """A new pass over the stream: a new id, committed at once, so that a restart before the first acknowledged
@@ -212,6 +221,8 @@ class SourceWorker(Worker):
             batches.append((index, pixels, labels, t_src))
             # The sleep worker's copy, once per batch, before the batch's steps: its negatives are made meanwhile.
             self._publish(wire.Message("frames", pixels, seq=index, t_src=t_src, label=labels))
+            if self.pairs is not None:
+                batches[-1] = (index, self.pairs(pixels), labels, t_src)  # layer 1's copy: (B, 2C, H, W), pairs in time order
         n = self.iterations
         for step in range(n):
             # Recurrent static images: the header says which batch ("frame") and which iteration of it ("step") this is.
@@ -370,6 +381,7 @@ class SourceWorker(Worker):
         self.log.warning("barrier %d is incomplete (a worker lost batches); replaying from batch %d", barrier, committed.batches)
         self.source.seek(committed.position)
         self._iter = iter(self.source)
+        self._forget_previous()
         self.frames, self.batches = committed.frames, committed.batches
         self._outstanding.clear()
         self._rewound_after = self.barrier_id  # barriers already sent come back incomplete too: one rewind serves them all
