@@ -22,20 +22,41 @@ from rich.table import Table
 
 from ffstream import config
 from ffstream.config import Topology
-from ffstream.supervisor import EXIT_USAGE, resolve_stream, run_stack
+from ffstream.config import recipes
+from ffstream.sources import SYNTHETIC_SPEC
+from ffstream.supervisor import DATASET_PREFIXES, EXIT_USAGE, resolve_stream, run_stack
 
+PROBE_TRAIN_FRAMES, PROBE_TEST_FRAMES = 5000, 2000  # the closing probe's clips (a few seconds of features)
+VIDEO_RECIPE = "video"  # the recipe a recorded video runs with when no --recipe is given
+LIVE_PREFIXES = ("webcam", "rtsp://", "rtsps://", "http://", "https://")
 
 def config_from_args(args) -> config.RunConfig:
-    """Defaults < --recipe < --config < FFSTREAM_* < --set < the flags given (ffstream.config.loading)."""
+    """Defaults < --recipe < --config < FFSTREAM_* < --set < the flags given (ffstream.config.loading).
+
+    With no --recipe, a recorded video (the synthetic demo, a video file) starts from the `video` recipe instead of
+    the defaults, unless the settings given choose another model (see `takes_video_recipe`).
+    """
     flags = {
         "stream": {"source": args.source, "max_frames": args.max_frames, "epochs": args.epochs, "seed": args.seed},
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device},
     }
     cfg = config.load(args.config, overrides=flags, recipe=args.recipe, sets=args.sets, check=False)
+    if args.recipe is None and takes_video_recipe(cfg):
+        cfg = config.load(args.config, overrides=flags, base=recipes.read(VIDEO_RECIPE).data, sets=args.sets, check=False)
     cfg.check()  # before the source is opened: a bad field is one line, whatever the source
     resolve_stream(cfg)
     cfg.check()
     return cfg
+
+
+def takes_video_recipe(cfg: config.RunConfig) -> bool:
+    """Whether a run given no recipe starts from the `video` recipe: a recorded video (not an image dataset; live
+    sources keep the defaults for now: SCFF with the webcam-live schedule is not measured), and no model chosen that
+    SCFF pairs do not fit (other layers, supervised, recurrent, other negatives). What is set still wins."""
+    s, default = cfg.stream, config.RunConfig()
+    video = not s.source.startswith(DATASET_PREFIXES + LIVE_PREFIXES)
+    return (video and tuple(cfg.model.layers) == tuple(default.model.layers) and s.task != "supervised" and not cfg.model.recurrent
+            and cfg.sleep.negatives in (None, "scff"))
 
 
 def run_command(args) -> int:
@@ -71,6 +92,9 @@ def run_command(args) -> int:
 
     # The run directory holds the ipc sockets, worker logs and final stats; it goes when the run succeeds.
     run_dir = tempfile.mkdtemp(prefix="ffstream-")
+    probe_specs = closing_probe_specs(cfg)
+    if probe_specs and cfg.checkpoint_dir is None:  # the closing probe reads the finished stack from its checkpoints
+        cfg.checkpoint_dir = str(Path(run_dir) / "checkpoints")
     http = cfg.topology.monitor_http if args.http is None else (None if args.http.lower() in ("none", "off") else args.http)
     cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir, monitor_http=http)
     try:
@@ -84,6 +108,8 @@ def run_command(args) -> int:
         print(f"ffstream run: error: {failure}", file=sys.stderr)
         supervisor.cleanup()
         return EXIT_USAGE
+    if failure is None and probe_specs and not summary.get("interrupted"):
+        summary["probe"] = closing_probe(cfg.checkpoint_dir, *probe_specs)
     print_summary(console, summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
@@ -92,6 +118,28 @@ def run_command(args) -> int:
         return 1
     supervisor.cleanup()
     return 0
+
+
+def closing_probe_specs(cfg: config.RunConfig) -> tuple[str, str] | None:
+    """The demo's probe streams: fresh clips of the next two seeds (train, test), for a feed-forward stack learning
+    the synthetic clip; None for any other run."""
+    match = SYNTHETIC_SPEC.fullmatch(cfg.stream.source)
+    if match is None or cfg.model.recurrent:
+        return None
+    seed = int(match["seed"]) if match["seed"] else cfg.stream.seed
+    return f"synthetic:{PROBE_TRAIN_FRAMES}:seed={seed + 1}", f"synthetic:{PROBE_TEST_FRAMES}:seed={seed + 2}"
+
+
+def closing_probe(checkpoint_dir: str, train: str, test: str) -> dict:
+    """A linear probe on the finished stack's features (offline/probe.py), fitted on one held-out clip and scored on
+    another: what the features tell a linear classifier, beside raw pixels. A failure is reported, not raised."""
+    from ffstream.offline.probe import probe_checkpoint  # torch: only once a run has finished
+
+    try:
+        result = probe_checkpoint(checkpoint_dir, train, test)
+    except (ValueError, OSError) as exc:  # CheckpointError, SourceError: the run itself went well
+        return {"error": str(exc), "train": train, "test": test}
+    return {"accuracy": result.all, "pixels": result.pixels, "layers": result.layers, "train": train, "test": test}
 
 
 def print_summary(console: Console, summary: dict) -> None:
@@ -112,3 +160,9 @@ def print_summary(console: Console, summary: dict) -> None:
     if summary.get("sleep"):
         s = summary["sleep"]
         console.print(f"sleep: {s.get('negatives')} negatives ({s.get('negative_kind')}), {s.get('refreshes')} snapshots, staleness {fmt(s.get('staleness'), '.1f')} batches")
+    probe = summary.get("probe")
+    if probe and probe.get("error"):
+        console.print(f"probe (held-out clips): not run: {probe['error']}")
+    elif probe:
+        console.print(f"probe (held-out clips): {100 * probe['accuracy']:.1f} % (raw pixels {100 * probe['pixels']:.0f} %), "
+                      f"fitted on {probe['train']}, scored on {probe['test']}")
