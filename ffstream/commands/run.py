@@ -72,7 +72,9 @@ def run_command(args) -> int:
     # The run directory holds the ipc sockets, worker logs and final stats; it goes when the run succeeds.
     run_dir = tempfile.mkdtemp(prefix="ffstream-")
     http = cfg.topology.monitor_http if args.http is None else (None if args.http.lower() in ("none", "off") else args.http)
+    features = cfg.topology.features  # the user's address (--set topology.features=ADDR): kept, the rest made local
     cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir, monitor_http=http)
+    cfg.topology.features = features
     try:
         with progress:
             summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)

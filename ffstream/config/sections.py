@@ -177,6 +177,9 @@ class Topology:
     sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
+    # sink PUB, bound: each learned frame's normalised activity (wire v1 "activity" messages, in stream order, the
+    # per-layer goodness in "trace"); None: off. A slow subscriber holds the sink up to 1 s a message, then is dropped.
+    features: str | None = None
     monitor_http: str | None = DEFAULT_MONITOR_HTTP  # the monitor's web dashboard and Prometheus /metrics; port 0: any free port; None: off
     bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
 

@@ -145,6 +145,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             num_classes=stream.num_classes,
             readout_lr=cfg.model.readout_lr,
             scores_path=cfg.scores,
+            features_addr=topo.bind(topo.features) if topo.features else None,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
             seed=stream.seed,

@@ -24,7 +24,11 @@ from ffstream.workers.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SINK_STATE = "sink.json"  # beside readout.safetensors: the counters, and the stack the head was trained on
+SINK_STATE = "sink.json"
+# How long the features publisher waits for a subscriber that is behind before it drops a message (and counts it): a
+# file source is not held up for long by a consumer that stalled, and a consumer that keeps up loses nothing.
+FEATURES_WAIT_MS = 1000
+FEATURES_HWM = 256  # messages queued per subscriber before the wait starts  # beside readout.safetensors: the counters, and the stack the head was trained on
 
 
 class SinkWorker(Worker):
@@ -39,6 +43,7 @@ class SinkWorker(Worker):
         num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
         readout_lr: float = 1e-3,  # Adam learning rate of the softmax head / probe
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
+        features_addr: str | None = None,  # PUB, bound: every learned frame's normalised activity, in order; None: off
         checkpoint_dir: str | None = None,  # the head and counters are loaded from here at start and saved here
         checkpoint_every_s: float = 60.0,  # seconds between periodic saves of the head and counters
         max_frames: int | None = None,  # stop after this many learned frames
@@ -55,6 +60,9 @@ class SinkWorker(Worker):
         self.num_classes = num_classes
         self.readout_lr = readout_lr
         self.scores_path = scores_path
+        self.features_addr = features_addr
+        self.features = None  # the PUB socket, made in setup
+        self.features_sent = 0  # messages published on features_addr
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint = time.monotonic()
@@ -95,6 +103,11 @@ class SinkWorker(Worker):
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
         self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64) if self.ack_addr else None
+        if self.features_addr:
+            # NODROP: a subscriber at its high-water mark makes send wait (bounded by FEATURES_WAIT_MS) instead of
+            # losing the message silently, so a consumer that keeps up gets every frame
+            self.features = self.socket(zmq.PUB, bind=self.features_addr, hwm=FEATURES_HWM, output=True)
+            self.features.setsockopt(zmq.XPUB_NODROP, 1)
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
@@ -182,6 +195,8 @@ class SinkWorker(Worker):
             self.fps.add(rows)
             self.latencies_ms.append((now - msg.t_src) * 1000)
             self.latency.add(now - msg.t_src, rows)
+        if self.features is not None and (not repeated or step == iterations - 1):
+            self._publish_features(msg)
         if self._scores_file and msg.trace:
             for r in range(rows):
                 row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src,
@@ -193,6 +208,15 @@ class SinkWorker(Worker):
                 self._scores_file.write(json.dumps(row) + "\n")
         if self.max_frames is not None and self.frames >= self.max_frames:
             self.finished = True
+
+    def _publish_features(self, msg) -> None:
+        """The top layer's normalised activity (B, N) as it arrived, with its seq, labels and per-layer goodness."""
+        out = wire.Message("activity", msg.array, stream=msg.stream, seq=msg.seq, t_src=msg.t_src, label=msg.label,
+                           trace=msg.trace, extra={k: msg.extra[k] for k in ("step", "iterations") if k in msg.extra})
+        if send(self.features, out, lambda: self.stopping, timeout_ms=FEATURES_WAIT_MS):
+            self.features_sent += 1
+        else:
+            self.dropped["features_not_sent"] += 1
 
     def _evaluate(self, msg) -> None:
         """Predict, then learn: every labelled frame is scored before the head has seen its label."""
@@ -290,6 +314,7 @@ class SinkWorker(Worker):
             latency_p50_ms=round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
             latency_p99_ms=round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
             latency_histogram_s=self.latency.get(),
+            features_sent=self.features_sent,
             ended=self.ended,
             barrier=self.barrier,
             replayed=self.replayed,
