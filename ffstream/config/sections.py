@@ -226,6 +226,21 @@ class Topology:
 
 
 @dataclass
+class NoveltyConfig:
+    """The sink's live novelty (ffstream.workers.novelty): goodness per layer against its recent quantiles, and alerts."""
+
+    window: int = 1000  # recent frames whose goodness quantiles calibrate each layer
+    warmup: int = 100  # frames before the first score (at most window)
+    threshold: float = 3.0  # novelty, in interquartile ranges below the recent median, above which a frame counts
+    alert_frames: int = 5  # frames in a row above the threshold that raise one alert
+    events: str | None = None  # JSONL file that gets a line per alert; None: none
+    on_alert: str | None = None  # shell command run (not waited for) on each alert, FFSTREAM_ALERT_FRAME and _SCORE set; None: none
+
+    def check(self) -> None:
+        rules.check_novelty(self)
+
+
+@dataclass
 class SecurityConfig:
     """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
 
@@ -249,6 +264,7 @@ class RunConfig:
     sleep: SleepConfig = field(default_factory=SleepConfig)
     topology: Topology = field(default_factory=Topology)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
     checkpoint_dir: str | None = None  # layer checkpoints and the readout; None keeps nothing
     checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints (layers, and the sink's head and counters)
     restart_budget: int = 5  # `ffstream run`: crashes of one worker within restart_window_s that are restarted; one more fails the run
@@ -299,4 +315,4 @@ class RunConfig:
         return self.model.iterations if self.model.recurrent and self.static_images else 1
 
 
-SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig}
+SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig, "novelty": NoveltyConfig}
