@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from processes import ROOT, env
-from test_labelled_video import write_labels
-from test_sources import write_video
 
 import ffstream
 from ffstream.ff.checkpoint import CheckpointError
@@ -19,6 +16,8 @@ from ffstream.offline.api import SourceFrames, Stack
 from ffstream.offline.probe import layer_features
 from ffstream.offline.score import score_video
 from ffstream.sources import SourceError
+from tests.media import write_labels, write_video
+from tests.processes import ROOT, env
 
 
 def train_tiny(tmp: Path) -> Path:
@@ -99,21 +98,21 @@ def test_embed_is_the_readout_features(stack):
     everything = stack.embed(frames)
     assert everything.shape == (6, 80) and everything.dtype == np.float32
     per_layer = layer_features(stack.stack, torch.from_numpy(stack.prepare(frames)).flatten(1), stack.input_classes)
-    np.testing.assert_allclose(everything, torch.cat(per_layer, dim=1).numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(stack.embed(frames, layer=2), everything[:, 40:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(everything, torch.cat(per_layer, dim=1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stack.embed(frames, layer=2), everything[:, 40:], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stack.embed(frames, layer=[2, 1]), np.concatenate([everything[:, 40:], everything[:, :40]], 1),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=1e-4, atol=1e-5)
     # normalised: each layer's activity has mean square 1 (Hinton's normalisation), unless the layer is silent
     ms = (everything[:, :40] ** 2).mean(axis=1)
     assert np.allclose(ms[ms > 0], 1.0, atol=1e-3)
     with pytest.raises(ValueError, match="1..2"):
         stack.embed(frames, layer=3)
     small = ffstream.load(stack.directory, batch=4)  # chunks of 4 rows: the same numbers
-    np.testing.assert_allclose(small.embed(frames), everything, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.embed(frames), everything, rtol=1e-4, atol=1e-5)
 
 
 def test_goodness_and_novelty_match_ffstream_score(stack, tiny):
-    scored = score_video(tiny.parent / "clip.mp4", tiny)
+    scored, _ = score_video(tiny.parent / "clip.mp4", tiny)
     frames = stack.from_source(str(tiny.parent / "clip.mp4"))
     goodness = stack.goodness(frames.pixels)
     assert goodness.shape == (24, 2) and goodness.dtype == np.float64
@@ -140,7 +139,7 @@ def test_from_source_gathers_everything(stack, tiny):
     got = stack.from_source("synthetic:30:seed=2")
     assert isinstance(got, SourceFrames) and got.pixels.shape == (30, 1, 28, 28) and len(got.labels) == 30
     np.testing.assert_allclose(stack.embed(got.pixels), np.concatenate([stack.embed(b.pixels) for b in stack.iter_source("synthetic:30:seed=2", batch=7)]),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=1e-4, atol=1e-5)
     unlabelled = tiny.parent / "plain.mp4"
     write_video(unlabelled, n=5)
     assert stack.from_source(str(unlabelled)).labels is None

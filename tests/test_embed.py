@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_api import train_tiny
-from test_sources import write_video
 
 import ffstream
 from ffstream.cli import main
+from tests.media import write_video
+from tests.test_api import train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_npz_holds_features_frames_times_and_labels(tiny, tmp_path, capsys):
         assert np.array_equal(frame, np.arange(290)) and np.array_equal(got["time_s"], frame.astype(np.float64))
     stack = ffstream.load(tiny)
     expected = stack.from_source("synthetic:300:seed=4", max_frames=290)
-    np.testing.assert_allclose(features, stack.embed(expected.pixels), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features, stack.embed(expected.pixels), rtol=1e-4, atol=1e-5)
     assert np.array_equal(label, expected.labels)
 
 
@@ -40,7 +40,7 @@ def test_npy_of_one_layer_of_an_unlabelled_video(tiny, tmp_path):
     features = np.load(out)
     assert features.shape == (12, 40)
     stack = ffstream.load(tiny)
-    np.testing.assert_allclose(features, stack.embed(stack.from_source(str(tmp_path / "clip.mp4")).pixels, layer=2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(features, stack.embed(stack.from_source(str(tmp_path / "clip.mp4")).pixels, layer=2), rtol=1e-4, atol=1e-5)
     npz = tmp_path / "feats.npz"
     assert main(["embed", "--source", str(tmp_path / "clip.mp4"), "--checkpoint-dir", str(tiny), "--out", str(npz)]) == 0
     with np.load(npz) as got:

@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import zmq
-from processes import ROOT, env
-from test_sources import write_video
 
 from ffstream.net import wire
+from tests.media import write_video
+from tests.processes import ROOT, env
 
 FRAMES = 48
 BATCH = 4

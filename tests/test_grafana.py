@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import re
 
-from test_web import LAYER_METRICS, get, monitor, publish, sink_metrics  # noqa: F401  monitor: the fixture
-from test_workers import eventually
-
 from ffstream.workers.novelty import NoveltyMeter
-from processes import ROOT
+from tests.processes import ROOT, eventually
+from tests.test_web import LAYER_METRICS, get, monitor, publish, sink_metrics  # noqa: F401  monitor: the fixture
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "ffstream.json"
 METRIC = re.compile(r"\bffstream_[a-z_]+\b")

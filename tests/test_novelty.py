@@ -8,14 +8,14 @@ import sys
 import numpy as np
 import pytest
 import zmq
-from conftest import recv_multipart
-from test_workers import eventually, running, send, unique
 
 from ffstream.config import ConfigError, load
 from ffstream.monitor.prometheus import render
 from ffstream.net import wire
 from ffstream.workers.novelty import NoveltyMeter
 from ffstream.workers.sink import SinkWorker
+from tests.processes import eventually
+from tests.rig import recv_multipart, running, send, unique
 
 
 def steady(n: int, layers: int = 3, seed: int = 0) -> np.ndarray:
@@ -100,5 +100,5 @@ def test_a_sink_scores_every_frame_exports_it_and_alerts_three_ways(zmq_context,
     frame, score = touched.read_text().split()
     assert int(frame) == 162 and float(score) > 3
     text = render({"sink": {**figures, "kind": "sink"}}, {"sink": 0.1})
-    assert "ffstream_novelty_alerts_total 1" in text and "\nffstream_novelty " in text
-    assert 'ffstream_novelty_score_bucket{le="+Inf"} 136' in text  # 200 frames less the 64 of warm-up
+    assert "ffstream_novelty_alerts_total 1.0" in text and "\nffstream_novelty " in text
+    assert 'ffstream_novelty_score_bucket{le="+Inf"} 136.0' in text  # 200 frames less the 64 of warm-up

@@ -189,6 +189,8 @@ def load(directory: str | os.PathLike, batch: int = EVAL_BATCH) -> Stack:
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint directory at {directory}")
     stack, meta, preprocess = load_scoring_stack(directory)
+    if not isinstance(stack, FFStack):  # its layers also take the state from above: frames are steps, not rows
+        raise CheckpointError(f"{directory} holds a recurrent stack; ffstream.load reads feedforward stacks (ffstream score reads both)")
     from ffstream.config import recorded
 
     run = recorded(directory)

@@ -207,7 +207,6 @@ class SinkWorker(Worker):
             self.fps.add(rows)
             self.latencies_ms.append((now - msg.t_src) * 1000)
             self.latency.add(now - msg.t_src, rows)
-        if not repeated or step == iterations - 1:
             if self.features is not None:
                 self._publish_features(msg)
             if self.novelty is not None and msg.trace:
