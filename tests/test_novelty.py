@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import zmq
+from safetensors.numpy import load_file
 
 from ffstream.config import ConfigError, load
 from ffstream.monitor.prometheus import render
 from ffstream.net import wire
 from ffstream.workers.novelty import NoveltyMeter
 from ffstream.workers.sink import SinkWorker
-from tests.processes import eventually
+from tests.media import write_video
+from tests.processes import ROOT, env, eventually
 from tests.rig import recv_multipart, running, send, unique
+from tests.test_api import train_tiny
 
 
 def steady(n: int, layers: int = 3, seed: int = 0) -> np.ndarray:
@@ -102,3 +107,31 @@ def test_a_sink_scores_every_frame_exports_it_and_alerts_three_ways(zmq_context,
     text = render({"sink": {**figures, "kind": "sink"}}, {"sink": 0.1})
     assert "ffstream_novelty_alerts_total 1.0" in text and "\nffstream_novelty " in text
     assert 'ffstream_novelty_score_bucket{le="+Inf"} 136.0' in text  # 200 frames less the 64 of warm-up
+
+
+
+def test_a_frozen_run_learns_nothing_and_runs_no_sleep_worker(tmp_path):
+    """model.freeze on a trained stack: weights as loaded, no sleep worker, every frame through the novelty meter."""
+    ck = train_tiny(tmp_path / "train")
+    before = {f.name: load_file(f) for f in sorted(ck.glob("layer*.safetensors"))}
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, n=80)
+    events, summary = tmp_path / "alerts.jsonl", tmp_path / "summary.json"
+    shutil.copytree(ck, tmp_path / "frozen")
+    run = subprocess.run(
+        [sys.executable, "-m", "ffstream", "run", "--source", str(clip), "--checkpoint-dir", str(tmp_path / "frozen"),
+         "--set", "model.layers=40,40", "--set", "model.freeze=true", "--set", "stream.batch=4", "--set", "novelty.window=100",
+         "--set", "novelty.warmup=60", "--set", "novelty.alert_frames=3", "--set", f"novelty.events={events}",
+         "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress"],
+        capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(summary.read_text())
+    assert figures["sleep"] is None and all(layer["updates"] == 0 for layer in figures["layers"]), figures
+    after = {f.name: load_file(f) for f in sorted((tmp_path / "frozen").glob("layer*.safetensors"))}
+    for name, tensors in before.items():
+        for key in ("weight", "bias"):
+            found = [k for k in tensors if k.endswith(key)]
+            assert found and all(np.array_equal(tensors[k], after[name][k]) for k in found), f"{name} {key} changed"
+    assert figures["layers"][0]["frames"] == 80 and figures["sink"]["frames"] == 80
+    assert figures["sink"]["novelty_alerts"] == (len(events.read_text().splitlines()) if events.exists() else 0)

@@ -76,6 +76,8 @@ def check_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.learn_every_ms must be >= 0, got {m.learn_every_ms!r}")
     if m.recurrent:
         m.recurrent_config()
+    if m.freeze and (m.recurrent or m.batching.scheduled):
+        raise ConfigError("model.freeze is for feed-forward stacks without learn_every_rows / learn_every_ms")
 
 
 def check_novelty(n: NoveltyConfig) -> None:

@@ -101,6 +101,9 @@ class ModelConfig:
     # in the layers that see the whole frame. Through the pipeline, 4 layers, 5 epochs: 0.005 read as the sleep worker off (91.41 / 91.42 %
     # by energy) and told real frames from hybrids better (AUROC 0.928 / 0.859); 0.02 cost 0.3 points (BENCHMARKS.md)
     outlier_weight: float = 0.005
+    # inference only, on a trained stack (its --checkpoint-dir): layers forward every frame and never step, and no
+    # sleep worker runs (loading turns sleep.enabled off); the sink still scores novelty and publishes features
+    freeze: bool = False
 
     def recurrent_config(self) -> RecurrentConfig:
         from ffstream.ff.recurrent import RecurrentConfig  # torch: imported when a stack is built, not for --help

@@ -96,7 +96,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
             # when the layer steps, and on which negatives: chosen here, once (workers/layer/policies.py)
             policy=choose(cfg.model.batching, paired=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
-                          phased=takes_negatives and cfg.sleep.phased),
+                          phased=takes_negatives and cfg.sleep.phased, frozen=cfg.model.freeze),
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
