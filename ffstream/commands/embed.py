@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ffstream.commands import UserError
+
 
 def _layer(text: str) -> int | None:
     """--layer: a 1-based layer number, or "all" (None)."""
@@ -31,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def embed_command(args) -> int:
-    from ffstream.cli import UserError
     from ffstream.offline.api import load
     from ffstream.offline.embed import check_out, embed_source, write
 
