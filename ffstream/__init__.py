@@ -1,3 +1,29 @@
-"""ffstream: learn from live video with the Forward-Forward algorithm, one worker process per layer."""
+"""ffstream: learn from live video with the Forward-Forward algorithm, one worker process per layer.
+
+>>> import ffstream
+>>> stack = ffstream.load("ck")   # doctest: +SKIP  a checkpoint directory of `ffstream run --checkpoint-dir ck`
+>>> stack.embed(frames), stack.goodness(frames), stack.novelty(frames)   # doctest: +SKIP
+
+`load` and `Stack` are imported on first use (module __getattr__), so `import ffstream` and `ffstream --help`
+stay free of torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Stack", "__version__", "load"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs only; at run time the names load lazily below
+    from ffstream.offline.api import Stack, load
+
+_LAZY = {"load", "Stack"}  # names of ffstream.offline.api, which imports torch
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from ffstream.offline import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ffstream' has no attribute {name!r}")

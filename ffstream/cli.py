@@ -9,6 +9,7 @@ import sys
 from ffstream import __version__
 from ffstream.commands import UserError
 from ffstream.commands.check import add_arguments as check_arguments
+from ffstream.commands.embed import add_arguments as embed_arguments
 from ffstream.commands.probe import LABELS_HELP
 from ffstream.commands.probe import add_arguments as probe_arguments
 from ffstream.config import (  # config imports no torch: --help stays fast
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: the test split of the run's dataset, from its run.json)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--labels", metavar="FILE", help=LABELS_HELP)
+    embed_arguments(sub.add_parser("embed", help="a trained stack's features of every frame of a source, as .npy or .npz"))
     probe_arguments(sub.add_parser("probe", help="fit a linear probe on a frozen stack's features over one labelled source, score it on another"))
     filters = sub.add_parser("filters", help="save a layer's filters from its checkpoint as a PNG")
     filters.add_argument("--checkpoint-dir", required=True)
@@ -210,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             shape = save_filters(args.checkpoint_dir, args.out, args.layer)
             print(f"{args.out}: {shape[0]} filters of {shape[1]}x{shape[2]}x{shape[3]}")
             return 0
+        if args.command == "embed":
+            from ffstream.commands.embed import embed_command
+
+            return embed_command(args)
         if args.command == "probe":
             from ffstream.commands.probe import probe_command
 

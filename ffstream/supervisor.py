@@ -436,6 +436,7 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
             }
         )
     keep = ("frames", "fps", "accuracy", "evaluated", "latency_p50_ms", "latency_p99_ms", "dropped", "bad_frames", "total", "negatives",
+            "novelty_alerts", "features_sent",
             "negatives_per_s", "refreshes", "staleness", "sleep_every", "negative_kind", "snapshot_timeouts", "busy_s")
     pick = lambda name: {k: v for k, v in stats.get(name, {}).items() if k in keep}  # noqa: E731
     return {

@@ -93,6 +93,8 @@ class _Builder:
         # model.max_batch rows, so a stream of batch 1 (live video) would otherwise step on 64 merged rows.
         if "stream.batch" in self.touched and "model.max_batch" not in self.touched:
             self.cfg.model.max_batch = self.cfg.stream.batch
+        if self.cfg.model.freeze:
+            self.cfg.sleep.enabled = False  # a frozen stack learns nothing, so no negatives are made for it
         return self.cfg
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ffstream.config.plans import LIVE_MAX_HELD
 
 if TYPE_CHECKING:
-    from ffstream.config.sections import ModelConfig, RunConfig, StreamConfig
+    from ffstream.config.sections import ModelConfig, NoveltyConfig, RunConfig, StreamConfig
 
 
 class ConfigError(ValueError):
@@ -76,12 +76,23 @@ def check_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.learn_every_ms must be >= 0, got {m.learn_every_ms!r}")
     if m.recurrent:
         m.recurrent_config()
+    if m.freeze and (m.recurrent or m.batching.scheduled):
+        raise ConfigError("model.freeze is for feed-forward stacks without learn_every_rows / learn_every_ms")
+
+
+def check_novelty(n: NoveltyConfig) -> None:
+    positive("novelty.window", n.window)
+    positive("novelty.warmup", n.warmup)
+    positive("novelty.alert_frames", n.alert_frames)
+    if n.warmup > n.window:
+        raise ConfigError(f"novelty.warmup {n.warmup} is more frames than novelty.window {n.window} holds")
 
 
 def check_run(cfg: RunConfig) -> None:
     """Every section, then the rules that join them."""
     check_stream(cfg.stream)
     check_model(cfg.model)
+    check_novelty(cfg.novelty)
     if cfg.sleep.enabled:
         plan = cfg.sleep_plan()
         if plan.route == "chain" and cfg.model.recurrent:

@@ -115,6 +115,9 @@ class ModelConfig:
     # conv/local: what the sink's readout and the offline probes read of each map: "grid" (7x7 cell averages) or "global"
     # (the mean and max over the whole map: position does not count, as a moving object wants)
     readout_pool: str = "grid"
+    # inference only, on a trained stack (its --checkpoint-dir): layers forward every frame and never step, and no
+    # sleep worker runs (loading turns sleep.enabled off); the sink still scores novelty and publishes features
+    freeze: bool = False
 
     def recurrent_config(self) -> RecurrentConfig:
         from ffstream.ff.recurrent import RecurrentConfig  # torch: imported when a stack is built, not for --help
@@ -192,6 +195,9 @@ class Topology:
     sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
+    # sink PUB, bound: each learned frame's normalised activity (wire v1 "activity" messages, in stream order, the
+    # per-layer goodness in "trace"); None: off. A slow subscriber holds the sink up to 1 s a message, then is dropped.
+    features: str | None = None
     monitor_http: str | None = DEFAULT_MONITOR_HTTP  # the monitor's web dashboard and Prometheus /metrics; port 0: any free port; None: off
     bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
 
@@ -238,6 +244,21 @@ class Topology:
 
 
 @dataclass
+class NoveltyConfig:
+    """The sink's live novelty (ffstream.workers.novelty): goodness per layer against its recent quantiles, and alerts."""
+
+    window: int = 1000  # recent frames whose goodness quantiles calibrate each layer
+    warmup: int = 100  # frames before the first score (at most window)
+    threshold: float = 3.0  # novelty, in interquartile ranges below the recent median, above which a frame counts
+    alert_frames: int = 5  # frames in a row above the threshold that raise one alert
+    events: str | None = None  # JSONL file that gets a line per alert; None: none
+    on_alert: str | None = None  # shell command run (not waited for) on each alert, FFSTREAM_ALERT_FRAME and _SCORE set; None: none
+
+    def check(self) -> None:
+        rules.check_novelty(self)
+
+
+@dataclass
 class SecurityConfig:
     """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
 
@@ -261,6 +282,7 @@ class RunConfig:
     sleep: SleepConfig = field(default_factory=SleepConfig)
     topology: Topology = field(default_factory=Topology)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
     checkpoint_dir: str | None = None  # layer checkpoints and the readout; None keeps nothing
     checkpoint_every_s: float = 60.0  # seconds between periodic checkpoints (layers, and the sink's head and counters)
     restart_budget: int = 5  # `ffstream run`: crashes of one worker within restart_window_s that are restarted; one more fails the run
@@ -311,4 +333,4 @@ class RunConfig:
         return self.model.iterations if self.model.recurrent and self.static_images else 1
 
 
-SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig}
+SECTIONS = {"stream": StreamConfig, "model": ModelConfig, "sleep": SleepConfig, "topology": Topology, "security": SecurityConfig, "novelty": NoveltyConfig}

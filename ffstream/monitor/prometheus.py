@@ -54,6 +54,11 @@ FAMILIES: dict[str, tuple[type[Metric], tuple[str, ...], str]] = {
                           "Progressive accuracy of the sink's readout (predict, then learn), over the run or recent frames."),
     "ffstream_evaluated_frames_total": (CounterMetricFamily, (), "Labelled frames the sink has scored."),
     "ffstream_latency_seconds": (HistogramMetricFamily, (), "Seconds from the source's capture of a frame to the sink."),
+    "ffstream_novelty": (GaugeMetricFamily, (),
+                         "The latest frame's novelty: interquartile ranges below the recent median goodness, mean over layers."),
+    "ffstream_novelty_score": (HistogramMetricFamily, (), "Every scored frame's novelty (as ffstream_novelty), over the run."),
+    "ffstream_novelty_alerts_total": (CounterMetricFamily, (),
+                                      "Novelty alerts: runs of frames above the threshold, novelty.alert_frames long."),
     "ffstream_source_bad_frames_total": (CounterMetricFamily, (), "Frames the source could not decode and skipped."),
     "ffstream_source_frames_expected": (GaugeMetricFamily, (), "Frames the source will deliver, when known."),
     "ffstream_monitor_forwarded_total": (CounterMetricFamily, (), "Metrics messages the monitor has forwarded to its subscribers."),
@@ -95,7 +100,7 @@ class WorkerMetrics(Collector):
             elif kind == "sleep":
                 _sleep(add, m)
             elif kind == "sink":
-                _sink(add, families["ffstream_latency_seconds"], m)
+                _sink(add, families, m)
             elif kind == "source":
                 add("ffstream_source_bad_frames_total", (), m.get("bad_frames"))
                 add("ffstream_source_frames_expected", (), m.get("total"))
@@ -135,14 +140,21 @@ def _sleep(add: _Adder, m: dict) -> None:
     add("ffstream_sleep_snapshot_refreshes_total", (), m.get("refreshes"))
 
 
-def _sink(add: _Adder, latency: Metric, m: dict) -> None:
+def _sink(add: _Adder, families: dict[str, Metric], m: dict) -> None:
     add("ffstream_accuracy", ("run",), m.get("accuracy"))
     add("ffstream_accuracy", ("recent",), m.get("accuracy_recent"))
     add("ffstream_evaluated_frames_total", (), m.get("evaluated"))
-    hist = m.get("latency_histogram_s")
+    add("ffstream_novelty", (), m.get("novelty"))
+    add("ffstream_novelty_alerts_total", (), m.get("novelty_alerts"))
+    _histogram(families["ffstream_latency_seconds"], m.get("latency_histogram_s"))
+    _histogram(families["ffstream_novelty_score"], m.get("novelty_histogram"))
+
+
+def _histogram(family: Metric, hist: Any) -> None:
+    """A worker's histogram, left out unless whole."""
     if _valid_histogram(hist):  # cumulative counts per upper bound; the +Inf bucket holds them all (and gives _count)
         buckets = [(floatToGoString(float(le)), count) for le, count in zip(hist["le"], hist["counts"])]
-        latency.add_metric([], buckets + [("+Inf", hist["count"])], sum_value=hist["sum"])
+        family.add_metric([], buckets + [("+Inf", hist["count"])], sum_value=hist["sum"])
 
 
 def _valid_histogram(h: Any) -> bool:

@@ -14,6 +14,7 @@ from ffstream.workers.layer import LayerWorker, choose
 from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
+from ffstream.workers.novelty import NoveltyMeter
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
@@ -96,7 +97,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
             # when the layer steps, and on which negatives: chosen here, once (workers/layer/policies.py)
             policy=choose(cfg.model.batching, paired=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
-                          phased=takes_negatives and cfg.sleep.phased),
+                          phased=takes_negatives and cfg.sleep.phased, frozen=cfg.model.freeze),
             batching=cfg.model.batching,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
@@ -148,6 +149,10 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             num_classes=stream.num_classes,
             readout_lr=cfg.model.readout_lr,
             scores_path=cfg.scores,
+            features_addr=topo.bind(topo.features) if topo.features else None,
+            novelty=NoveltyMeter(cfg.novelty.window, cfg.novelty.warmup, cfg.novelty.threshold, cfg.novelty.alert_frames, cfg.model.variant),
+            alert_events=cfg.novelty.events,
+            on_alert=cfg.novelty.on_alert,
             checkpoint_dir=cfg.checkpoint_dir,
             checkpoint_every_s=cfg.checkpoint_every_s,
             seed=stream.seed,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -20,11 +22,16 @@ from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.base import Worker, write_json_atomic
 from ffstream.workers.delivery import PASS_KEY
+from ffstream.workers.novelty import Alert, NoveltyMeter
 from ffstream.workers.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SINK_STATE = "sink.json"  # beside readout.safetensors: the counters, and the stack the head was trained on
+SINK_STATE = "sink.json"
+# How long the features publisher waits for a subscriber that is behind before it drops a message (and counts it): a
+# file source is not held up for long by a consumer that stalled, and a consumer that keeps up loses nothing.
+FEATURES_WAIT_MS = 1000
+FEATURES_HWM = 256  # messages queued per subscriber before the wait starts  # beside readout.safetensors: the counters, and the stack the head was trained on
 
 
 class SinkWorker(Worker):
@@ -39,6 +46,10 @@ class SinkWorker(Worker):
         num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
         readout_lr: float = 1e-3,  # Adam learning rate of the softmax head / probe
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
+        features_addr: str | None = None,  # PUB, bound: every learned frame's normalised activity, in order; None: off
+        novelty: NoveltyMeter | None = None,  # scores each learned frame's goodness per layer on the recent ones; None: off
+        alert_events: str | None = None,  # JSONL file, a line per novelty alert; None: none
+        on_alert: str | None = None,  # shell command run on each alert, FFSTREAM_ALERT_FRAME/_SCORE in its environment
         checkpoint_dir: str | None = None,  # the head and counters are loaded from here at start and saved here
         checkpoint_every_s: float = 60.0,  # seconds between periodic saves of the head and counters
         max_frames: int | None = None,  # stop after this many learned frames
@@ -55,6 +66,13 @@ class SinkWorker(Worker):
         self.num_classes = num_classes
         self.readout_lr = readout_lr
         self.scores_path = scores_path
+        self.features_addr = features_addr
+        self.features = None  # the PUB socket, made in setup
+        self.features_sent = 0  # messages published on features_addr
+        self.novelty = novelty
+        self.alert_events = alert_events
+        self.on_alert = on_alert
+        self._alert_commands: list[subprocess.Popen] = []  # on_alert commands still running, reaped in step()
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint = time.monotonic()
@@ -95,6 +113,11 @@ class SinkWorker(Worker):
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
         self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64) if self.ack_addr else None
+        if self.features_addr:
+            # NODROP: a subscriber at its high-water mark makes send wait (bounded by FEATURES_WAIT_MS) instead of
+            # losing the message silently, so a consumer that keeps up gets every frame
+            self.features = self.socket(zmq.PUB, bind=self.features_addr, hwm=FEATURES_HWM, output=True)
+            self.features.setsockopt(zmq.XPUB_NODROP, 1)
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
             self._scores_file = open(self.scores_path, "a", buffering=1)
@@ -102,6 +125,8 @@ class SinkWorker(Worker):
     def step(self) -> None:
         if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
             self._checkpoint()  # on a period, idle or not: a kill -9 loses at most one period of the head's learning
+        if self._alert_commands:
+            self._reap_alert_commands()
         ready = dict(self.poller.poll(POLL_MS))
         if self.snapshot is not None and self.snapshot.sock in ready:
             self._answer_snapshot()
@@ -182,6 +207,10 @@ class SinkWorker(Worker):
             self.fps.add(rows)
             self.latencies_ms.append((now - msg.t_src) * 1000)
             self.latency.add(now - msg.t_src, rows)
+            if self.features is not None:
+                self._publish_features(msg)
+            if self.novelty is not None and msg.trace:
+                self._score_novelty(msg, first_frame=self.frames - rows)
         if self._scores_file and msg.trace:
             for r in range(rows):
                 row = {"stream": msg.stream, "seq": msg.seq, "row": r, "t_src": msg.t_src,
@@ -193,6 +222,46 @@ class SinkWorker(Worker):
                 self._scores_file.write(json.dumps(row) + "\n")
         if self.max_frames is not None and self.frames >= self.max_frames:
             self.finished = True
+
+    def _publish_features(self, msg) -> None:
+        """The top layer's normalised activity (B, N) as it arrived, with its seq, labels and per-layer goodness."""
+        out = wire.Message("activity", msg.array, stream=msg.stream, seq=msg.seq, t_src=msg.t_src, label=msg.label,
+                           trace=msg.trace, extra={k: msg.extra[k] for k in ("step", "iterations") if k in msg.extra})
+        if send(self.features, out, lambda: self.stopping, timeout_ms=FEATURES_WAIT_MS):
+            self.features_sent += 1
+        else:
+            self.dropped["features_not_sent"] += 1
+
+    def _score_novelty(self, msg, first_frame: int) -> None:
+        """Each row's goodness per layer (the message's trace) through the meter; an alert on a run above the threshold."""
+        for r in range(len(msg.array)):
+            _, alert = self.novelty.add(np.array([layer[r] for layer in msg.trace]), frame=first_frame + r)
+            if alert is not None:
+                self._alert(alert, msg.seq)
+
+    def _alert(self, alert: Alert, seq: int) -> None:
+        """Say it three ways: a JSONL line, a control message on the metrics socket, and the user's command."""
+        event = {"event": "novelty_alert", "t": time.time(), "frame": alert.frame, "seq": seq, "novelty": round(alert.score, 4),
+                 "frames_above": alert.frames_above, "threshold": self.novelty.threshold}
+        self.log.warning("novelty alert at frame %d: %.2f above %.2f for %d frames", alert.frame, alert.score,
+                         self.novelty.threshold, alert.frames_above)
+        if self.alert_events:
+            with open(self.alert_events, "a") as fh:  # opened per alert: alerts are rare, and each line is whole on disk
+                fh.write(json.dumps(event) + "\n")
+        self.publish_to_monitor(wire.Message("control", np.zeros(0, np.float32), stream=self.name,
+                                             extra={"command": "alert", **event}))
+        if self.on_alert:
+            env = {**os.environ, "FFSTREAM_ALERT_FRAME": str(alert.frame), "FFSTREAM_ALERT_SCORE": f"{alert.score:.4f}"}
+            try:  # not waited for: a slow command must not hold the stream up
+                self._alert_commands.append(subprocess.Popen(self.on_alert, shell=True, env=env, stdin=subprocess.DEVNULL))
+            except OSError as exc:
+                self.log.warning("on_alert command %r did not start: %s", self.on_alert, exc)
+
+    def _reap_alert_commands(self) -> None:
+        for proc in [p for p in self._alert_commands if p.poll() is not None]:
+            self._alert_commands.remove(proc)
+            if proc.returncode:
+                self.log.warning("on_alert command exited %d", proc.returncode)
 
     def _evaluate(self, msg) -> None:
         """Predict, then learn: every labelled frame is scored before the head has seen its label."""
@@ -273,6 +342,11 @@ class SinkWorker(Worker):
         write_json_atomic(Path(self.checkpoint_dir) / SINK_STATE, state)
 
     def on_close(self) -> None:
+        for proc in self._alert_commands:  # give a running on_alert command a moment, then leave it be
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.log.warning("on_alert command still running at exit (pid %d)", proc.pid)
         if self._scores_file:
             self._scores_file.close()
         if self.checkpoint_dir:
@@ -290,6 +364,10 @@ class SinkWorker(Worker):
             latency_p50_ms=round(float(np.percentile(lat, 50)), 3) if lat is not None else None,
             latency_p99_ms=round(float(np.percentile(lat, 99)), 3) if lat is not None else None,
             latency_histogram_s=self.latency.get(),
+            features_sent=self.features_sent,
+            novelty=self.novelty.last if self.novelty else None,
+            novelty_histogram=self.novelty.histogram.get() if self.novelty else None,
+            novelty_alerts=self.novelty.alerts if self.novelty else None,
             ended=self.ended,
             barrier=self.barrier,
             replayed=self.replayed,

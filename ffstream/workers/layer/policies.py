@@ -9,6 +9,7 @@ One is chosen when the worker is built (`choose`) and stays: nothing on the fram
 | Paired        | wait for their positives (pairing.py)     | steps with the negatives of the same frames, or is held  |
 | ForwardFirst  | as Paired                                 | as Paired, but forwarded and held while more frames wait; the ready ones step merged |
 | Scheduled     | wait; the schedule steps                  | forwarded and held; one merged step per learn_every_rows or learn_every_ms |
+| Frozen        | dropped (a frozen run has no sleep worker) | forwarded, never stepped (model.freeze: inference only)  |
 
 Chaining (sleep.route "chain") is no policy of its own: it is where a paired step's negative activity goes (the
 worker's negative output, see stepping.py), so Paired, ForwardFirst and Scheduled steps all chain when it is set.
@@ -225,13 +226,30 @@ class Scheduled(Paired):
         return self.worker.stepper.step(positives, negatives, labels, on_forward=on_forward, between=self.worker.forward_waiting)
 
 
+class Frozen(Immediate):
+    """Inference only (model.freeze): every micro-batch is forwarded on the weights as loaded and never stepped."""
+
+    def learn(self, x: torch.Tensor, labels: torch.Tensor | None, seqs: list[int], pass_on: PassOn) -> dict[str, float]:
+        layer = self.worker.layer
+        with self.worker.phases("forward"), torch.no_grad():
+            h = layer(x)
+        pass_on(h)
+        goodness = layer.goodness(h)
+        return {"goodness": float(goodness.mean()), "p": float(layer.probability(goodness).mean())}
+
+    def on_negative(self, seq: int, inputs: torch.Tensor) -> None:
+        self.worker.dropped["negative_while_frozen"] += 1
+
+
 StepPolicy = Immediate  # the interface: every policy is one of these
-POLICIES: dict[str, type[StepPolicy]] = {p.__name__.lower(): p for p in (Immediate, Phased, Paired, ForwardFirst, Scheduled)}
+POLICIES: dict[str, type[StepPolicy]] = {p.__name__.lower(): p for p in (Immediate, Phased, Paired, ForwardFirst, Scheduled, Frozen)}
 
 
-def choose(batching: Batching, *, paired: bool, phased: bool) -> type[StepPolicy]:
+def choose(batching: Batching, *, paired: bool, phased: bool, frozen: bool = False) -> type[StepPolicy]:
     """The policy of a layer: `paired` when it pairs the sleep worker's negative inputs with their positives,
-    `phased` when it takes them on their own while the source pauses; neither: with the next step."""
+    `phased` when it takes them on their own while the source pauses; neither: with the next step. `frozen`: none."""
+    if frozen:
+        return Frozen
     if batching.scheduled and not paired:
         raise ValueError("scheduled learning (learn_every_rows / learn_every_ms) needs paired negatives")
     if not paired:

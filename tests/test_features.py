@@ -1,0 +1,58 @@
+"""`--set topology.features=ADDR`: during a real run the sink publishes every learned frame's activity, in order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from ffstream.net import wire
+from tests.media import write_video
+from tests.processes import ROOT, env
+
+FRAMES = 48
+BATCH = 4
+
+
+def test_a_subscriber_gets_every_frame_in_order(tmp_path, zmq_context):
+    """Handshake: none is needed for the frames after the first one received. The subscriber connects to the sink's
+    address before the run starts (zmq retries until the sink binds); the sink binds before any frame can reach it.
+    The test checks contiguity from the first seq it receives, and that it got all FRAMES, so a late join would fail."""
+    write_video(tmp_path / "clip.mp4", n=FRAMES)
+    addr = f"ipc://{tmp_path}/features"
+    sub = zmq_context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 0)  # the test reads only as fast as it can: queue rather than lose
+    sub.connect(addr)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=30,20",
+         "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}", "--monitor", f"ipc://{tmp_path}/mon",
+         "--http", "none", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
+    )
+    got: list[wire.Message] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sum(len(m.array) for m in got) < FRAMES:
+            if sub.poll(200):
+                got.append(wire.decode(sub.recv_multipart()))
+            elif run.poll() is not None and not sub.poll(2000):
+                break  # the run ended and nothing more is coming
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err[-3000:]
+    seqs = [m.seq for m in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"out of order or with gaps: {seqs}"
+    assert sum(len(m.array) for m in got) == FRAMES, f"{len(got)} messages, seqs {seqs}"
+    for m in got:
+        assert m.kind == "activity" and m.array.shape[1] == 20 and m.array.dtype == np.float32
+        assert len(m.trace) == 2 and all(len(layer) == len(m.array) for layer in m.trace)  # goodness per layer per row
+        ms = (m.array.astype(np.float64) ** 2).mean(axis=1)
+        assert np.allclose(ms[ms > 0], 1.0, atol=1e-3)  # normalised: mean square 1
