@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from ffstream.net import security, wire
-from ffstream.net.transport import make_socket
+from ffstream.net.transport import HEARTBEAT_IVL_MS, Receiver, make_socket
 from ffstream.workers.monitor import MonitorWorker
 from tests.processes import ROOT, env, eventually
 
@@ -117,6 +117,41 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
     # close() stopped the authenticator before terminating the context, so the worker did not hang.
     assert not thread.is_alive()
     assert security.enabled(worker.context) is None
+
+
+def test_a_silent_curve_client_never_blocks_the_receiver(tmp_path):
+    """The source's control socket (a CURVE PULL) with the sink's acknowledgement PUSH connected and silent: libzmq
+    wakes the poller once at the client's first heartbeat with no message. recv must say "nothing", not block for
+    BLOCKING_TIMEOUT_MS and raise zmq.Again (which crashed the source in docker-compose, issue 21)."""
+    security.generate(tmp_path)
+    contexts = {role: zmq.Context() for role in ("source", "sink")}
+    sockets = []
+    try:
+        for role, ctx in contexts.items():
+            security.enable(ctx, tmp_path, client=role, loopback=True)
+        pull = make_socket(contexts["source"], zmq.PULL, bind="tcp://127.0.0.1:*", purpose="control")
+        push = make_socket(contexts["sink"], zmq.PUSH, connect=pull.getsockopt_string(zmq.LAST_ENDPOINT), purpose="control")
+        sockets += [pull, push]
+        receiver = Receiver(pull, name="control")
+        # Past the first heartbeats, each recv short: a blocking recv would overrun this loop's length by seconds.
+        quiet_until = time.monotonic() + 2.5 * HEARTBEAT_IVL_MS / 1000
+        while time.monotonic() < quiet_until:
+            t0 = time.monotonic()
+            assert receiver.recv(100) is None
+            assert time.monotonic() - t0 < 1.0, "recv blocked on a poll with no message"
+        push.send_multipart(wire.encode(wire.Message("control", np.zeros(0, np.float32), extra={"command": "ack"})))
+        msg = None
+        deadline = time.monotonic() + DEADLINE_S
+        while msg is None:
+            assert time.monotonic() < deadline, "the message never came"
+            msg = receiver.recv(100)
+        assert msg.extra["command"] == "ack" and receiver.took
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        for ctx in contexts.values():
+            security.release(ctx)
+            ctx.term()
 
 
 def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path, zmq_context, socket):

@@ -89,11 +89,23 @@ class Receiver:
         self.sock = sock
         self.max_payload = max_payload
         self.rejected: Counter[str] = Counter()
+        self.empty_wakeups = 0  # polls that said POLLIN with no message there (CURVE's first heartbeat, see recv_ready)
+        self.took = False  # whether the last recv_ready took a message off the socket, valid or not (a REP owes a reply)
         self.log = logging.getLogger(f"ffstream.receiver.{name}")
 
     def recv_ready(self) -> wire.Message | None:
-        """Take one message that the poller said is there; None when it was malformed (and counted)."""
-        parts = recv_bounded(self.sock)
+        """Take one message that the poller said is there; None when it was malformed (and counted) or not there.
+
+        libzmq 4.3.5 wakes a poller on a CURVE server PULL once with no message, when the first heartbeat of a
+        client that has sent nothing yet arrives (a sink's acknowledgement socket to the source's control socket, two
+        seconds after it connects). A blocking recv would then wait BLOCKING_TIMEOUT_MS and raise zmq.Again."""
+        self.took = False
+        try:
+            parts = recv_bounded(self.sock)
+        except zmq.Again:
+            self.empty_wakeups += 1
+            return None
+        self.took = True
         try:
             return wire.decode(parts, self.max_payload)
         except wire.WireError as exc:
@@ -111,8 +123,9 @@ class Receiver:
 
 def recv_bounded(sock: zmq.Socket, max_parts: int = MAX_PARTS) -> list:
     """One multipart message, keeping at most max_parts + 1 frames (enough for decode to refuse it) and
-    discarding the rest, so that a message of a million empty frames costs no memory."""
-    parts = [sock.recv(copy=False)]
+    discarding the rest, so that a message of a million empty frames costs no memory. Raises zmq.Again at once when
+    no message is there (the rest of a multipart message is always there with its first frame)."""
+    parts = [sock.recv(zmq.NOBLOCK, copy=False)]
     while sock.getsockopt(zmq.RCVMORE):
         frame = sock.recv(copy=False)
         if len(parts) <= max_parts:

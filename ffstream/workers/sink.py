@@ -189,6 +189,8 @@ class SinkWorker(Worker):
     def _answer_snapshot(self) -> None:
         """The head's weights, or an "empty" control reply before it exists (REP must always answer)."""
         request = self.snapshot.recv_ready()
+        if not self.snapshot.took:
+            return  # no request after all: none to answer
         if request is None or request.kind != "snapshot_request" or self.readout is None:
             self.dropped["bad_snapshot_request"] += request is not None and request.kind != "snapshot_request"
             reply = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "empty"})

@@ -159,7 +159,10 @@ class LayerWorker(Worker):
             self._last_trim = time.monotonic()
 
     def _answer_snapshot(self) -> None:
-        reply = weights.snapshot_reply(self.snapshot.recv_ready(), self.layer, self.name, self.index, self.dropped)
+        request = self.snapshot.recv_ready()
+        if not self.snapshot.took:
+            return  # no request after all (transport.Receiver.recv_ready): none to answer
+        reply = weights.snapshot_reply(request, self.layer, self.name, self.index, self.dropped)
         send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
 
     def _record(self, figures: dict, rows: int) -> None:
