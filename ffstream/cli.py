@@ -42,6 +42,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    """--seeds: 0,1 -> (0, 1); distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct non-negative seeds, got {text!r}")
+    return seeds
+
+
+def _streams(text: str) -> tuple[str, ...]:
+    """--streams: shapes,fashion; each known, none twice."""
+    streams = tuple(text.split(","))
+    unknown = [s for s in streams if s not in ("shapes", "fashion")]
+    if unknown or len(set(streams)) != len(streams):
+        raise argparse.ArgumentTypeError(f"expected distinct streams among shapes, fashion, got {text!r}")
+    return streams
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Bad flags get one line naming the flag, and exit 2; `--help` still shows the usage."""
 
@@ -152,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--video-frames", type=_positive, help="frames of the video to use (default: all)")
     rec.add_argument("--video-epochs", type=_positive, default=1, help="passes over the video (a longer, steadier frames/s)")
     rec.add_argument("--no-images", action="store_true", help="skip the Fashion-MNIST part")
+    video = bench_sub.add_parser("video", help="unsupervised FF on labelled video streams (shapes, moving Fashion-MNIST): in order, "
+                                 "shuffled, untrained, raw pixels and backprop, accuracy and frames/s")
+    video.add_argument("--frames", type=_positive, default=30_000, help="training frames per stream (default 30000)")
+    video.add_argument("--test-frames", type=_positive, default=10_000, help="frames of the stream the probe is scored on (default 10000)")
+    video.add_argument("--seeds", type=_seeds, default=(0, 1), help="seeds of FF in order, comma-separated; the other rows use the first (default 0,1)")
+    video.add_argument("--streams", type=_streams, default=("shapes", "fashion"), help="comma-separated: shapes, fashion (default both)")
+    video.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    video.add_argument("--json", action="store_true", help="print one JSON object")
     throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
     throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000), help="layer widths (default 2000,2000,2000,2000)")
     throughput.add_argument("--batch", type=_positive, default=64, help="frames per batch, both runs (default 64)")

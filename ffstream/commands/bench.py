@@ -61,6 +61,8 @@ def bench_command(args) -> int:
                                       latency_learn_every_rows=every, memory_every_s=args.memory_every)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0
+    if args.bench == "video":
+        return video_command(args)
     if args.bench in ("sleep-gap", "ablations"):
         from ffstream.bench import studies
 
@@ -71,3 +73,22 @@ def bench_command(args) -> int:
             studies.plot(rows, args.plot)
         return 0
     return 2
+
+
+def video_command(args) -> int:
+    """`bench video`: progress on stderr, the figures on stdout; Ctrl-C stops it at once with one line (exit 130)."""
+    import sys
+    import time
+
+    from ffstream.bench.video import VideoBenchConfig, format_result, progress_line, video_benchmark
+
+    cfg = VideoBenchConfig(frames=args.frames, test_frames=args.test_frames, seeds=args.seeds, streams=args.streams,
+                           threads=args.threads)
+    started = time.monotonic()
+    try:
+        result = video_benchmark(cfg, progress_line)
+    except KeyboardInterrupt:
+        print(f"ffstream bench video: interrupted after {time.monotonic() - started:.0f} s; no figures", file=sys.stderr, flush=True)
+        return 130
+    print(json.dumps(result) if args.json else format_result(result), flush=True)
+    return 0
