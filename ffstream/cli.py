@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "shuffled, untrained, raw pixels and backprop, accuracy and frames/s")
     video.add_argument("--frames", type=_positive, default=30_000, help="training frames per stream (default 30000)")
     video.add_argument("--test-frames", type=_positive, default=10_000, help="frames of the stream the probe is scored on (default 10000)")
-    video.add_argument("--seeds", type=_seeds, default=(0, 1), help="seeds of FF in order, comma-separated; the other rows use the first (default 0,1)")
+    video.add_argument("--seeds", type=_seeds, default=(0, 1), 
+                       help="seeds of FF in order, comma-separated; the other rows use the first (default 0,1)")
     video.add_argument("--streams", type=_streams, default=("shapes", "fashion"), help="comma-separated: shapes, fashion (default both)")
     video.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     video.add_argument("--json", action="store_true", help="print one JSON object")
