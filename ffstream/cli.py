@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeds of FF in order, comma-separated; the other rows use the first (default 0,1)")
     video.add_argument("--streams", type=_streams, default=("shapes", "fashion"), help="comma-separated: shapes, fashion (default both)")
     video.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    video.add_argument("--no-pipeline", action="store_true", help="skip the pipeline row (ffstream run --recipe video + ffstream probe)")
     video.add_argument("--json", action="store_true", help="print one JSON object")
     throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
     throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000), help="layer widths (default 2000,2000,2000,2000)")

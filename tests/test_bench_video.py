@@ -40,7 +40,10 @@ def test_json_has_every_stream_row_and_seed(tiny_run):
     assert out["config"]["seeds"] == [0, 1] and out["config"]["frames"] == 400
     assert set(out["streams"]) == {"shapes", "fashion"}
     assert set(out["fps_means"]) == ROWS
-    assert out["pipeline"] is None and out["pipeline_note"].startswith("not measured: ")  # no figure for a run not made
+    pipeline = out["pipeline"]  # ffstream run --recipe video + ffstream probe, really run
+    assert pipeline is not None, out["pipeline_note"]
+    assert 0.0 <= pipeline["accuracy"] <= 1.0 and pipeline["fps"] > 0 and pipeline["n_test"] == 200, pipeline
+    assert set(pipeline["layers"]) == {"1", "2"}, pipeline  # the video recipe's two conv layers
     for name, stream in out["streams"].items():
         assert stream["train_frames"] == 400 and stream["test_frames"] == 200, name
         assert set(stream["rows"]) == ROWS, name
