@@ -112,7 +112,8 @@ class SinkWorker(Worker):
         if self.snapshot_addr:
             self.snapshot = Receiver(self.socket(zmq.REP, bind=self.snapshot_addr), name="sink.snap")
             self.poller.register(self.snapshot.sock, zmq.POLLIN)
-        self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64) if self.ack_addr else None
+        # Upstream, so not watched for health: a sink is healthy once it runs, whether or not the source is up yet.
+        self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64, watch=False) if self.ack_addr else None
         if self.features_addr:
             # NODROP: a subscriber at its high-water mark makes send wait (bounded by FEATURES_WAIT_MS) instead of
             # losing the message silently, so a consumer that keeps up gets every frame
