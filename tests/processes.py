@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -85,3 +86,31 @@ def eventually(predicate, timeout: float = 5.0, what: str = "a condition", tick=
         if tick is not None:
             tick()
         pause.wait(interval)
+
+
+@contextlib.contextmanager
+def monitored_run(tmp_path: Path, *argv: str, extra_env: dict[str, str] | None = None, capture: bool = True):
+    """`ffstream run ARGV --monitor ipc://tmp_path/mon --no-progress`, with a SUB on that monitor; yields (process, sub).
+
+    The process runs in tmp_path (its TMPDIR too) and is killed if it still runs on the way out; the socket and its
+    context are closed. capture: stdout and stderr piped (read them with communicate()), else thrown away.
+    """
+    import zmq
+
+    monitor = f"ipc://{tmp_path}/mon"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(monitor)
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "ffstream", "run", *argv, "--monitor", monitor, "--no-progress"], cwd=tmp_path,
+                            env={**env(), "TMPDIR": str(tmp_path), **(extra_env or {})}, stdout=output, stderr=output, text=True)
+    try:
+        yield proc, sub
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.close(0)
+        ctx.term()

@@ -7,12 +7,10 @@ batch of the stream exactly once: the union of its logged seqs is the stream's, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,7 +19,7 @@ import zmq
 
 from ffstream.net import wire
 from ffstream.workers.delivery import GAP, LEARN, SKIP, LearnLog, SeqGate
-from tests.processes import env
+from tests.processes import monitored_run
 
 FRAMES = 4000  # frames of the synthetic stream
 BATCH = 32
@@ -55,29 +53,12 @@ def test_learn_log_is_cut_back_to_what_the_checkpoint_holds(tmp_path):
 
 
 # a real run ----------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def watched_run(tmp_path: Path, *extra: str):
     """`ffstream run` of synthetic:FRAMES on 32,32 layers with barriers every 5 batches, checkpoints in tmp_path/ck and
     learning logs in tmp_path/learn; yields (process, SUB on its monitor). Killed on the way out if still running."""
-    monitor = f"ipc://{tmp_path}/mon"
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(monitor)
-    argv = [sys.executable, "-m", "ffstream", "run", "--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(tmp_path / "ck"),
-            "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5",
-            "--monitor", monitor, "--no-progress", *extra]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path), "FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc, sub
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        sub.close(0)
-        ctx.term()
+    return monitored_run(tmp_path, "--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(tmp_path / "ck"),
+                         "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", *extra,
+                         extra_env={"FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")})
 
 
 def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, timeout_s: float = 180.0) -> dict:

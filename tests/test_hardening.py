@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from ffstream.config import ConfigError, RunConfig
 from ffstream.net import wire
 from ffstream.supervisor import Child, RunFailed, Supervisor, check_header_fits
-from tests.processes import env
+from tests.processes import env, monitored_run
 
 
 def test_a_batch_whose_trace_cannot_fit_in_a_header_is_refused_in_one_line():
@@ -62,51 +60,38 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_the_supervisor_takes_every_worker_with_it(tmp_path):
-    monitor = f"ipc://{tmp_path}/mon"
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(monitor)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--source", "synthetic:1000000", "--set", "model.layers=32,32", "--set", "stream.batch=32",
-         "--monitor", monitor, "--no-progress"],
-        cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    workers: set[int] = set()
-    try:
-        # Every worker up and learning: the sink has counted frames, and each worker has published its pid.
-        wanted = {"monitor", "sink", "layer1", "layer2", "source"}
-        seen: dict[str, int] = {}
-        deadline = time.monotonic() + 180
-        while not (wanted <= set(seen) and sink_frames(seen)):
-            assert proc.poll() is None and time.monotonic() < deadline, f"the run did not come up: seen {sorted(seen)}"
-            if sub.poll(200):
-                try:
-                    msg = wire.decode(sub.recv_multipart(), max_payload=0)
-                except wire.WireError:
-                    continue
-                m = msg.extra.get("metrics", {})
-                seen[msg.stream] = m.get("pid")
-                if msg.stream == "sink" and m.get("frames"):
-                    seen["_sink_frames"] = m["frames"]
-        workers = _children(proc.pid)
-        assert {seen[name] for name in wanted} <= workers
-        proc.kill()  # kill -9: no handler runs in the supervisor, its workers are orphans now
-        proc.wait(10)
-        deadline = time.monotonic() + 20
-        while any(_alive(pid) for pid in workers):
-            assert time.monotonic() < deadline, f"workers outlived their supervisor: {sorted(p for p in workers if _alive(p))}"
-            threading.Event().wait(0.1)  # a poll interval; the deadline above bounds it
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in workers:  # never leave a worker behind, even when the test fails
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        sub.close(0)
-        ctx.term()
+    run = monitored_run(tmp_path, "--source", "synthetic:1000000", "--set", "model.layers=32,32", "--set", "stream.batch=32",
+                        capture=False)
+    with run as (proc, sub):
+        workers: set[int] = set()
+        try:
+            # Every worker up and learning: the sink has counted frames, and each worker has published its pid.
+            wanted = {"monitor", "sink", "layer1", "layer2", "source"}
+            seen: dict[str, int] = {}
+            deadline = time.monotonic() + 180
+            while not (wanted <= set(seen) and sink_frames(seen)):
+                assert proc.poll() is None and time.monotonic() < deadline, f"the run did not come up: seen {sorted(seen)}"
+                if sub.poll(200):
+                    try:
+                        msg = wire.decode(sub.recv_multipart(), max_payload=0)
+                    except wire.WireError:
+                        continue
+                    m = msg.extra.get("metrics", {})
+                    seen[msg.stream] = m.get("pid")
+                    if msg.stream == "sink" and m.get("frames"):
+                        seen["_sink_frames"] = m["frames"]
+            workers = _children(proc.pid)
+            assert {seen[name] for name in wanted} <= workers
+            proc.kill()  # kill -9: no handler runs in the supervisor, its workers are orphans now
+            proc.wait(10)
+            deadline = time.monotonic() + 20
+            while any(_alive(pid) for pid in workers):
+                assert time.monotonic() < deadline, f"workers outlived their supervisor: {sorted(p for p in workers if _alive(p))}"
+                threading.Event().wait(0.1)  # a poll interval; the deadline above bounds it
+        finally:
+            for pid in workers:  # never leave a worker behind, even when the test fails
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def sink_frames(seen: dict) -> bool:

@@ -6,12 +6,10 @@ Run with -s to see the figures BENCHMARKS.md quotes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 import zmq
 
 from ffstream.net import wire
-from tests.processes import env
+from tests.processes import monitored_run
 
 TOTAL = 20_000  # frames of the synthetic stream
 VTEST_AVI = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # 795 frames, MPEG-4 part 2, from opencv-doc
@@ -45,31 +43,10 @@ def _await_metrics(proc: subprocess.Popen, sub: zmq.Socket, deadline: float, wor
             return m
 
 
-@contextlib.contextmanager
 def watched_run(tmp_path: Path, *extra: str, source: str = f"synthetic:{TOTAL}"):
-    """`ffstream run` of `source` (synthetic:TOTAL) on 32,32 layers, with a SUB on its monitor; yields (process, sub).
-
-    The process is killed if it still runs on the way out, and the socket and context are closed.
-    """
-    monitor = f"ipc://{tmp_path}/mon"
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(monitor)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", *extra, "--source", source, "--set", "model.layers=32,32", "--set", "stream.batch=32",
-         "--monitor", monitor, "--no-progress", "--summary-json", str(tmp_path / "summary.json")],
-        cwd=tmp_path, env={**env(), "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        yield proc, sub
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        sub.close(0)
-        ctx.term()
+    """`ffstream run` of `source` (synthetic:TOTAL) on 32,32 layers, with a SUB on its monitor; yields (process, sub)."""
+    return monitored_run(tmp_path, *extra, "--source", source, "--set", "model.layers=32,32", "--set", "stream.batch=32",
+                         "--summary-json", str(tmp_path / "summary.json"))
 
 
 @pytest.mark.parametrize("kind", ["sleep", "monitor"])
