@@ -108,11 +108,7 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
         assert any("refused a CURVE client" in r.getMessage() for r in caplog.records)
     finally:
         worker.stop()
-        for sock in sockets:
-            sock.close(linger=0)
-        for ctx in contexts.values():
-            security.release(ctx)
-            ctx.term()
+        close_peers(sockets, contexts.values())
         thread.join(10)
     # close() stopped the authenticator before terminating the context, so the worker did not hang.
     assert not thread.is_alive()
@@ -147,17 +143,12 @@ def test_a_silent_curve_client_never_blocks_the_receiver(tmp_path):
             msg = receiver.recv(100)
         assert msg.extra["command"] == "ack" and receiver.took
     finally:
-        for sock in sockets:
-            sock.close(linger=0)
-        for ctx in contexts.values():
-            security.release(ctx)
-            ctx.term()
+        close_peers(sockets, contexts.values())
 
 
 def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path, zmq_context, socket):
     """Authorisation, not only authentication: the viewer's key is a listed key, but a layer's input admits workers only."""
-    from ffstream.config.plans import Batching
-    from ffstream.config.plans import LayerEndpoints
+    from ffstream.config.plans import Batching, LayerEndpoints
     from ffstream.workers.layer import LayerWorker
     from tests.rig import LAYER, ROWS, frames, receive, running, unique
 
@@ -196,11 +187,7 @@ def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path,
             assert receive(output, timeout=DEADLINE_S).seq == 1
             assert curve.admitted >= 1
     finally:
-        for sock in sockets:
-            sock.close(linger=0)
-        for ctx in peers.values():
-            security.release(ctx)
-            ctx.term()
+        close_peers(sockets, peers.values())
 
 
 def test_secret_keys_readable_by_others_are_refused_in_one_line(tmp_path, zmq_context):
@@ -213,3 +200,12 @@ def test_secret_keys_readable_by_others_are_refused_in_one_line(tmp_path, zmq_co
     (keys / "layer.key_secret").chmod(0o440)  # a Kubernetes Secret mounted for a group (fsGroup): allowed
     security.enable(zmq_context, keys, client="layer")
     security.release(zmq_context)
+
+
+def close_peers(sockets, contexts) -> None:
+    """Close the test's own peer sockets, then release each peer context's CURVE and terminate it."""
+    for sock in sockets:
+        sock.close(linger=0)
+    for ctx in contexts:
+        security.release(ctx)
+        ctx.term()

@@ -115,13 +115,9 @@ class Paired(Immediate):
 
     def hold(self, x: torch.Tensor, labels: torch.Tensor | None, seqs: list[int], pass_on: PassOn) -> dict[str, float]:
         """The activity goes on now; the step waits for the negatives of these frames."""
-        layer = self.worker.layer
-        with self.worker.phases("forward"), torch.no_grad():
-            h = layer(x)
-        pass_on(h)
-        goodness = layer.goodness(h)
+        stats = forward_only(self.worker, x, pass_on)
         self.pairing.add_positive(seqs, x, labels)
-        return {"goodness": float(goodness.mean()), "p": float(layer.probability(goodness).mean())}
+        return stats
 
     def on_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.pairing.add_negative(seq, inputs)
@@ -230,12 +226,7 @@ class Frozen(Immediate):
     """Inference only (model.freeze): every micro-batch is forwarded on the weights as loaded and never stepped."""
 
     def learn(self, x: torch.Tensor, labels: torch.Tensor | None, seqs: list[int], pass_on: PassOn) -> dict[str, float]:
-        layer = self.worker.layer
-        with self.worker.phases("forward"), torch.no_grad():
-            h = layer(x)
-        pass_on(h)
-        goodness = layer.goodness(h)
-        return {"goodness": float(goodness.mean()), "p": float(layer.probability(goodness).mean())}
+        return forward_only(self.worker, x, pass_on)
 
     def on_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.worker.dropped["negative_while_frozen"] += 1
@@ -257,3 +248,13 @@ def choose(batching: Batching, *, paired: bool, phased: bool, frozen: bool = Fal
     if batching.scheduled:
         return Scheduled
     return ForwardFirst if batching.forward_first else Paired
+
+
+def forward_only(worker, x: torch.Tensor, pass_on: PassOn) -> dict[str, float]:
+    """A forward pass on the current weights, its activity passed on, no step: the figures of rows not (yet) learned."""
+    layer = worker.layer
+    with worker.phases("forward"), torch.no_grad():
+        h = layer(x)
+    pass_on(h)
+    goodness = layer.goodness(h)
+    return {"goodness": float(goodness.mean()), "p": float(layer.probability(goodness).mean())}
