@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from rich.table import Table
 
 from ffstream import config
 from ffstream.config import Topology, recipes
+from ffstream.config.loading import chosen_fields
 from ffstream.sources import SYNTHETIC_SPEC
 from ffstream.supervisor import DATASET_PREFIXES, EXIT_USAGE, resolve_stream, run_stack
 
@@ -41,7 +41,7 @@ def config_from_args(args) -> config.RunConfig:
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device},
     }
     cfg = config.load(args.config, overrides=flags, recipe=args.recipe, sets=args.sets, check=False)
-    if args.recipe is None and takes_video_recipe(cfg, chosen_fields(args)):
+    if args.recipe is None and takes_video_recipe(cfg, chosen_fields(args.config, args.sets)):
         cfg = config.load(args.config, overrides=flags, base=recipes.read(VIDEO_RECIPE).data, sets=args.sets, check=False)
     cfg.check()  # before the source is opened: a bad field is one line, whatever the source
     resolve_stream(cfg)
@@ -51,22 +51,6 @@ def config_from_args(args) -> config.RunConfig:
 
 # Fields that choose a model SCFF pairs do not fit: the user's choice of any of them keeps the plain defaults.
 MODEL_CHOICES = frozenset({"model.layers", "model.recurrent", "model.competition", "sleep.negatives", "stream.pairs", "stream.task"})
-
-
-def chosen_fields(args) -> set[str]:
-    """The `section.key` fields the user set: by --set, by FFSTREAM_* variables or in the --config file."""
-    chosen = {s.partition("=")[0].strip() for s in args.sets}
-    for name in os.environ:
-        section, _, key = name.removeprefix("FFSTREAM_").lower().partition("_")
-        if name.startswith("FFSTREAM_") and key:
-            chosen.add(f"{section}.{key}")
-    if args.config:
-        try:
-            sections = json.loads(Path(args.config).read_text())
-        except (OSError, ValueError):
-            sections = {}  # config.load has said what is wrong with it by now
-        chosen |= {f"{s}.{k}" for s, fields in sections.items() if isinstance(fields, dict) for k in fields}
-    return chosen
 
 
 def takes_video_recipe(cfg: config.RunConfig, chosen: set[str]) -> bool:

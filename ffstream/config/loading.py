@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,31 @@ def read_json(path: str) -> dict[str, Any]:
     return data
 
 
+def env_fields(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """The FFSTREAM_<SECTION>_<FIELD> (or FFSTREAM_<TOP-LEVEL FIELD>) variables: (name, section or "", field, value)."""
+    top_level = {f.name for f in dataclasses.fields(RunConfig)}
+    out = []
+    for name, value in environ.items():
+        if not name.startswith("FFSTREAM_"):
+            continue
+        key = name[len("FFSTREAM_") :].lower()
+        section, _, field_name = key.partition("_")
+        if section in SECTIONS and field_name:
+            out.append((name, section, field_name, value))
+        elif key in top_level:
+            out.append((name, "", key, value))
+    return out
+
+
+def chosen_fields(path: str | None = None, sets: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> set[str]:
+    """The `section.key` fields that a --config file, FFSTREAM_* variables or --set choose (top-level fields: `key`)."""
+    pairs = [(s, k) for s, values in parse_sets(sets).items() for k in values]
+    pairs += [(s, k) for _, s, k, _ in env_fields(os.environ if environ is None else environ)]
+    for key, value in (read_json(path) if path else {}).items():
+        pairs += [(key, k) for k in value] if isinstance(value, dict) else [("", key)]  # a section, or a top-level field
+    return {f"{s}.{k}" if s else k for s, k in pairs}
+
+
 def load(path: str | None = None, environ: dict[str, str] | None = None, overrides: dict[str, dict[str, Any]] | None = None,
          recipe: str | None = None, sets: Sequence[str] = (), base: dict[str, Any] | None = None, check: bool = True) -> RunConfig:
     """Defaults, base, the recipe, the JSON file, FFSTREAM_* variables, --set, then overrides (flags; None: not given)."""
@@ -135,16 +160,9 @@ def load(path: str | None = None, environ: dict[str, str] | None = None, overrid
         b.apply_sections(found.data, f"recipe {found.name}")
     if path:
         b.apply_sections(read_json(path), path)
-    env = os.environ if environ is None else environ
-    for name, value in env.items():
-        if not name.startswith("FFSTREAM_"):
-            continue
-        key = name[len("FFSTREAM_") :].lower()
-        section, _, field_name = key.partition("_")
-        if section in SECTIONS and field_name:
-            b.apply(getattr(b.cfg, section), f"{name} -> {section}.", {field_name: value})
-        elif key in {f.name for f in dataclasses.fields(RunConfig)}:
-            b.apply(b.cfg, f"{name} -> ", {key: value})
+    for name, section, field_name, value in env_fields(os.environ if environ is None else environ):
+        target = b.cfg if section == "" else getattr(b.cfg, section)
+        b.apply(target, f"{name} -> {section}." if section else f"{name} -> ", {field_name: value})
     for section, values in parse_sets(sets).items():
         b.apply(b.cfg if section == "" else getattr(b.cfg, section), f"{section}." if section else "", values, "--set")
     cfg = b.finish()
