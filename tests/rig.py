@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import zmq
 
-from ffstream.config.plans import LayerEndpoints
+from ffstream.config.plans import Batching, LayerEndpoints
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import wire
 from ffstream.sources import FrameSource, Preprocess
 from ffstream.sources.base import Frame
-from ffstream.workers.layer import LayerWorker
+from ffstream.workers.layer import LayerWorker, choose
 
 RECV_TIMEOUT_S = 5.0  # longest any test waits for one message before it fails
 LAYER = LayerConfig(in_features=16, width=8, lr=0.01, seed=1)  # frames are (1, 4, 4): 16 inputs
@@ -69,6 +69,12 @@ def unique(prefix: str) -> str:
 
 def weights_of(layer: FFLayer) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in layer.weights().items()}
+
+
+def paired(batching: Batching = Batching(max_rows=ROWS)) -> dict:  # noqa: B008 (frozen: never changed)
+    """start_layer's keywords for a layer that pairs each positive with its frames' negatives: the step policy
+    build.py chooses for these batching rules (Paired, ForwardFirst or Scheduled), and the batching."""
+    return {"policy": choose(batching, paired=True, phased=False), "batching": batching}
 
 
 def layer_reasons(worker: LayerWorker) -> Counter:

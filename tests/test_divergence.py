@@ -19,7 +19,7 @@ def test_non_finite_weights_roll_back_and_halve_the_learning_rate(start_layer, c
         with __import__("torch").no_grad():
             rig.worker.layer.weight[0, 0] = math.nan  # the worker is idle, waiting on its sockets
         send(rig.input, frames(seq=1))  # its activity is NaN: dropped and counted, not sent on
-        eventually(lambda: rig.worker.rollbacks == 1, what="a rollback")
+        eventually(lambda: rig.worker.last_good.rollbacks == 1, what="a rollback")
     m = rig.worker.metrics()
     assert (m["rollbacks"], m["lr_factor"], m["updates"], m["weights_version"], m["dropped"]) == (1, 0.5, 0, 0, 1), m
     for name, value in weights_of(rig.worker.layer).items():
@@ -45,7 +45,7 @@ def test_rollback_goes_to_the_last_checkpoint(start_layer, tmp_path):
     with __import__("torch").no_grad():
         rig.worker.layer.bias[0] = math.inf
     send(rig.input, frames(seq=2))
-    eventually(lambda: rig.worker.rollbacks == 1, what="a rollback")
+    eventually(lambda: rig.worker.last_good.rollbacks == 1, what="a rollback")
     assert rig.worker.layer.version == 1
     for name, value in weights_of(rig.worker.layer).items():
         np.testing.assert_array_equal(value, saved[name])

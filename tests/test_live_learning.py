@@ -27,7 +27,7 @@ from ffstream.net import wire
 from ffstream.supervisor import resolve_stream
 from ffstream.workers.layer import IDLE_WAKE_S
 from tests.processes import eventually, run_local_stack
-from tests.rig import LAYER, ROWS, frames, receive, send, weights_of
+from tests.rig import LAYER, ROWS, frames, paired, receive, send, weights_of
 
 VIDEO = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
@@ -37,7 +37,7 @@ def negative_inputs(seq: int) -> np.ndarray:
 
 
 def test_scheduled_layer_forwards_every_frame_at_once_and_steps_once_on_all_rows_with_their_negatives(start_layer):
-    rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_rows=3 * ROWS))
+    rig = start_layer(**paired(Batching(max_rows=ROWS, learn_every_rows=3 * ROWS)))
     reference = FFLayer(LAYER)
     positives = [frames(seq=s) for s in (1, 2, 3)]
     for msg in positives:  # no negatives yet: each activity still goes on, computed on the initial weights
@@ -63,7 +63,7 @@ def test_scheduled_layer_forwards_every_frame_at_once_and_steps_once_on_all_rows
 
 
 def test_an_idle_input_does_not_step_a_scheduled_layer_outside_its_schedule(start_layer):
-    rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_rows=3 * ROWS))
+    rig = start_layer(**paired(Batching(max_rows=ROWS, learn_every_rows=3 * ROWS)))
     send(rig.input, frames(seq=1))
     receive(rig.output)
     send(rig.negative, wire.Message("negative_update", negative_inputs(1), seq=1, extra={"form": "inputs"}))
@@ -76,7 +76,7 @@ def test_an_idle_input_does_not_step_a_scheduled_layer_outside_its_schedule(star
 
 
 def test_a_time_schedule_steps_on_whatever_is_ready_and_only_with_its_negatives(start_layer):
-    rig = start_layer(pair_negatives=True, batching=Batching(max_rows=ROWS, learn_every_ms=1.0))
+    rig = start_layer(**paired(Batching(max_rows=ROWS, learn_every_ms=1.0)))
     send(rig.input, frames(seq=1))
     receive(rig.output)
     assert rig.ask_snapshot().extra["version"] == 0, "a positive stepped before its negatives were in"

@@ -12,7 +12,7 @@ from ffstream.workers.pairing import Pairing, merged
 from ffstream.workers.sink import SinkWorker
 from ffstream.workers.source import SourceWorker
 from tests.processes import eventually
-from tests.rig import LAYER, ROWS, CountingSource, frames, receive, running, send, unique, weights_of
+from tests.rig import LAYER, ROWS, CountingSource, frames, paired, receive, running, send, unique, weights_of
 
 
 class Clock:
@@ -70,7 +70,7 @@ def test_pairing_lets_nothing_wait_past_its_deadline():
 
 
 def test_layer_steps_only_when_the_negatives_of_the_same_frames_are_in(start_layer):
-    rig = start_layer(pair_negatives=True)
+    rig = start_layer(**paired())
     before = weights_of(rig.worker.layer)
     positive = frames(seq=5)
     send(rig.input, positive)

@@ -23,7 +23,7 @@ from ffstream.ff import LayerConfig, rms_normalize
 from ffstream.ff.checkpoint import checkpoint_config, layer_path
 from ffstream.ff.recurrent import RecurrentFFLayer
 from ffstream.net import wire
-from ffstream.workers.recurrent_layer import RecurrentLayerWorker
+from ffstream.workers.layer.recurrent import RecurrentLayerWorker
 from tests.processes import ROOT, env, eventually
 from tests.rig import frames, receive, running, send, unique
 

@@ -19,7 +19,7 @@ from ffstream.net import wire
 from ffstream.workers import malloc
 from ffstream.workers.stats import Phases
 from tests.processes import eventually, run_local_stack
-from tests.rig import LAYER, ROWS, frames, receive, send, unique, weights_of
+from tests.rig import LAYER, ROWS, frames, paired, receive, send, unique, weights_of
 
 
 def negative_inputs(seed: int) -> np.ndarray:
@@ -27,7 +27,7 @@ def negative_inputs(seed: int) -> np.ndarray:
 
 
 def test_layer_steps_at_once_on_one_forward_pass_when_the_negatives_came_first(start_layer):
-    rig = start_layer(pair_negatives=True)
+    rig = start_layer(**paired())
     negative = negative_inputs(3)
     send(rig.negative, wire.Message("negative_update", negative, seq=5, extra={"form": "inputs"}))
     eventually(lambda: rig.worker.metrics()["negative_updates"] == 1, what="the negative to be held")
@@ -50,7 +50,7 @@ def test_chained_layer_passes_its_negative_activity_up_at_the_step(start_layer, 
     above = socket(zmq.PULL)
     address = unique("chain")
     above.bind(address)
-    rig = start_layer(pair_negatives=True, negative_output=address)
+    rig = start_layer(**paired(), negative_output=address)
     negative = negative_inputs(4)
     before = FFLayer(LAYER)  # the weights the negatives are judged by: those of the step's moment
     send(rig.input, frames(seq=9))

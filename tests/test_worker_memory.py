@@ -27,7 +27,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 def test_last_good_state_holds_the_optimiser_moments_before_the_first_frame(start_layer):
     rig = start_layer()  # set up and answering: no frame yet
     assert rig.worker.updates == 0
-    copied = rig.worker._good[1]["state"]
+    copied = rig.worker.last_good.good[1]["state"]
     assert copied, "the last-good copy of Adam's moments is made at start, not a checkpoint period later"
     live = rig.worker.layer.optimizer.state_dict()["state"]
     assert copied[0]["exp_avg"].shape == rig.worker.layer.weights()["weight"].shape
@@ -35,7 +35,7 @@ def test_last_good_state_holds_the_optimiser_moments_before_the_first_frame(star
     send(rig.input, frames(seq=1))
     receive(rig.output)
     eventually(lambda: rig.worker.updates >= 1, what="the first step")
-    assert rig.worker._good[1]["state"][0]["exp_avg"].data_ptr() == copied[0]["exp_avg"].data_ptr(), "no new copy at the first step"
+    assert rig.worker.last_good.good[1]["state"][0]["exp_avg"].data_ptr() == copied[0]["exp_avg"].data_ptr(), "no new copy at the first step"
 
 
 def test_steps_sum_gradients_in_reused_tensors_and_leave_the_callers_alone():

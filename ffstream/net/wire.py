@@ -50,6 +50,13 @@ KINDS = frozenset(
 DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64}
 FLOAT_DTYPES = ("float32", "float16")
 MODES = ("learn", "eval")
+
+
+def float_dtype(name: str) -> type[np.floating]:
+    """The numpy dtype of an activity's name on the wire ("float32" or "float16"); ValueError for any other."""
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"wire_dtype must be one of {FLOAT_DTYPES}, got {name!r}")
+    return DTYPES[name]
 # Header fields every message must carry, and the JSON types they must have.
 REQUIRED = {"v": int, "kind": str, "stream": str, "seq": int, "t_src": (int, float), "shape": list, "dtype": str}
 

@@ -42,6 +42,17 @@ class LayerDelivery:
             self.replayed_rows += rows
         return False
 
+    def runs(self, messages: list[wire.Message]) -> list[tuple[bool, list[wire.Message]]]:
+        """Learn messages in arrival order, cut into runs of those to learn and those only to forward (`admit`)."""
+        runs: list[tuple[bool, list[wire.Message]]] = []
+        for msg in messages:
+            learns = self.admit(msg)
+            if runs and runs[-1][0] == learns:
+                runs[-1][1].append(msg)
+            else:
+                runs.append((learns, [msg]))
+        return runs
+
     def learned(self, messages: list[wire.Message], rows: list[int]) -> None:
         """Log (debug) the learn messages about to be stepped, with their row counts."""
         if self.log is not None:

@@ -1,20 +1,32 @@
-"""Copies of a layer worker's weights: the snapshot the sleep worker asks for, and the last good state, in memory,
+"""Copies of a layer worker's weights: the checkpoint it resumes from, the snapshot the sleep worker asks for, and the last good state, in memory,
 what the last checkpoint holds (or would hold without a checkpoint directory), to roll back to when a step leaves
-non-finite weights."""
+non-finite weights, at half the learning rate."""
 
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ffstream.ff import FFLayer
+from ffstream.ff import FFLayer, checkpoint, linear_decay
 from ffstream.net import wire
+from ffstream.net.transport import Receiver, send
 
 Good = tuple[dict, dict]  # (layer.state_dict(), layer.optimizer.state_dict()), copies
+
+
+def answer_snapshot(receiver: Receiver, layer: FFLayer, name: str, index: int, dropped: Counter, stopping: Callable[[], bool]) -> None:
+    """Answer the request waiting at the REP `receiver` (when there is one after all, transport.Receiver.recv_ready)."""
+    request = receiver.recv_ready()
+    if receiver.took:
+        send(receiver.sock, snapshot_reply(request, layer, name, index, dropped), stopping, timeout_ms=1000)
 
 
 def snapshot_reply(request: wire.Message | None, layer: FFLayer, name: str, index: int, dropped: Counter) -> wire.Message:
@@ -32,6 +44,48 @@ def remember(layer: FFLayer, old: Good | None) -> Good:
     weight-sized copy every period fragments the heap (RSS creeps up over minutes); an in-place copy reuses it."""
     old = old or (None, None)
     return _copy_into(old[0], layer.state_dict()), _copy_into(old[1], layer.optimizer.state_dict())
+
+
+def resume(checkpoint_dir: str | None, index: int, layer: FFLayer, log: logging.Logger) -> Any:
+    """Load layer `index`'s checkpoint from `checkpoint_dir` into `layer`, when there is one; its "delivery" entry
+    (the batches learned, for exactly-once), or None for a fresh layer."""
+    path = checkpoint.layer_path(checkpoint_dir, index) if checkpoint_dir else None
+    if path is None or not Path(path).exists():
+        return None
+    version = checkpoint.load_layer(path, layer)
+    log.info("resumed from %s at version %d", path, version)
+    return checkpoint.checkpoint_config(path)[1].get("delivery")
+
+
+class LastGood:
+    """The last good state of a worker's layer, and the learning-rate factor that each roll back to it halves."""
+
+    def __init__(self, layer: FFLayer, lr_decay_frames: int | None, log: logging.Logger):
+        self.layer = layer
+        self.lr_decay_frames = lr_decay_frames  # decay the learning rate linearly to 0 over this many frames; None: constant
+        self.log = log  # the worker's
+        self.good: Good | None = None  # copies of the weights and optimiser state
+        self.at = time.monotonic()  # when they were taken
+        self.rollbacks = 0  # steps that left non-finite weights and were undone
+        self.lr_factor = 1.0  # halved at each rollback
+
+    def remember(self) -> None:
+        self.good = remember(self.layer, self.good)
+        self.at = time.monotonic()
+
+    def decay_lr(self, frames: int) -> None:
+        """Before a step after `frames` learned rows: the decayed learning rate, times the rollbacks' factor (no decay: as set)."""
+        if self.lr_decay_frames:
+            self.layer.set_lr_scale(self.lr_factor * linear_decay(frames, self.lr_decay_frames))
+
+    def roll_back(self, frames: int) -> None:
+        """Divergence: weights went non-finite. Back to the last good state, at half the learning rate."""
+        restore(self.layer, self.good)
+        self.rollbacks += 1
+        self.lr_factor *= 0.5
+        self.layer.set_lr_scale(self.lr_factor * (linear_decay(frames, self.lr_decay_frames) if self.lr_decay_frames else 1.0))
+        self.log.warning("non-finite weights: rolled back to version %d, learning rate x%g (rollback %d)",
+                         self.layer.version, self.lr_factor, self.rollbacks)
 
 
 def restore(layer: FFLayer, good: Good) -> None:

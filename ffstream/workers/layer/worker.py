@@ -10,7 +10,7 @@ import torch
 import zmq
 
 from ffstream.config.plans import Batching, LayerEndpoints
-from ffstream.ff import FFLayer, LayerConfig, checkpoint, linear_decay
+from ffstream.ff import FFLayer, LayerConfig, checkpoint
 from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send
@@ -18,13 +18,14 @@ from ffstream.workers import malloc
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import weights
 from ffstream.workers.layer.delivery import LayerDelivery
+from ffstream.workers.layer.figures import LayerFigures
 from ffstream.workers.layer.intake import LabelSlots, gather
 from ffstream.workers.layer.negatives import NegativeInbox
 from ffstream.workers.layer.outlet import Outlet
-from ffstream.workers.layer.policies import StepPolicy, choose
+from ffstream.workers.layer.policies import Immediate, StepPolicy
 from ffstream.workers.layer.preview import WeightPreview
 from ffstream.workers.layer.stepping import NegativeChain, Stepper
-from ffstream.workers.stats import Ema, Mean, Phases, Rate
+from ffstream.workers.stats import Phases
 
 # Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
 # flips the sign of the update and measurably hurts. Only when the wake path has been idle this long,
@@ -46,9 +47,7 @@ class LayerWorker(Worker):
         label_scale: float = 1.0,  # the value of the label's one-hot slot
         label_relative: bool = False,  # that value times each frame's RMS (ff/labels.py slot_value)
         lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
-        policy: type[StepPolicy] | None = None,  # when to step (policies.py); None: chosen here from the next two
-        pair_negatives: bool = False,  # no policy given: hold each positive step until its frames' negatives arrive
-        negatives_alone: bool = False,  # no policy given: phased sleep, each negative batch a step of its own
+        policy: type[StepPolicy] = Immediate,  # when to step, on which negatives (policies.py; build.py chooses it)
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
         checkpoint_every_s: float = 60.0,
@@ -63,39 +62,25 @@ class LayerWorker(Worker):
         super().__init__(f"layer{index}", **worker_kwargs)
         self.index, self.endpoints, self.batching = index, endpoints, batching
         self.num_classes, self.label_scale, self.label_relative = num_classes, label_scale, label_relative
-        self.lr_decay_frames = lr_decay_frames
         self.checkpoint_dir, self.checkpoint_every_s = checkpoint_dir, checkpoint_every_s
         self.max_frames, self.exit_on_end = max_frames, exit_on_end
         self.device = torch.device(device)
-        self.wire_dtype = wire.DTYPES[wire_dtype] if wire_dtype in wire.FLOAT_DTYPES else None
-        if self.wire_dtype is None:
-            raise ValueError(f"wire_dtype must be one of {wire.FLOAT_DTYPES}, got {wire_dtype!r}")
+        self.wire_dtype = wire.float_dtype(wire_dtype)
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, "label_relative": label_relative, **(checkpoint_meta or {})}
         self.layer = self.make_layer(layer_config).to(self.device)
         self.labels = LabelSlots(self.layer.cfg.in_features, num_classes, label_scale, label_relative, self.device)
         self.preview = WeightPreview(self.layer, preview_shape, index, self.log) if preview_shape else None
-        self.frames = 0
-        self.eval_frames = 0
-        self.fps = Rate(time.monotonic)
-        self.recent = {k: Ema(0.05) for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "latency_ms", "staleness")}
-        self.whole_run = {k: Mean() for k in ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "staleness")}
-        self._last_checkpoint = self._last_trim = self._last_wake_step = time.monotonic()
+        self.figures = LayerFigures()
+        self.last_good = weights.LastGood(self.layer, lr_decay_frames, self.log)  # what a divergent step rolls back to
+        self._last_trim = self._last_wake_step = time.monotonic()
         # Exactly-once (layer/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
-        saved = None
-        if checkpoint_dir and checkpoint.layer_path(checkpoint_dir, index).exists():
-            path = checkpoint.layer_path(checkpoint_dir, index)
-            version = checkpoint.load_layer(path, self.layer)
-            saved = checkpoint.checkpoint_config(path)[1].get("delivery")
-            self.log.info("resumed from %s at version %d", path, version)
-        self.delivery = LayerDelivery(self.name, saved)
+        self.delivery = LayerDelivery(self.name, weights.resume(checkpoint_dir, index, self.layer, self.log))
         self._sent_ok = True  # whether the last micro-batch's activity was finite and went on
         self._deferred: list[wire.Message] = []  # controls that came while a step forwarded arrivals: handled after it
         self.phases = Phases()  # seconds per phase of the loop, published as busy_s
-        self.rollbacks = 0  # steps that left non-finite weights and were undone
-        self.lr_factor = 1.0  # halved at each rollback
-        self.stepper = Stepper(self.layer, self.phases, self._record, self._roll_back)
-        self.policy = (policy or choose(batching, paired=pair_negatives, phased=negatives_alone))(self)
-        self._remember()
+        self.stepper = Stepper(self.layer, self.phases, self.figures.record, lambda: self.last_good.roll_back(self.figures.frames))
+        self.policy = policy(self)
+        self.last_good.remember()
 
     def make_layer(self, layer_config: LayerConfig) -> FFLayer:
         """The layer this worker owns, of the config's kind (dense, conv, local); a subclass may own another (see recurrent.py)."""
@@ -110,12 +95,12 @@ class LayerWorker(Worker):
         self.log.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000)
         # The last-good copy now holds the optimiser's state too (Adam's two weight-sized moments, made by the warm-up):
         # allocated at start, not a checkpoint period later into a heap the steps have fragmented (RSS grew by 32+ MB then).
-        self._remember()
+        self.last_good.remember()
         ep = self.endpoints
         # Downstream first: this layer binds its input (and the layer below or the source can start sending) only once
         # the next worker is up and warm, so the first frames of a live stream do not queue behind start-up.
         self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True, ready=True)
-        self.outlet = Outlet(self.output, self.layer, self.wire_dtype, lambda: self.stopping, self.dropped, self.recent["latency_ms"],
+        self.outlet = Outlet(self.output, self.layer, self.wire_dtype, lambda: self.stopping, self.dropped, self.figures.recent["latency_ms"],
                              self._on_activity)
         if ep.negative_output:
             sock = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True)
@@ -124,7 +109,7 @@ class LayerWorker(Worker):
         self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
         self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
         self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
-        self.inbox = NegativeInbox(self.negative, self.layer, self.device, self.phases, self.dropped, self._record, self.policy,
+        self.inbox = NegativeInbox(self.negative, self.layer, self.device, self.phases, self.dropped, self.figures.record, self.policy,
                                    self.stepper.negatives_only)
         self.poller = zmq.Poller()
         for r in (self.input, self.negative, self.snapshot):
@@ -136,7 +121,7 @@ class LayerWorker(Worker):
             ready = dict(self.poller.poll(POLL_MS))
         if self.snapshot.sock in ready:
             with self.phases("snapshot"):
-                self._answer_snapshot()
+                weights.answer_snapshot(self.snapshot, self.layer, self.name, self.index, self.dropped, lambda: self.stopping)
         if self.negative.sock in ready:
             self.inbox.take()
             self.inbox.drain(self.policy.negative_burst)
@@ -149,26 +134,14 @@ class LayerWorker(Worker):
         self.policy.tick()
         while self._deferred:
             self._control(self._deferred.pop(0))
-        if time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
+        if time.monotonic() - self.last_good.at > self.checkpoint_every_s:
             # exactly-once: checkpoints at barriers only (and at close), each a cut the source knows of
-            self.save() if self.checkpoint_dir and not self.delivery.on else self._remember()
+            self.save() if self.checkpoint_dir and not self.delivery.on else self.last_good.remember()
         if time.monotonic() - self._last_trim > TRIM_EVERY_S:
             # The steps' freed weight-sized buffers leave holes that glibc keeps resident; given back, only what the
             # next steps touch comes back (about 1 ms of page faults per 2 MB, so not every step).
             malloc.trim()
             self._last_trim = time.monotonic()
-
-    def _answer_snapshot(self) -> None:
-        request = self.snapshot.recv_ready()
-        if not self.snapshot.took:
-            return  # no request after all (transport.Receiver.recv_ready): none to answer
-        reply = weights.snapshot_reply(request, self.layer, self.name, self.index, self.dropped)
-        send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
-
-    def _record(self, figures: dict, rows: int) -> None:
-        for key, value in figures.items():
-            self.recent[key].add(value)
-            self.whole_run[key].add(value, rows)
 
     # frames ----------------------------------------------------------------------------
     def _take_batch(self) -> None:
@@ -190,14 +163,7 @@ class LayerWorker(Worker):
         for msg in [m for m in data if m.mode == "eval"]:
             self._forward_eval(msg)
         # In arrival order, runs of messages to learn and of messages only to forward (the layer above gates them too).
-        runs: list[tuple[bool, list[wire.Message]]] = []
-        for msg in (m for m in data if m.mode == "learn"):
-            learns = self.delivery.admit(msg)
-            if runs and runs[-1][0] == learns:
-                runs[-1][1].append(msg)
-            else:
-                runs.append((learns, [msg]))
-        for learns, messages in runs:
+        for learns, messages in self.delivery.runs([m for m in data if m.mode == "learn"]):
             self._learn(messages, take) if learns else self._forward_only(messages)
         return [m for m in batch if m.kind in ("control", "barrier")]
 
@@ -223,7 +189,7 @@ class LayerWorker(Worker):
             return
         with torch.no_grad():
             h = self.layer(x)
-        self.eval_frames += self.outlet.eval(msg, h)
+        self.figures.eval_frames += self.outlet.eval(msg, h)
 
     def _learn(self, messages: list[wire.Message], take) -> None:
         """A learn micro-batch: one optimiser step on all its rows, now or later, as `take` (the policy) decides."""
@@ -231,8 +197,7 @@ class LayerWorker(Worker):
         if not kept:
             return
         x = torch.cat([x for _, x in kept])  # (B, D): one micro-batch, one optimiser step
-        if self.lr_decay_frames:
-            self.layer.set_lr_scale(self.lr_factor * linear_decay(self.frames, self.lr_decay_frames))
+        self.last_good.decay_lr(self.figures.frames)
         labels = self.labels.targets([m for m, _ in kept], self.dropped) if self.layer.needs_labels else None
         if self.layer.needs_labels and labels is None:
             return
@@ -242,10 +207,8 @@ class LayerWorker(Worker):
         self._last_wake_step = time.monotonic()
         if not self._sent_ok:
             return
-        self.frames += len(x)
-        self.fps.add(len(x))
-        self._record({"goodness_pos": stats["goodness"], "p_pos": stats["p"]}, len(x))
-        if self.max_frames is not None and self.frames >= self.max_frames:
+        self.figures.learned(len(x), stats)
+        if self.max_frames is not None and self.figures.frames >= self.max_frames:
             self.finished = True
 
     def _send_activity(self, kept: list[tuple[wire.Message, torch.Tensor]], h: torch.Tensor) -> None:
@@ -289,34 +252,14 @@ class LayerWorker(Worker):
     def save(self) -> None:
         meta = {**self.checkpoint_meta, "delivery": self.delivery.saved()}
         checkpoint.save_layer(checkpoint.layer_path(self.checkpoint_dir, self.index), self.layer, meta)
-        self._remember()
-
-    def _remember(self) -> None:
-        """The last good state, in memory: what the last checkpoint holds, or would hold without a checkpoint dir."""
-        self._good = weights.remember(self.layer, getattr(self, "_good", None))
-        self._last_checkpoint = time.monotonic()
-
-    def _roll_back(self) -> None:
-        """Divergence: weights went non-finite. Back to the last good state, at half the learning rate."""
-        weights.restore(self.layer, self._good)
-        self.rollbacks += 1
-        self.lr_factor *= 0.5
-        self.layer.set_lr_scale(self.lr_factor * (linear_decay(self.frames, self.lr_decay_frames) if self.lr_decay_frames else 1.0))
-        self.log.warning("non-finite weights: rolled back to version %d, learning rate x%g (rollback %d)",
-                         self.layer.version, self.lr_factor, self.rollbacks)
+        self.last_good.remember()  # in memory, what the last checkpoint holds (or would hold without a checkpoint dir)
 
     # figures -----------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:
-        m = super().metrics()
-        m.update(
-            layer=self.index, frames=self.frames, eval_frames=self.eval_frames, updates=self.updates,
-            negative_updates=self.negatives, **self.policy.metrics(), fps=self.fps.get(), threshold=self.layer.cfg.theta,
-            weights_version=self.layer.version, rollbacks=self.rollbacks, lr_factor=self.lr_factor, busy_s=self.phases.get(),
-            dropped=self.dropped_total(), **self.delivery.metrics(),
-            **{k: v.get() for k, v in self.recent.items()},
-            **{f"{k}_mean": v.get() for k, v in self.whole_run.items()},
-        )
-        return m
+        return super().metrics() | dict(
+            layer=self.index, **self.figures.metrics(), updates=self.updates, negative_updates=self.negatives, **self.policy.metrics(),
+            threshold=self.layer.cfg.theta, weights_version=self.layer.version, rollbacks=self.last_good.rollbacks,
+            lr_factor=self.last_good.lr_factor, busy_s=self.phases.get(), dropped=self.dropped_total(), **self.delivery.metrics())
 
     def maybe_publish_metrics(self) -> None:
         super().maybe_publish_metrics()
@@ -337,5 +280,5 @@ class LayerWorker(Worker):
 
     def __repr__(self) -> str:
         c = self.layer.cfg
-        return f"<LayerWorker {self.index} {c.in_features}->{c.width} frames={self.frames} updates={self.updates} v={self.layer.version}>"
+        return f"<LayerWorker {self.index} {c.in_features}->{c.width} frames={self.figures.frames} updates={self.updates} v={self.layer.version}>"
 
