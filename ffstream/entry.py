@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_main(args[1:])
     if args[:1] == ["run"]:
-        from ffstream.preflight import missing_webcam, run_source
+        from ffstream.sources.preflight import missing_webcam
 
         error = missing_webcam(run_source(args[1:]) or "")
         if error:
@@ -24,3 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     from ffstream.cli import main as cli_main
 
     return cli_main(argv)
+
+
+def run_source(argv: list[str]) -> str | None:
+    """The value of `--source` in `ffstream run` arguments, as argparse would read it (the last one wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--source" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--source="):
+            value = arg.split("=", 1)[1]
+    return value

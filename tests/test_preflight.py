@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from ffstream.preflight import missing_webcam, run_source
+from ffstream.entry import run_source
+from ffstream.sources.preflight import missing_webcam
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import re
 
 import numpy as np
 
-from ffstream.preflight import missing_webcam
 from ffstream.sources.base import Frame, FrameSource, Position, SourceError
 from ffstream.sources.camera import CameraSource
 from ffstream.sources.idx import FASHION_MNIST_DIR, IdxSource, load_idx, load_split, open_idx
 from ffstream.sources.labelled_video import LabelledVideoSource
+from ffstream.sources.preflight import missing_webcam
 from ffstream.sources.preprocess import Preprocess
 from ffstream.sources.synthetic import DEFAULT_FRAMES, SyntheticSource
 from ffstream.sources.sidecar import read_sidecar, sidecar_for

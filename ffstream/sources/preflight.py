@@ -1,6 +1,7 @@
-"""Checks `ffstream run` makes before anything heavy is imported (torch takes seconds): a missing webcam.
+"""The check `ffstream run` makes on its source before torch is imported (torch takes seconds): a missing webcam.
 
-Light on purpose: only os and sys, so the console script can call it first.
+Light on purpose: only os and sys, so the console script (entry.py) can call it first; importing it runs the
+sources package's __init__ (numpy, OpenCV, PyAV), never torch.
 """
 
 from __future__ import annotations
@@ -22,14 +23,3 @@ def missing_webcam(spec: str) -> str | None:
         return None
     device = f"/dev/video{int(number)}"
     return None if os.path.exists(device) else f"cannot open {spec}: no such device {device}"
-
-
-def run_source(argv: list[str]) -> str | None:
-    """The value of `--source` in `ffstream run` arguments, as argparse would read it (the last one wins)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == "--source" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--source="):
-            value = arg.split("=", 1)[1]
-    return value
