@@ -2,7 +2,8 @@
 
 Every rule raises a ConfigError whose one line names the key (`model.batch_stats`) and says what to change.
 The layer classes keep their own invariants (ValueError from ff/): those guard the maths when a layer is
-built by hand; these say it in the config's words before any worker starts.
+built by hand; these say it in the config's words before any worker starts. A rule both state is written once,
+in ff/ (the lower room: ff.spatial.check_norms, ff.dreamer.check_labelled), and called here with the config's prefix.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def check_stream(s: StreamConfig) -> None:
 
 def check_model(m: ModelConfig) -> None:
     """The model section on its own; it also normalises `layers` to one entry per layer ("conv" is three)."""
-    from ffstream.ff.spec import parse_layers  # torch: only when a config is checked, never for --help
+    from ffstream.ff.spatial import check_norms  # torch: only when a config is checked, never for --help
+    from ffstream.ff.spec import parse_layers
 
     if not m.layers:
         raise ConfigError("model.layers needs at least one layer, e.g. --set model.layers=500,500,500")
@@ -58,18 +60,16 @@ def check_model(m: ModelConfig) -> None:
         raise ConfigError("model.batch_norm standardises conv/local channels: the layers have none")
     if m.competition and not all(spatial):
         raise ConfigError("model.competition needs conv or local layers only (CwComp splits channels into label groups)")
-    if m.batch_stats and not m.competition:
-        raise ConfigError("model.batch_stats reads CwComp's class scores on batch-standardised channels: it needs model.competition")
-    if m.batch_stats and m.batch_norm:
-        raise ConfigError("model.batch_stats and model.batch_norm are two kinds of batch norm: choose one")
+    try:
+        check_norms(m.batch_stats, m.batch_norm, m.competition, m.outlier_weight, prefix="model.")  # as each layer checks them
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if m.recurrent and m.label_relative:
         raise ConfigError("model.label_relative writes the label into the frame; the recurrent network takes it at the top (use label_scale)")
     if m.recurrent and any(spatial):
         raise ConfigError("model.recurrent needs dense layers (model.layers=N,N,...); conv and local layers are feed-forward only")
     positive("model.max_batch", m.max_batch)
     positive("model.region", m.region)
-    if not (isinstance(m.outlier_weight, (int, float)) and m.outlier_weight >= 0):
-        raise ConfigError(f"model.outlier_weight must be a number >= 0, got {m.outlier_weight!r}")
     if not isinstance(m.learn_every_rows, int) or m.learn_every_rows < 0:
         raise ConfigError(f"model.learn_every_rows must be a whole number of rows >= 0, got {m.learn_every_rows!r}")
     if not m.learn_every_ms >= 0:
@@ -90,6 +90,7 @@ def check_novelty(n: NoveltyConfig) -> None:
 
 def check_run(cfg: RunConfig) -> None:
     """Every section, then the rules that join them."""
+    from ffstream.ff.dreamer import check_labelled  # torch: only when a config is checked
     check_stream(cfg.stream)
     check_model(cfg.model)
     check_novelty(cfg.novelty)
@@ -97,8 +98,10 @@ def check_run(cfg: RunConfig) -> None:
         plan = cfg.sleep_plan()
         if plan.route == "chain" and cfg.model.recurrent:
             raise ConfigError("sleep.route 'chain' is for feed-forward stacks; a recurrent run uses 'snapshot'")
-        if plan.negatives not in ("hybrid", "scff") and cfg.stream.task == "unsupervised":
-            raise ConfigError(f"sleep.negatives {plan.negatives!r} needs labels; an unsupervised run uses 'hybrid' or 'scff'")
+        try:
+            check_labelled(plan.negatives, labelled=cfg.stream.task != "unsupervised", prefix="sleep.")  # as the Dreamer checks it
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     check_pairs(cfg)
     if cfg.model.batching.scheduled and (cfg.model.recurrent or not cfg.sleep.enabled or cfg.sleep.update != "inputs" or cfg.sleep.phased):
         raise ConfigError("model.learn_every_rows / learn_every_ms need a feed-forward stack with paired negatives "

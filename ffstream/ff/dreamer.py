@@ -20,6 +20,13 @@ SCFF_MIN_AGE = 64  # frames: an scff partner is never one of the newest this man
 Head = tuple[LinearReadout, Sequence[int]]  # a softmax head and the 0-based layers whose activity it reads
 
 
+def check_labelled(kind: str, labelled: bool, prefix: str = "") -> None:
+    """Wrong-label negatives need labels, stated once: the Dreamer checks its stream with it, config/rules.py the run's
+    (prefix "sleep."). ValueError names the field as its reader spells it."""
+    if kind not in UNLABELLED_KINDS and not labelled:
+        raise ValueError(f"{prefix}negatives {kind!r} needs labels; an unlabelled stream uses 'hybrid' or 'scff'")
+
+
 class Reservoir:
     """A bounded sample of the frames seen so far (reservoir sampling: every frame equally likely to stay)."""
 
@@ -62,8 +69,7 @@ class Dreamer:
     def __init__(self, kind: str, num_classes: int | None, reservoir: int = 4096, seed: int = 0):
         if kind not in NEGATIVE_KINDS:
             raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, got {kind!r}")
-        if kind not in UNLABELLED_KINDS and not num_classes:
-            raise ValueError(f"{kind!r} negatives need a labelled stream; use 'hybrid' for unlabelled video")
+        check_labelled(kind, labelled=bool(num_classes))
         self.kind = kind
         self.num_classes = num_classes
         self.generator = torch.Generator().manual_seed(seed)

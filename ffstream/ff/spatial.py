@@ -47,6 +47,18 @@ READOUT_POOLS = ("grid", "global")  # SpatialConfig.readout_pool
 BATCH_NORM_EPS = 1e-5  # added to a channel's running variance (torch's BatchNorm default)
 
 
+def check_norms(batch_stats: bool, batch_norm: bool, competition: bool, outlier_weight: float, prefix: str = "") -> None:
+    """The rules that join the norms, CwComp and its outlier weight, stated once: a SpatialConfig checks its fields with
+    them, config/rules.py the model section's (prefix "model."). ValueError names the field as its reader spells it."""
+    if batch_stats and not competition:
+        # FF's positive and negative batches would each be standardised to the same goodness.
+        raise ValueError(f"{prefix}batch_stats reads CwComp's class scores on batch-standardised channels: it needs {prefix}competition")
+    if batch_stats and batch_norm:
+        raise ValueError(f"{prefix}batch_stats and {prefix}batch_norm are two kinds of batch norm: choose one")
+    if not (isinstance(outlier_weight, (int, float)) and outlier_weight >= 0):
+        raise ValueError(f"{prefix}outlier_weight must be a number >= 0, got {outlier_weight!r}")
+
+
 def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -105,13 +117,7 @@ class SpatialConfig(LayerConfig):
             raise ValueError(f"stats_ema must be in [0, 1), got {self.stats_ema}")
         if self.competition and (self.competition < 2 or self.channels % self.competition):
             raise ValueError(f"competition splits the {self.channels} channels into {self.competition} equal groups: it must divide them")
-        if self.batch_stats and not self.competition:
-            # FF's positive and negative batches would each be standardised to the same goodness.
-            raise ValueError("batch_stats reads the goodness on batch-standardised channels: it needs competition (CwComp)")
-        if self.batch_stats and self.batch_norm:
-            raise ValueError("batch_stats and batch_norm are two kinds of batch norm: choose one")
-        if not self.outlier_weight >= 0:
-            raise ValueError(f"outlier_weight must be >= 0, got {self.outlier_weight}")
+        check_norms(self.batch_stats, self.batch_norm, bool(self.competition), self.outlier_weight)
         if self.readout_pool not in READOUT_POOLS:
             raise ValueError(f"readout_pool must be one of {READOUT_POOLS}, got {self.readout_pool!r}")
 
