@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ffstream.ff import LayerConfig
+from ffstream.ff.dreamer import UNLABELLED_KINDS
 from ffstream.ff.recurrent import RecurrentConfig, RecurrentStack
 from ffstream.net import wire
 from ffstream.net.transport import send
@@ -46,12 +47,12 @@ class RecurrentSleepWorker(SleepWorker):
         return self.steps
 
     def dream(self, batch: np.ndarray, labels: list[int] | None, seq: int = 0) -> None:
-        if self.plan.negatives != "hybrid" and (labels is None or max(labels) >= self.num_classes):
+        if self.plan.negatives not in UNLABELLED_KINDS and (labels is None or max(labels) >= self.num_classes):
             self.dropped["label"] += 1
             return
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).flatten(1)
         rows = len(x)
-        if self.plan.negatives == "hybrid":
+        if self.plan.negatives in UNLABELLED_KINDS:  # made from frames alone, by the Dreamer (scff never: it needs stream.pairs)
             x_neg = self.dreamer.negatives(batch, None, self.stack)
             top = self.stack.label_input(None, rows)  # (B, 0) when unsupervised
         else:
