@@ -125,8 +125,8 @@ def test_a_slow_layer_above_never_stalls_the_layer_below(zmq_context, socket):
                 send(inp2, activity)
                 receive(out2)
                 eventually(lambda: below.feedback_in.sock.poll(0) or below.feedback_received > seq // 10, what="feedback")
-    assert below.frames == batches * ROWS, "the layer below learned every batch"
-    assert above.frames == batches // 10 * ROWS
+    assert below.figures.frames == batches * ROWS, "the layer below learned every batch"
+    assert above.figures.frames == batches // 10 * ROWS
     assert above.feedback_sent == batches // 10
     assert below.rows_with_feedback > (batches - 10) * ROWS, "after the first feedback, every batch heard from above"
     assert below.feedback_lag.get() > 1, "and what it heard was the newest there was, however old"
