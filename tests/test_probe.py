@@ -1,4 +1,4 @@
-"""`ffstream probe`: a closed-form linear probe on a frozen stack, fitted on one labelled source, scored on another."""
+"""`ffstream probe`: a linear probe (logistic regression by default) on a frozen stack, fitted on one labelled source, scored on another."""
 
 from __future__ import annotations
 
