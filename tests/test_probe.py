@@ -1,4 +1,4 @@
-"""`ffstream probe`: a closed-form linear probe on a frozen stack, fitted on one labelled source, scored on another."""
+"""`ffstream probe`: a linear probe (logistic regression by default) on a frozen stack, fitted on one labelled source, scored on another."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ffstream.cli import main
+from ffstream.offline.logistic import fit_logistic
 from ffstream.offline.probe import fit_ridge
 from ffstream.offline.score import read_csv
 from tests.media import write_labels, write_video
@@ -41,7 +42,8 @@ def test_probe_json_on_two_seeds_of_the_clip(tiny, capsys):
     out = capsys.readouterr().out
     assert code == 0
     result = json.loads(out)
-    assert set(result) == {"layers", "all", "pixels", "n_train", "n_test", "num_classes"}
+    assert set(result) == {"layers", "all", "pixels", "n_train", "n_test", "num_classes", "method"}
+    assert result["method"] == "logistic"  # the in-process video study's probe, by default
     assert set(result["layers"]) == {"1", "2"}
     assert result["n_train"] == 300 and result["n_test"] == 200 and result["num_classes"] == 4
     for acc in [*result["layers"].values(), result["all"], result["pixels"]]:
@@ -93,6 +95,29 @@ def test_ridge_probe_reads_labels_written_in_the_features():
     x = torch.cat([x, torch.randn(200, 6, generator=gen, dtype=torch.float64)], dim=1)  # 6 columns of pure noise
     probe = fit_ridge(x[:150], y[:150], 4)
     assert (probe.predict(x[150:]) == y[150:]).all()
+
+
+def test_probe_method_ridge_is_kept_and_a_bad_method_is_refused(tiny, capsys):
+    code = main(["probe", "--checkpoint-dir", str(tiny / "ck"), "--train", "synthetic:200:seed=1", "--test", "synthetic:100:seed=2",
+                 "--no-pixels", "--method", "ridge", "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "ridge"
+    with pytest.raises(SystemExit) as exc:
+        main(["probe", "--checkpoint-dir", str(tiny / "ck"), "--train", "x", "--test", "y", "--method", "svm"])
+    assert exc.value.code == 2
+
+
+def test_logistic_probe_reads_a_class_that_least_squares_masks():
+    """Three classes in a row along one feature, the middle one the rarest (ESL's "masking"): least squares onto one-hot
+    gives the middle class a flat score under the others', so ridge never names it; logistic regression separates all."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.multinomial(torch.tensor([0.4, 0.2, 0.4]), 600, replacement=True, generator=gen)
+    x = torch.stack([y.float() - 1 + 0.05 * torch.randn(600, generator=gen), torch.randn(600, generator=gen)], dim=1)
+    logistic = fit_logistic(x[:400], y[:400], 3)
+    acc_logistic = float((logistic.predict(x[400:]) == y[400:]).float().mean())
+    acc_ridge = float((fit_ridge(x[:400], y[:400], 3).predict(x[400:]) == y[400:]).float().mean())
+    assert acc_logistic > 0.98 and acc_ridge < 0.9, (acc_logistic, acc_ridge)
+    assert torch.equal(fit_logistic(x[:400], y[:400], 3).weight, logistic.weight)  # zeros start: deterministic
 
 
 def test_ridge_probe_primal_and_dual_forms_agree_and_are_deterministic():

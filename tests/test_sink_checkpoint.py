@@ -92,3 +92,25 @@ def test_a_head_for_other_layer_widths_is_not_used(zmq_context, socket, tmp_path
         send(feeder, wider)
         eventually(lambda: other.readout is not None, what="the second sink to build a head")
         assert other.evaluated == ROWS  # the old head's counts were dropped with it
+
+
+def test_an_online_probe_sink_saves_its_head_folded_and_resumes_it_exactly(zmq_context, socket, tmp_path):
+    """Unsupervised streams (online_probe): the saved head reads raw features (its statistics folded in, for `ffstream
+    eval` and hard negatives), and a restarted sink predicts as the first one would have."""
+    rng = np.random.default_rng(2)
+    first, feeder = start_sink(zmq_context, socket, tmp_path, online_probe=True)
+    batches = 20
+    with running(first):
+        for seq in range(batches):
+            send(feeder, batch(rng, seq)[0])
+        eventually(lambda: first.evaluated == batches * ROWS, timeout=60, what="the first sink to learn every batch")
+    msg, features, labels = batch(rng, batches)
+    x = torch.from_numpy(features)
+    expected = first.readout.predict(x)  # the live probe's prediction on standardised features
+    saved, _ = load_readout(tmp_path)
+    assert torch.equal(saved.predict(x), expected)  # the folded head, read on raw features, agrees
+    resumed, feeder = start_sink(zmq_context, socket, tmp_path, online_probe=True)
+    with running(resumed):
+        send(feeder, msg)
+        eventually(lambda: resumed.evaluated == (batches + 1) * ROWS, what="the resumed sink to score a batch")
+    assert resumed.correct - first.correct == int((expected == torch.from_numpy(labels)).sum()) >= 0.9 * ROWS

@@ -81,7 +81,7 @@ def pipeline_row(frames: int, test_frames: int, say: Callable[[str], None]) -> t
     out = json.loads(done.stdout)
     row = {"accuracy": out["all"], "fps": round(frames / wall, 1), "layers": out["layers"], "n_train": out["n_train"],
            "n_test": out["n_test"]}
-    return row, ("ffstream run --recipe video on synthetic:N:seed=0, then ffstream probe (ridge, every layer) fitted on "
+    return row, ("ffstream run --recipe video on synthetic:N:seed=0, then ffstream probe (logistic, as the rows above; every layer) fitted on "
                  "that clip, scored on synthetic:M:seed=1; frames/s: the whole run with start-up")
 
 

@@ -24,8 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-labels", metavar="FILE", help="--test's labels, likewise")
     parser.add_argument("--max-frames", type=int, help="use the first N frames of each source (datasets in file order)")
     parser.add_argument("--no-pixels", action="store_true", help="skip the raw-pixel probe (it costs min(frames, pixels)^3)")
+    parser.add_argument("--method", choices=("logistic", "ridge"), default="logistic",
+                        help="logistic (default): multinomial logistic regression by L-BFGS, as bench video's in-process rows; "
+                             "ridge: least squares onto one-hot labels, closed form (cheaper, weaker on pooled conv features)")
     parser.add_argument("--json", action="store_true",
-                        help='print one JSON object: {"layers": {"1": acc, ...}, "all": acc, "pixels": acc, "n_train": N, "n_test": N, "num_classes": K}')
+                        help='print one JSON object: {"layers": {"1": acc, ...}, "all": acc, "pixels": acc, "n_train": N, "n_test": N, '
+                             '"num_classes": K, "method": "logistic"}')
 
 
 def probe_command(args) -> int:
@@ -35,11 +39,13 @@ def probe_command(args) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise UserError(f"--max-frames must be a positive integer, got {args.max_frames}")
     result = probe_checkpoint(args.checkpoint_dir, args.train, args.test, train_labels=args.labels,
-                              test_labels=args.test_labels, max_frames=args.max_frames, pixels=not args.no_pixels)
+                              test_labels=args.test_labels, max_frames=args.max_frames, pixels=not args.no_pixels,
+                              method=args.method)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
-    print(f"linear probe (ridge, closed form) fitted on {result.n_train} frames of {args.train}, "
+    kind = "logistic regression, L-BFGS" if result.method == "logistic" else "ridge, closed form"
+    print(f"linear probe ({kind}) fitted on {result.n_train} frames of {args.train}, "
           f"scored on {result.n_test} frames of {args.test}, {result.num_classes} classes")
     for layer, acc in result.layers.items():
         print(f"  layer {layer}:     {100 * acc:6.2f} %")

@@ -28,21 +28,24 @@ from ffstream.supervisor import DATASET_PREFIXES, EXIT_USAGE, resolve_stream, ru
 
 PROBE_TRAIN_FRAMES, PROBE_TEST_FRAMES = 5000, 2000  # the closing probe's clips (a few seconds of features)
 VIDEO_RECIPE = "video"  # the recipe a recorded video runs with when no --recipe is given
+LIVE_RECIPE = "webcam-live"  # and a live source: a frame forwarded at once, learning on a schedule (latency first)
 LIVE_PREFIXES = ("webcam", "rtsp://", "rtsps://", "http://", "https://")
 
 def config_from_args(args) -> config.RunConfig:
     """Defaults < --recipe < --config < FFSTREAM_* < --set < the flags given (ffstream.config.loading).
 
     With no --recipe, a recorded video (the synthetic demo, a video file) starts from the `video` recipe instead of
-    the defaults, unless the settings given choose another model (see `takes_video_recipe`).
+    the defaults, and a live source from `webcam-live`, unless the settings given choose another model (see
+    `default_recipe`).
     """
     flags = {
         "stream": {"source": args.source, "max_frames": args.max_frames, "epochs": args.epochs, "seed": args.seed},
         "": {"checkpoint_dir": args.checkpoint_dir, "scores": args.scores, "device": args.device},
     }
     cfg = config.load(args.config, overrides=flags, recipe=args.recipe, sets=args.sets, check=False)
-    if args.recipe is None and takes_video_recipe(cfg, chosen_fields(args.config, args.sets)):
-        cfg = config.load(args.config, overrides=flags, base=recipes.read(VIDEO_RECIPE).data, sets=args.sets, check=False)
+    recipe = default_recipe(cfg, chosen_fields(args.config, args.sets)) if args.recipe is None else None
+    if recipe is not None:
+        cfg = config.load(args.config, overrides=flags, base=recipes.read(recipe).data, sets=args.sets, check=False)
     cfg.check()  # before the source is opened: a bad field is one line, whatever the source
     resolve_stream(cfg)
     cfg.check()
@@ -53,12 +56,14 @@ def config_from_args(args) -> config.RunConfig:
 MODEL_CHOICES = frozenset({"model.layers", "model.recurrent", "model.competition", "sleep.negatives", "stream.pairs", "stream.task"})
 
 
-def takes_video_recipe(cfg: config.RunConfig, chosen: set[str]) -> bool:
-    """Whether a run given no recipe starts from the `video` recipe: a recorded video (not an image dataset; live
-    sources keep the defaults for now: SCFF with the webcam-live schedule is not measured), and none of the fields that
-    choose another model set by the user (MODEL_CHOICES). What is set wins either way."""
-    video = not cfg.stream.source.startswith(DATASET_PREFIXES + LIVE_PREFIXES)
-    return video and not (chosen & MODEL_CHOICES) and cfg.stream.task != "supervised"
+def default_recipe(cfg: config.RunConfig, chosen: set[str]) -> str | None:
+    """The recipe a run given none starts from: VIDEO_RECIPE for a recorded video, LIVE_RECIPE for a live source (a
+    webcam, RTSP or HTTP camera: the plain defaults batch 64 frames, which at 15 frames/s waits 4 s to fill); None for
+    an image dataset, a supervised task, or when the user set any field that chooses another model (MODEL_CHOICES).
+    What is set wins either way."""
+    if cfg.stream.task == "supervised" or chosen & MODEL_CHOICES or cfg.stream.source.startswith(DATASET_PREFIXES):
+        return None
+    return LIVE_RECIPE if cfg.stream.source.startswith(LIVE_PREFIXES) else VIDEO_RECIPE
 
 
 def run_command(args) -> int:

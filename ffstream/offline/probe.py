@@ -1,8 +1,9 @@
 """A linear probe on a frozen stack: what its features tell a linear classifier about the labels (`ffstream probe`).
 
 Features are each layer's readout features (`FFStack.readout_features`: the normalised activity, or a conv map
-pooled on a small grid), computed once on a train stream and once on a test stream. The probe is ridge regression
-onto one-hot targets, in closed form, so it is deterministic and needs no learning rate or epochs:
+pooled on a small grid), computed once on a train stream and once on a test stream. The probe is a multinomial
+logistic regression (offline/logistic.py, the in-process video study's probe) unless `method` is "ridge": ridge
+regression onto one-hot targets, in closed form, deterministic, with no learning rate or epochs:
 
     W = (XᵀX + λI)⁻¹ Xᵀ Y        X: (N, F) standardised features, Y: (N, K) centred one-hot labels
 
@@ -25,11 +26,13 @@ import torch
 from ffstream.ff import FFStack
 from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.evaluate import batched_features
+from ffstream.offline.logistic import LogisticProbe, fit_logistic
 from ffstream.offline.score import load_scoring_stack
 from ffstream.sources import Preprocess, SourceError, open_source
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # λ per unit of mean eigenvalue (the features' mean square, summed over rows)
 HOLDOUT = 0.2  # the share of the train stream, from its end, that picks λ
+METHODS = ("logistic", "ridge")  # probe_stack's `method`; on one pipeline checkpoint (30k shapes frames) 91.9 against 84.0 %
 
 
 @dataclass
@@ -40,10 +43,11 @@ class ProbeResult:
     n_train: int  # frames the probes were fitted on
     n_test: int  # frames they were scored on
     num_classes: int  # label range, the largest label of either stream + 1
+    method: str = "logistic"  # which probe (METHODS)
 
     def to_json(self) -> dict:
         return {"layers": self.layers, "all": self.all, "pixels": self.pixels, "n_train": self.n_train,
-                "n_test": self.n_test, "num_classes": self.num_classes}
+                "n_test": self.n_test, "num_classes": self.num_classes, "method": self.method}
 
 
 @dataclass
@@ -94,7 +98,7 @@ def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, ridges: tuple[float
     return probes
 
 
-def accuracy(probe: RidgeProbe, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(probe: RidgeProbe | LogisticProbe, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((probe.predict(x) == y).double().mean())
 
 
@@ -108,9 +112,13 @@ def layer_features(stack: FFStack, x: torch.Tensor, num_classes: int | None) -> 
 
 
 def probe_stack(stack: FFStack, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                input_classes: int | None = None, pixels: bool = True) -> ProbeResult:
+                input_classes: int | None = None, pixels: bool = True, method: str = "logistic") -> ProbeResult:
     """train, test: (float32 (N, C, H, W) frames, int64 (N,) labels). input_classes: the label slots a supervised
-    stack reads (filled with the neutral label), None for an unsupervised one. pixels: also probe the raw frames."""
+    stack reads (filled with the neutral label), None for an unsupervised one. pixels: also probe the raw frames.
+    method: "logistic" or "ridge" (METHODS)."""
+    if method not in METHODS:
+        raise ValueError(f"probe method must be one of {METHODS}, got {method!r}")
+    fit = fit_logistic if method == "logistic" else fit_ridge
     (x_train, y_train), (x_test, y_test) = ((torch.from_numpy(np.ascontiguousarray(x, np.float32)).flatten(1),
                                              torch.from_numpy(np.asarray(y, np.int64))) for x, y in (train, test))
     if x_train.shape[1] != stack.layers[0].cfg.in_features:
@@ -120,7 +128,7 @@ def probe_stack(stack: FFStack, train: tuple[np.ndarray, np.ndarray], test: tupl
     per_test = layer_features(stack, x_test, input_classes)
 
     def score(a: torch.Tensor, b: torch.Tensor) -> float:
-        return accuracy(fit_ridge(a, y_train, num_classes), b, y_test)
+        return accuracy(fit(a, y_train, num_classes), b, y_test)
 
     return ProbeResult(
         layers={str(i): score(a, b) for i, (a, b) in enumerate(zip(per_train, per_test), start=1)},
@@ -129,11 +137,13 @@ def probe_stack(stack: FFStack, train: tuple[np.ndarray, np.ndarray], test: tupl
         n_train=len(y_train),
         n_test=len(y_test),
         num_classes=num_classes,
+        method=method,
     )
 
 
 def probe_checkpoint(directory: str | os.PathLike, train_spec: str, test_spec: str, *, train_labels: str | None = None,
-                     test_labels: str | None = None, max_frames: int | None = None, pixels: bool = True) -> ProbeResult:
+                     test_labels: str | None = None, max_frames: int | None = None, pixels: bool = True,
+                     method: str = "logistic") -> ProbeResult:
     """The stack saved in `directory`, probed on the first `max_frames` frames of two labelled sources."""
     stack, meta, preprocess = load_scoring_stack(directory)
     if not isinstance(stack, FFStack):  # its layers also take the state from above: a plain forward pass would be wrong
@@ -141,7 +151,7 @@ def probe_checkpoint(directory: str | os.PathLike, train_spec: str, test_spec: s
     input_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
     train = labelled_frames(train_spec, preprocess, train_labels, max_frames)
     test = labelled_frames(test_spec, preprocess, test_labels, max_frames)
-    return probe_stack(stack, train, test, input_classes, pixels=pixels)
+    return probe_stack(stack, train, test, input_classes, pixels=pixels, method=method)
 
 
 def labelled_frames(spec: str, preprocess: Preprocess, labels: str | None = None, max_frames: int | None = None

@@ -148,6 +148,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             readout_layers=readout_layers(len(cfg.model.layers), stream.supervised),
             num_classes=stream.num_classes,
             readout_lr=cfg.model.readout_lr,
+            online_probe=not stream.supervised,  # a probe of unsupervised layers: standardised features, replay (online_probe.py)
             scores_path=cfg.scores,
             features_addr=topo.bind(topo.features) if topo.features else None,
             novelty=NoveltyMeter(cfg.novelty.window, cfg.novelty.warmup, cfg.novelty.threshold, cfg.novelty.alert_frames, cfg.model.variant),

@@ -23,6 +23,7 @@ from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.base import Worker, write_json_atomic
 from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.novelty import Alert, NoveltyMeter
+from ffstream.workers.online_probe import OnlineProbe
 from ffstream.workers.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
@@ -45,6 +46,7 @@ class SinkWorker(Worker):
         readout_layers: list[int],  # 0-based layers whose normalised activity feeds the head or probe
         num_classes: int | None = None,  # None: an unlabelled stream, no accuracy
         readout_lr: float = 1e-3,  # Adam learning rate of the softmax head / probe
+        online_probe: bool = False,  # unsupervised layers: the probe standardises its features and learns from replay (OnlineProbe)
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
         features_addr: str | None = None,  # PUB, bound: every learned frame's normalised activity, in order; None: off
         novelty: NoveltyMeter | None = None,  # scores each learned frame's goodness per layer on the recent ones; None: off
@@ -65,6 +67,7 @@ class SinkWorker(Worker):
         self.readout_layers = readout_layers
         self.num_classes = num_classes
         self.readout_lr = readout_lr
+        self.online_probe = online_probe
         self.scores_path = scores_path
         self.features_addr = features_addr
         self.features = None  # the PUB socket, made in setup
@@ -78,13 +81,13 @@ class SinkWorker(Worker):
         self._last_checkpoint = time.monotonic()
         # A head loaded from checkpoint_dir, held until the first eval batch shows that it fits this stack
         # (the same layer widths), with the widths it was trained on; None when there was none or it did not fit.
-        self._saved_head: tuple[LinearReadout, list[int]] | None = None
+        self._saved_head: tuple[LinearReadout, list[int], dict | None] | None = None  # (head, widths, an OnlineProbe's statistics)
         self._blocks: list[int] | None = None  # the layer widths of the activity the head reads
         self.max_frames = max_frames
         self.exit_on_end = exit_on_end
         self.seed = seed
         self.eval_step = eval_step
-        self.readout: LinearReadout | None = None
+        self.readout: LinearReadout | OnlineProbe | None = None  # OnlineProbe on unsupervised streams
         self.frames = 0
         self.evaluated = 0
         self.correct = 0
@@ -196,7 +199,7 @@ class SinkWorker(Worker):
             self.dropped["bad_snapshot_request"] += request is not None and request.kind != "snapshot_request"
             reply = wire.Message("control", np.zeros(0, np.float32), stream=self.name, extra={"command": "empty"})
         else:
-            flat, layout = wire.pack_tensors({k: v.detach().numpy() for k, v in self.readout.state_dict().items()})
+            flat, layout = wire.pack_tensors({k: v.detach().numpy() for k, v in self._linear().state_dict().items()})
             reply = wire.Message("snapshot", flat, stream=self.name, extra={"tensors": layout, "layers": self.readout_layers})
         send(self.snapshot.sock, reply, lambda: self.stopping, timeout_ms=1000)
 
@@ -303,14 +306,14 @@ class SinkWorker(Worker):
         blocks = state.get("blocks")
         if isinstance(blocks, list):
             try:
-                readout, layers = load_readout(self.checkpoint_dir)
+                readout, layers, scaler = load_readout(self.checkpoint_dir, with_scaler=True)
             except CheckpointError as exc:
                 self.log.warning("not resuming the head: %s", exc)
                 return
             if layers != self.readout_layers or readout.linear.out_features != self.num_classes:
                 self.log.warning("the head in %s does not fit this readout; starting afresh", self.checkpoint_dir)
                 return
-            self._saved_head = (readout, blocks)
+            self._saved_head = (readout, blocks, scaler)
         for key in ("frames", "evaluated", "correct", "counted_upto", "scored_upto", "barrier"):
             value = state.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
@@ -318,12 +321,18 @@ class SinkWorker(Worker):
         self.pass_id = state.get(PASS_KEY) if isinstance(state.get(PASS_KEY), str) else None
         self.log.info("resumed the sink from %s: %d frames, %d evaluated", self.checkpoint_dir, self.frames, self.evaluated)
 
-    def _head_for(self, in_features: int, blocks: list[int]) -> LinearReadout:
+    def _head_for(self, in_features: int, blocks: list[int]) -> LinearReadout | OnlineProbe:
         """The saved head if it was trained on activity of these layer widths, else a new one."""
-        head = LinearReadout(in_features, self.num_classes, lr=self.readout_lr, seed=self.seed)
+        if self.online_probe:
+            head = OnlineProbe(in_features, self.num_classes, lr=self.readout_lr, seed=self.seed)
+        else:
+            head = LinearReadout(in_features, self.num_classes, lr=self.readout_lr, seed=self.seed)
         saved, self._saved_head = self._saved_head, None
         if saved is not None and saved[1] == blocks and saved[0].linear.in_features == in_features:
-            head.load_state_dict(saved[0].state_dict())  # the weights; Adam's moments start again
+            if isinstance(head, OnlineProbe):  # the folded head, unfolded by its statistics (none saved: mean 0, variance 1)
+                head.unfold(saved[0], saved[2] or {"scaler.mean": torch.zeros(in_features), "scaler.var": torch.ones(in_features)})
+            else:
+                head.load_state_dict(saved[0].state_dict())  # the weights; Adam's moments start again
             self.log.info("using the saved head (%d features)", in_features)
         elif saved is not None:
             self.log.warning("the saved head was trained on layers of widths %s, this stack has %s: a new head", saved[1], blocks)
@@ -336,13 +345,18 @@ class SinkWorker(Worker):
         self._last_checkpoint = time.monotonic()
         blocks = self._blocks
         if self.readout is not None:
-            save_readout(self.checkpoint_dir, self.readout, self.readout_layers, self.num_classes)
+            scaler = self.readout.scaler_state() if isinstance(self.readout, OnlineProbe) else None
+            save_readout(self.checkpoint_dir, self._linear(), self.readout_layers, self.num_classes, scaler)
         elif self._saved_head is not None:
             blocks = self._saved_head[1]  # not used yet this run: the saved head stays, and stays described
         state = {"readout_layers": self.readout_layers, "num_classes": self.num_classes, "blocks": blocks,
                  "frames": self.frames, "evaluated": self.evaluated, "correct": self.correct,
                  PASS_KEY: self.pass_id, "counted_upto": self.counted_upto, "scored_upto": self.scored_upto, "barrier": self.barrier}
         write_json_atomic(Path(self.checkpoint_dir) / SINK_STATE, state)
+
+    def _linear(self) -> LinearReadout:
+        """The head as a LinearReadout on raw features (an OnlineProbe folds its statistics in)."""
+        return self.readout.folded() if isinstance(self.readout, OnlineProbe) else self.readout
 
     def on_close(self) -> None:
         for proc in self._alert_commands:  # give a running on_alert command a moment, then leave it be

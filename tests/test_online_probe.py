@@ -1,0 +1,66 @@
+"""The sink's online probe on unsupervised streams (workers/online_probe.py): standardised features, replay, folding."""
+
+from __future__ import annotations
+
+import torch
+
+from ffstream.ff import LinearReadout
+from ffstream.offline.readout_store import load_readout, save_readout
+from ffstream.workers.online_probe import OnlineProbe
+
+
+def video_like_stream(frames: int = 6000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features as pooled conv maps give them: far from zero, varying little (mean 1.2, class signal 0.1), in runs of
+    20-40 frames of one class, as the shapes clip shows its objects. (frames, 16) float, (frames,) labels in 0..3."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = []
+    while len(labels) < frames:
+        labels += [int(torch.randint(0, 4, (1,), generator=gen))] * int(torch.randint(20, 41, (1,), generator=gen))
+    y = torch.tensor(labels[:frames])
+    centres = 0.1 * torch.randn(4, 16, generator=gen)
+    x = 1.2 + centres[y] + 0.05 * torch.randn(frames, 16, generator=gen)
+    return x, y
+
+
+def progressive(head, x: torch.Tensor, y: torch.Tensor, batch: int = 16) -> float:
+    """Predict, then learn, batch by batch in stream order, as the sink does: the share predicted right."""
+    right = 0
+    for s in range(0, len(x), batch):
+        right += int((head.predict(x[s : s + batch]) == y[s : s + batch]).sum())
+        head.learn(x[s : s + batch], y[s : s + batch])
+    return right / len(x)
+
+
+def test_online_probe_learns_an_in_order_stream_that_the_plain_head_does_not():
+    x, y = video_like_stream()
+    plain = progressive(LinearReadout(16, 4, lr=3e-3), x, y)
+    probe = progressive(OnlineProbe(16, 4, lr=3e-3), x, y)
+    assert probe > 0.8 and probe > plain + 0.2, (probe, plain)
+
+
+def test_the_folded_head_reads_raw_features_as_the_probe_does_and_unfolds_exactly(tmp_path):
+    x, y = video_like_stream(2000)
+    probe = OnlineProbe(16, 4)
+    progressive(probe, x, y)
+    folded = probe.folded()
+    scaled = (x - probe.mean) / (probe.var.sqrt() + 1e-6)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), probe.head(scaled), atol=1e-4)
+    save_readout(tmp_path, folded, [0, 1], 4, probe.scaler_state())
+    readout, layers = load_readout(tmp_path)  # a reader that knows nothing of the statistics gets the folded head
+    assert layers == [0, 1] and torch.equal(readout.linear.weight, folded.linear.weight)
+    _, _, scaler = load_readout(tmp_path, with_scaler=True)
+    resumed = OnlineProbe(16, 4, seed=5)
+    resumed.unfold(readout, scaler)
+    with torch.no_grad():
+        assert torch.allclose(resumed.head(scaled), probe.head(scaled), atol=1e-4)
+    assert torch.equal(resumed.predict(x), probe.predict(x))
+
+
+def test_online_probe_does_not_change_the_features_it_is_given():
+    x, y = video_like_stream(64)
+    before = x.clone()
+    probe = OnlineProbe(16, 4)
+    probe.predict(x)
+    probe.learn(x, y)
+    assert torch.equal(x, before)
