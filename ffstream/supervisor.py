@@ -27,6 +27,9 @@ from ffstream.workers.build import thread_budget
 log = logging.getLogger("ffstream.run")
 
 SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
+# The source stops first, alone: a file stream takes a stop barrier and waits up to 10 s for the sink's
+# acknowledgement (workers/source.py STOP_ACK_WAIT_S) while the rest of the stack still runs to carry it.
+SOURCE_STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before a restart, by crashes in the window: the first at once, repeats slower
 END_DEADLINE_S = 30.0  # after the source ended: how long the sink may go without progress before the run fails
 WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
@@ -324,21 +327,24 @@ class Supervisor:
     def stop(self) -> dict[str, int | None]:
         """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
         self._stop_spare()  # first: a spare still importing torch must not take CPU from the workers' shutdown
+        # The source first: its stop barrier (exactly-once) needs the layers and the sink still running.
+        self._terminate([c for c in self.children.values() if c.name == "source" and c.running()], time.monotonic() + SOURCE_STOP_GRACE_S,
+                        SOURCE_STOP_GRACE_S)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         # The monitor goes last, so that every worker's final metrics still reach its clients.
-        workers = [c for c in self.children.values() if c.name != "monitor"]
+        workers = [c for c in self.children.values() if c.name not in ("monitor", "source")]
         self._terminate([c for c in workers if c.running()], deadline)
         self._terminate([c for c in self.children.values() if c.name == "monitor" and c.running()], deadline)
         return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
 
-    def _terminate(self, alive: list[Child], deadline: float) -> None:
+    def _terminate(self, alive: list[Child], deadline: float, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         for child in alive:
             child.process.send_signal(signal.SIGTERM)
         for child in alive:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %.0f s; killing it", child.name, SHUTDOWN_GRACE_S)
+                log.error("%s did not stop within %.0f s; killing it", child.name, grace_s)
                 child.process.kill()
                 child.process.wait()
 
@@ -430,6 +436,8 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "fps": s.get("fps"),
                 "staleness": s.get("staleness_mean"),
                 "dropped": s.get("dropped"),
+                "replayed_rows": s.get("replayed_rows"),  # exactly-once: rows forwarded without learning, learned before
+                "gap_rows": s.get("gap_rows"),  # exactly-once: rows forwarded without learning, an earlier batch missing
                 "rows_with_feedback": s.get("rows_with_feedback"),  # recurrent runs: rows that heard the layer above
                 "feedback_lag": s.get("feedback_lag"),
                 "busy_s": s.get("busy_s"),  # seconds per phase of the worker's loop (wait, recv, forward, learn, send, ...)
