@@ -19,6 +19,7 @@ from ffstream import config
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import security
 from ffstream.workers import lifeline, malloc
+from ffstream.workers.base import EXIT_GAVE_UP, GaveUp
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
@@ -43,7 +44,11 @@ def worker_command(args) -> int:
     worker.handle_signals()
     if os.environ.get("FFSTREAM_HEAP_LOG_S"):  # diagnostics: the heap's figures in this worker's log, every N seconds
         malloc.log_heap_every(float(os.environ["FFSTREAM_HEAP_LOG_S"]), lambda: repr(worker))
-    worker.run()
+    try:
+        worker.run()
+    except GaveUp as exc:
+        print(f"ffstream worker {args.kind}: error: {exc}", file=sys.stderr)  # the supervisor passes this line on
+        return EXIT_GAVE_UP
     return 0
 
 

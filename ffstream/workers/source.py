@@ -14,7 +14,7 @@ from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
 from ffstream.sources.preprocess import SuccessorPairs
-from ffstream.workers.base import Worker
+from ffstream.workers.base import GaveUp, Worker
 from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.workers.stats import Rate
@@ -442,8 +442,8 @@ class SourceWorker(Worker):
         """The stream has run out; its final barrier waits for the acknowledgement: sent again now and then, bounded."""
         now = time.monotonic()
         if now - self._end_started > self.end_ack_deadline_s:
-            self.log.error("the end of the stream was not acknowledged within %.0f s; giving up", self.end_ack_deadline_s)
-            raise SystemExit(1)
+            raise GaveUp(f"the end of the stream (barrier {self._final[0]}) was not acknowledged within {self.end_ack_deadline_s:.0f} s; "
+                         f"giving up (a resumed run replays from batch {self.committed.batches})")
         if now - self._final[1] > FINAL_BARRIER_RESEND_S:
             self.log.warning("no acknowledgement of the final barrier %d after %.0f s; sending it again", self._final[0], FINAL_BARRIER_RESEND_S)
             self._barrier(final=True)
@@ -474,6 +474,7 @@ class SourceWorker(Worker):
             resume_timeouts=self.resume_timeouts,
             bad_messages=self.dropped["control"] + (sum(self.control.rejected.values()) if getattr(self, "control", None) else 0),
             ended=self.ended,
+            stream_sent=self._final is not None,  # exactly-once: the stream ran out; its final barrier awaits the acknowledgement
             resumed_from=self.resumed_from,
             exactly_once=self.exactly_once,
             barriers=self.barriers,
