@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -36,9 +35,8 @@ def worker_command(args) -> int:
     torch.set_num_threads(thread_budget(cfg))
     worker = build_worker(args.kind, cfg, index=args.index, final_stats_dir=args.stats_dir)
     if cfg.security.curve_dir:
-        own = Path(cfg.security.curve_dir) / f"{worker.kind}.key_secret"  # per-role pairs; else the configured one
-        client = worker.kind if own.exists() else cfg.security.curve_client
-        security.enable(worker.context, cfg.security.curve_dir, client, role=worker.kind)
+        # its role's pair (one per role: the shared "worker" pair of old key directories is refused in one line)
+        security.enable(worker.context, cfg.security.curve_dir, cfg.security.curve_client or worker.kind, role=worker.kind)
     elif cfg.security.allow_plaintext:
         security.allow_plaintext(worker.context)  # else a non-loopback tcp bind is refused in one line
     worker.handle_signals()
