@@ -206,7 +206,8 @@ class Supervisor:
                lifeline.PARENT_ENV: str(os.getpid())}  # workers without prctl watch for this pid to go
         # The config's variables are in run.json already; the thread budget and the heap diagnostics are not config.
         # FFSTREAM_LEARN_LOG_DIR: the per-worker learning logs that check exactly-once delivery (workers/delivery.py).
-        kept = ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S", "FFSTREAM_LEARN_LOG_DIR", lifeline.PARENT_ENV)
+        # FFSTREAM_HEARTBEATS=off: benchmarks measuring what heartbeats cost (net/transport.py).
+        kept = ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S", "FFSTREAM_LEARN_LOG_DIR", "FFSTREAM_HEARTBEATS", lifeline.PARENT_ENV)
         self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k not in kept)}
         for kind, index in specs:
             name = f"layer{index}" if kind == "layer" else kind
