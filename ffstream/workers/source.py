@@ -122,6 +122,7 @@ class SourceWorker(Worker):
         self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
         self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
         self.barriers = self.acks = self.rewinds = 0
+        self._streaming = False  # set at the first step: setup (the start-up handshakes) is over
         self._stop_requested: float | None = None  # exactly-once: when a stop came (monotonic); the stop barrier is then taken
         self._stop_barrier: int | None = None  # its id, once sent
         self.stop_barrier_acked: bool | None = None  # whether it was acknowledged complete (committed); None: none taken
@@ -202,12 +203,13 @@ class SourceWorker(Worker):
     def stop(self) -> None:
         """Exactly-once, mid-stream: the first stop takes a stop barrier (step ends the loop once it is acknowledged,
         or after STOP_ACK_WAIT_S); a second stop, or any other stream, stops at once."""
-        if self.exactly_once and not self.ended and self._stop_requested is None and not self.finished:
+        if self.exactly_once and self._streaming and not self.ended and self._stop_requested is None and not self.finished:
             self._stop_requested = time.monotonic()
             return
-        super().stop()
+        super().stop()  # before the first step (waiting for peers at start-up) too: nothing sent, nothing to commit
 
     def step(self) -> None:
+        self._streaming = True
         if self._stop_requested is not None:
             self._stop_with_barrier()
             return
