@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     throughput.add_argument("--frames", type=_positive, default=5000, help="frames for each frames/s run (default 5000)")
     throughput.add_argument("--memory-seconds", type=float, default=600.0, help="length of the memory run, seconds (default 600)")
     throughput.add_argument("--memory-only", action="store_true", help="run only the memory part (layer-worker RSS over --memory-seconds)")
+    throughput.add_argument("--delivery-overhead", action="store_true",
+                            help="run only the pipeline, with barriers and heartbeats on and off in turn (--pairs times): their cost")
+    throughput.add_argument("--pairs", type=_positive, default=2, help="with --delivery-overhead: on/off pairs of runs (default 2)")
     throughput.add_argument("--memory-every", type=float, default=10.0, help="seconds between RSS samples of the memory part's series (default 10)")
     throughput.add_argument("--latency-frames", type=_positive, default=600, help="frames of the 30 frames/s latency run (default 600)")
     throughput.add_argument("--latency-learn-every-rows", type=int,  # default: bench.throughput's, read there (it imports torch)

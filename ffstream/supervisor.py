@@ -22,11 +22,15 @@ from ffstream.net import wire
 from ffstream.net.transport import make_socket
 from ffstream.sources import Preprocess, check_live, open_source
 from ffstream.workers import lifeline
+from ffstream.workers.base import EXIT_GAVE_UP
 from ffstream.workers.build import thread_budget
 
 log = logging.getLogger("ffstream.run")
 
 SHUTDOWN_GRACE_S = 10.0  # SIGTERM, then this long to checkpoint and exit, then SIGKILL
+# The source stops first, alone: a file stream takes a stop barrier and waits up to 10 s for the sink's
+# acknowledgement (workers/source.py STOP_ACK_WAIT_S) while the rest of the stack still runs to carry it.
+SOURCE_STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before a restart, by crashes in the window: the first at once, repeats slower
 END_DEADLINE_S = 30.0  # after the source ended: how long the sink may go without progress before the run fails
 WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
@@ -38,6 +42,7 @@ SPARE_DELAY_S = 5.0
 
 
 EXIT_USAGE = 2  # a worker's exit code for bad input (a missing device, a bad config): restarting cannot fix it
+# EXIT_GAVE_UP (4, workers/base.py): a worker gave up on something a restart cannot mend; the run ends in one line.
 BLOCKED_AFTER_S = 5.0  # a worker unheard this long (five metrics intervals) has its loop stopped: blocked or hung
 
 
@@ -106,9 +111,10 @@ class StallWatch:
 class RunFailed(Exception):
     """The run cannot go on; the message says which worker and why."""
 
-    def __init__(self, message: str, exit_code: int = 1):  # exit_code: what `ffstream run` exits with
+    def __init__(self, message: str, exit_code: int = 1, one_line: bool = False):  # exit_code: what `ffstream run` exits with
         super().__init__(message)
         self.exit_code = exit_code
+        self.one_line = one_line  # the message says it all: `ffstream run` prints it alone, no table
 
 
 @dataclass
@@ -147,7 +153,7 @@ class Child:
         for line in reversed(self.tail(20).splitlines()):
             if ": error: " in line:
                 return line.split(": error: ", 1)[1]
-        return f"exited with code {EXIT_USAGE} (see {self.log_path})"
+        return f"exited with code {self.exit_codes[-1] if self.exit_codes else '?'} (see {self.log_path})"
 
     def tail(self, lines: int = 5) -> str:
         try:
@@ -200,7 +206,8 @@ class Supervisor:
                lifeline.PARENT_ENV: str(os.getpid())}  # workers without prctl watch for this pid to go
         # The config's variables are in run.json already; the thread budget and the heap diagnostics are not config.
         # FFSTREAM_LEARN_LOG_DIR: the per-worker learning logs that check exactly-once delivery (workers/delivery.py).
-        kept = ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S", "FFSTREAM_LEARN_LOG_DIR", lifeline.PARENT_ENV)
+        # FFSTREAM_HEARTBEATS=off: benchmarks measuring what heartbeats cost (net/transport.py).
+        kept = ("FFSTREAM_THREADS", "FFSTREAM_HEAP_LOG_S", "FFSTREAM_LEARN_LOG_DIR", "FFSTREAM_HEARTBEATS", lifeline.PARENT_ENV)
         self.env = {k: v for k, v in env.items() if not (k.startswith("FFSTREAM_") and k not in kept)}
         for kind, index in specs:
             name = f"layer{index}" if kind == "layer" else kind
@@ -283,6 +290,8 @@ class Supervisor:
                 continue
             if code == EXIT_USAGE:  # a usage or input error: restarting cannot fix it; pass on its one line
                 raise RunFailed(f"{child.name}: {child.error_line()}", exit_code=EXIT_USAGE)
+            if code == EXIT_GAVE_UP:  # it gave up on what a restart cannot mend: no restart, the run ends with its line
+                raise RunFailed(f"{child.name}: {child.error_line()} (see {child.log_path})", one_line=True)
             child.crashes = [t for t in child.crashes if now - t < self.restart_window_s] + [now]
             if len(child.crashes) > self.restart_budget:
                 raise RunFailed(f"{child.name} crashed {len(child.crashes)} times within {self.restart_window_s:.0f} s "
@@ -308,10 +317,14 @@ class Supervisor:
     def _check_end_deadline(self, now: float) -> None:
         """Once the source has sent everything, the sink must keep moving or finish: a lost end marker, or a worker
         stuck for good, ends the run with one line instead of a wait without end."""
-        if self.source_ended_at is None and self.latest.get("source", {}).get("ended"):
-            self.source_ended_at = now  # a source that stays up after its end marker says so in its metrics
+        source = self.latest.get("source", {})
+        if self.source_ended_at is None and (source.get("ended") or source.get("stream_sent")):
+            # a source that stays up after its end marker says so in its metrics; under exactly-once it says so as soon
+            # as the stream has run out and its final barrier awaits the acknowledgement
+            self.source_ended_at = now
         sink = self.latest.get("sink", {})
-        counters = (sink.get("pid"), sink.get("frames"), sink.get("evaluated"), sink.get("ended"))  # a new pid: a restart
+        # a new pid: a restart; barriers and replays: a rewind being replayed (neither counted as frames)
+        counters = (sink.get("pid"), sink.get("frames"), sink.get("evaluated"), sink.get("ended"), sink.get("barrier"), sink.get("replayed"))
         if counters != self.sink_progress[0]:
             self.sink_progress = (counters, now)
         if self.source_ended_at is None:
@@ -319,11 +332,17 @@ class Supervisor:
         quiet = now - max(self.source_ended_at, self.sink_progress[1])
         if quiet > self.end_deadline_s:
             raise RunFailed(f"the source ended and the sink has not finished nor moved for {quiet:.0f} s; giving up "
-                            f"(see {self.run_dir / 'logs' / 'sink.log'})")
+                            f"(see {self.run_dir / 'logs' / 'sink.log'})", one_line=True)
 
-    def stop(self) -> dict[str, int | None]:
-        """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace."""
+    def stop(self, source_first: bool = True) -> dict[str, int | None]:
+        """SIGTERM every worker still running (each drains and checkpoints), SIGKILL what outlives the grace.
+
+        source_first: the source stops alone first, so that its stop barrier (exactly-once) is carried and acknowledged
+        by the rest of the stack; False (a failed run, whose stack may not carry it) stops them all together."""
         self._stop_spare()  # first: a spare still importing torch must not take CPU from the workers' shutdown
+        if source_first:
+            self._terminate([c for c in self.children.values() if c.name == "source" and c.running()],
+                            time.monotonic() + SOURCE_STOP_GRACE_S, SOURCE_STOP_GRACE_S)
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         # The monitor goes last, so that every worker's final metrics still reach its clients.
         workers = [c for c in self.children.values() if c.name != "monitor"]
@@ -331,14 +350,14 @@ class Supervisor:
         self._terminate([c for c in self.children.values() if c.name == "monitor" and c.running()], deadline)
         return {c.name: (c.process.returncode if c.process else (c.exit_codes[-1] if c.exit_codes else None)) for c in self.children.values()}
 
-    def _terminate(self, alive: list[Child], deadline: float) -> None:
+    def _terminate(self, alive: list[Child], deadline: float, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         for child in alive:
             child.process.send_signal(signal.SIGTERM)
         for child in alive:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("%s did not stop within %.0f s; killing it", child.name, SHUTDOWN_GRACE_S)
+                log.error("%s did not stop within %.0f s; killing it", child.name, grace_s)
                 child.process.kill()
                 child.process.wait()
 
@@ -430,6 +449,8 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
                 "fps": s.get("fps"),
                 "staleness": s.get("staleness_mean"),
                 "dropped": s.get("dropped"),
+                "replayed_rows": s.get("replayed_rows"),  # exactly-once: rows forwarded without learning, learned before
+                "gap_rows": s.get("gap_rows"),  # exactly-once: rows forwarded without learning, an earlier batch missing
                 "rows_with_feedback": s.get("rows_with_feedback"),  # recurrent runs: rows that heard the layer above
                 "feedback_lag": s.get("feedback_lag"),
                 "busy_s": s.get("busy_s"),  # seconds per phase of the worker's loop (wait, recv, forward, learn, send, ...)
@@ -468,7 +489,7 @@ def run_stack(cfg: RunConfig, on_metrics=None, run_dir: str | None = None, on_st
     except RunFailed as exc:
         failure = exc
     finally:
-        exit_codes = supervisor.stop()
+        exit_codes = supervisor.stop(source_first=failure is None)
     summary = summarise(cfg, supervisor.final_stats(), time.time() - started, exit_codes)
     summary["interrupted"] = supervisor.interrupted
     return summary, supervisor, failure

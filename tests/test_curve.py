@@ -202,6 +202,46 @@ def test_secret_keys_readable_by_others_are_refused_in_one_line(tmp_path, zmq_co
     security.release(zmq_context)
 
 
+def test_the_shared_worker_key_is_admitted_nowhere_and_refused_as_a_workers_own(tmp_path, zmq_context):
+    """A key directory made before roles still holds worker.key: no bound socket admits it, and no worker may use it."""
+    keys = tmp_path / "keys"
+    security.generate(keys, clients=(*security.ROLES, security.SHARED_WORKER))
+    curve = security.enable(zmq_context, keys, client="layer", role="layer")
+    key = lambda name: zmq.auth.load_certificate(keys / f"{name}.key")[0]  # noqa: E731 - its public key, z85
+    assert curve.callback("data", key("source")) and curve.callback("data", key("sleep"))
+    for domain in ("data", "metrics-in", "metrics-out"):
+        assert not curve.callback(domain, key(security.SHARED_WORKER)), domain
+    assert not curve.callback("data", key("viewer")) and curve.refused == 4
+    security.release(zmq_context)
+    with pytest.raises(security.KeyFileError) as info:
+        security.enable(zmq_context, keys, client=security.SHARED_WORKER)
+    assert "\n" not in str(info.value) and "no longer used" in str(info.value)
+    # A real worker process given it: one line, exit 2, before any socket.
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"security": {"curve_dir": "%s", "curve_client": "worker"}}' % keys)
+    out = subprocess.run([sys.executable, "-m", "ffstream", "worker", "sink", "--config", str(cfg)], capture_output=True, text=True,
+                         env=env(), cwd=ROOT, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("ffstream worker: error: the shared 'worker' key pair"), out.stderr[-2000:]
+
+
+def test_a_process_that_binds_nothing_needs_no_server_secret(tmp_path, zmq_context):
+    """What the sleep worker's pod gets (deploy/k8s): the public keys and its own secret; a bind would need the server's."""
+    keys, mounted = tmp_path / "keys", tmp_path / "sleep-pod"
+    security.generate(keys)
+    mounted.mkdir()
+    for path in [*keys.glob("*.key"), keys / "sleep.key_secret"]:
+        shutil.copy2(path, mounted / path.name)
+    security.enable(zmq_context, mounted, client="sleep")
+    sock = make_socket(zmq_context, zmq.PUSH, connect="tcp://layer1:5711")  # a CURVE client: the server's public key is enough
+    assert sock.getsockopt(zmq.MECHANISM) == zmq.CURVE
+    sock.close(linger=0)
+    with pytest.raises(security.KeyFileError, match="server.key_secret"):
+        make_socket(zmq_context, zmq.PULL, bind="tcp://*:0")
+    security.release(zmq_context)
+    with pytest.raises(security.KeyFileError, match=r"no key pair for 'layer' .*layer.key_secret missing"):
+        security.enable(zmq_context, mounted, client="layer")
+
+
 def close_peers(sockets, contexts) -> None:
     """Close the test's own peer sockets, then release each peer context's CURVE and terminate it."""
     for sock in sockets:

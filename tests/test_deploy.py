@@ -344,6 +344,7 @@ def test_kubernetes_manifests_validate(overlay, tmp_path):
             assert any(kind == "Service" and name.endswith(worker) for kind, name in kinds), worker
     assert any(kind == "Secret" for kind, _ in kinds) and any(kind == "ConfigMap" for kind, _ in kinds)
     workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    assert_each_pod_holds_only_its_roles_secret(docs, workloads)
     for w in workloads:
         c = w["spec"]["template"]["spec"]["containers"][0]
         assert c["livenessProbe"]["exec"]["command"][:2] == ["ffstream", "check"], w["metadata"]["name"]
@@ -352,6 +353,22 @@ def test_kubernetes_manifests_validate(overlay, tmp_path):
         gpus = c["resources"]["limits"].get("nvidia.com/gpu")
         is_layer = w["metadata"]["name"].rstrip("0123456789").endswith("layer")
         assert (gpus is not None) == (overlay == "overlays/gpu" and is_layer), (overlay, w["metadata"]["name"], gpus)
+
+
+def assert_each_pod_holds_only_its_roles_secret(docs: list[dict], workloads: list[dict]) -> None:
+    """Per-role CURVE keys: every pod mounts all public keys, its own role's secret, the server's if it binds, and no
+    other secret; no Secret holds the shared "worker" pair."""
+    secrets = {d["metadata"]["name"]: set(d["data"]) for d in docs if d["kind"] == "Secret"}
+    assert not any(name.startswith("worker.") for files in secrets.values() for name in files), secrets
+    public = {f"{role}.key" for role in ("server", *security.ROLES)}
+    for w in workloads:
+        name = w["metadata"]["name"]
+        role = name.rstrip("0123456789")
+        volume = next(v for v in w["spec"]["template"]["spec"]["volumes"] if v["name"] == "curve")
+        files = set().union(*(secrets[src["secret"]["name"]] for src in volume["projected"]["sources"]))
+        wanted = public | {f"{role}.key_secret"} | ({"viewer.key_secret"} if role == "monitor" else set())
+        wanted |= set() if role == "sleep" else {"server.key_secret"}  # the sleep worker binds nothing
+        assert files == wanted, (name, sorted(files ^ wanted))
 
 
 def test_bind_host_turns_bound_addresses_into_wildcards():

@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from ffstream.config import ConfigError, RunConfig
 from ffstream.net import wire
 from ffstream.supervisor import Child, RunFailed, Supervisor, check_header_fits
+from ffstream.workers.base import EXIT_GAVE_UP
 from tests.processes import env, monitored_run
+from tests.rig import unique
 
 
 def test_a_batch_whose_trace_cannot_fit_in_a_header_is_refused_in_one_line():
@@ -147,3 +150,93 @@ def test_the_run_fails_in_one_line_when_the_sink_stops_moving_after_the_source_e
     with pytest.raises(RunFailed) as info:
         sup._check_end_deadline(now + 10.0)
     assert "\n" not in str(info.value) and "the sink has not finished" in str(info.value)
+
+
+def test_a_worker_that_gives_up_ends_the_run_with_its_line_and_is_not_restarted(tmp_path):
+    sup = Supervisor(RunConfig(), str(tmp_path))
+    sup.env = env()
+    sup.spare_due = None
+    line = "ffstream worker source: error: the end of the stream (barrier 9) was not acknowledged within 300 s; giving up"
+    argv = [sys.executable, "-c", f"import sys; print({line!r}, file=sys.stderr); raise SystemExit({EXIT_GAVE_UP})"]
+    child = sup.children["source"] = Child("source", argv, tmp_path / "source.log")
+    child.start(sup.env)
+    child.process.wait(30)
+    with pytest.raises(RunFailed) as info:
+        sup._check_children()
+    message = str(info.value)
+    assert info.value.one_line and info.value.exit_code != 0 and "\n" not in message
+    assert message.startswith("source: the end of the stream (barrier 9) was not acknowledged") and str(child.log_path) in message
+    assert child.restarts == 0 and child.restart_at is None
+
+
+def test_an_exactly_once_source_whose_end_is_never_acknowledged_gives_up(tmp_path, zmq_context):
+    """A layer 1 that takes the frames but never a sink to acknowledge: the final barrier goes again, then GaveUp."""
+    from ffstream.sources import Preprocess, SyntheticSource
+    from ffstream.workers.base import GaveUp
+    from ffstream.workers.source import SourceWorker
+
+    out, control = unique("layer1"), unique("control")
+    layer1 = zmq_context.socket(zmq.PULL)
+    layer1.setsockopt(zmq.LINGER, 0)
+    layer1.bind(out)
+    source = SourceWorker(SyntheticSource(Preprocess(), 64, seed=1), out, None, batch=16, position_path=str(tmp_path / "source.json"),
+                          control_addr=control, barrier_every=2, end_ack_deadline_s=1.0, eval_every=0, context=zmq_context)
+    assert source.exactly_once
+    started = time.monotonic()
+    with pytest.raises(GaveUp, match=r"not acknowledged within 1 s; giving up \(a resumed run replays from batch 0\)"):
+        source.run()
+    assert time.monotonic() - started < 15
+    kinds = []
+    while layer1.poll(100):
+        kinds.append(wire.decode(layer1.recv_multipart()).kind)
+    layer1.close()
+    assert kinds.count("frames") == 4 and kinds.count("barrier") >= 3  # two barriers on the way, then the final one
+    assert source.metrics()["stream_sent"] and not source.ended
+
+
+def test_an_exactly_once_run_whose_sink_freezes_at_the_end_fails_in_one_line_without_restarting(tmp_path):
+    """SIGSTOP of the sink early in a short, slow stream (16 s): the rest of it and the final barrier fit in the queues, the source's
+    end is never acknowledged; the supervisor's end deadline (30 s) ends the run in one line, non-zero, nothing restarted."""
+    with monitored_run(tmp_path, "--source", "synthetic:320", "--checkpoint-dir", str(tmp_path / "ck"), "--set", "model.layers=32,32",
+                       "--set", "stream.batch=32", "--set", "stream.barrier_every=2", "--set", "stream.rate_fps=20") as (proc, sub):
+        sink = _await(proc, sub, "sink", lambda m: (m.get("frames") or 0) >= 32)
+        os.kill(sink["pid"], signal.SIGSTOP)
+        try:
+            _await(proc, sub, "source", lambda m: m.get("stream_sent"))
+            sent_at = time.monotonic()
+            out, err = proc.communicate(timeout=90)
+        finally:
+            os.kill(sink["pid"], signal.SIGCONT) if _alive(sink["pid"]) else None
+    took = time.monotonic() - sent_at
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode not in (0, None), err[-2000:]
+    assert lines[-1].startswith("ffstream run: error: the source ended and the sink has not finished nor moved for"), lines[-3:]
+    assert "restarting" not in err, err[-2000:]
+    assert took < 30 + 25, f"the run took {took:.0f} s to give up after the stream was sent"  # the deadline, then the shutdown grace
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _await(proc, sub, worker: str, wanted, timeout_s: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while True:
+        assert proc.poll() is None, f"the run ended before {worker} got there: {seen} {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"{worker} did not get there within {timeout_s:.0f} s"
+        if not sub.poll(200):
+            continue
+        try:
+            msg = wire.decode(sub.recv_multipart(), max_payload=0)
+        except wire.WireError:
+            continue
+        figures = msg.extra.get("metrics", {})
+        if msg.stream == worker:
+            seen = figures
+        if msg.stream == worker and wanted(figures):
+            return figures

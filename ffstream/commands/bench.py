@@ -50,6 +50,12 @@ def bench_command(args) -> int:
         from ffstream.bench.throughput import LATENCY_LEARN_EVERY_ROWS, throughput_benchmark
         from ffstream.bench.throughput import format_result as format_throughput
 
+        if args.delivery_overhead:
+            from ffstream.bench.overhead import delivery_overhead, format_overhead
+
+            result = delivery_overhead(args.layers, args.batch, args.frames, args.pairs)
+            print(json.dumps(result) if args.json else format_overhead(result), flush=True)
+            return 0
         if args.memory_only:
             from ffstream.bench.throughput import format_memory, memory_benchmark
 

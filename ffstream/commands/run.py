@@ -117,6 +117,10 @@ def run_command(args) -> int:
         print(f"ffstream run: error: {failure}", file=sys.stderr)
         supervisor.cleanup()
         return EXIT_USAGE
+    if failure is not None and failure.one_line:
+        # a give-up (the end of the stream never acknowledged): its line names the log to read, kept for it
+        print(f"ffstream run: error: {failure}", file=sys.stderr)
+        return failure.exit_code
     if failure is None and probe_specs and not summary.get("interrupted"):
         summary["probe"] = closing_probe(cfg.checkpoint_dir, *probe_specs)
     print_summary(console, summary)

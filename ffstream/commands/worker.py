@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import torch
 
@@ -19,6 +18,7 @@ from ffstream import config
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import security
 from ffstream.workers import lifeline, malloc
+from ffstream.workers.base import EXIT_GAVE_UP, GaveUp
 from ffstream.workers.build import KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
@@ -35,15 +35,18 @@ def worker_command(args) -> int:
     torch.set_num_threads(thread_budget(cfg))
     worker = build_worker(args.kind, cfg, index=args.index, final_stats_dir=args.stats_dir)
     if cfg.security.curve_dir:
-        own = Path(cfg.security.curve_dir) / f"{worker.kind}.key_secret"  # per-role pairs; else the configured one
-        client = worker.kind if own.exists() else cfg.security.curve_client
-        security.enable(worker.context, cfg.security.curve_dir, client, role=worker.kind)
+        # its role's pair (one per role: the shared "worker" pair of old key directories is refused in one line)
+        security.enable(worker.context, cfg.security.curve_dir, cfg.security.curve_client or worker.kind, role=worker.kind)
     elif cfg.security.allow_plaintext:
         security.allow_plaintext(worker.context)  # else a non-loopback tcp bind is refused in one line
     worker.handle_signals()
     if os.environ.get("FFSTREAM_HEAP_LOG_S"):  # diagnostics: the heap's figures in this worker's log, every N seconds
         malloc.log_heap_every(float(os.environ["FFSTREAM_HEAP_LOG_S"]), lambda: repr(worker))
-    worker.run()
+    try:
+        worker.run()
+    except GaveUp as exc:
+        print(f"ffstream worker {args.kind}: error: {exc}", file=sys.stderr)  # the supervisor passes this line on
+        return EXIT_GAVE_UP
     return 0
 
 

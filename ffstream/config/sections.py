@@ -263,7 +263,7 @@ class SecurityConfig:
     """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
 
     curve_dir: str | None = None  # keys from `ffstream keys generate DIR`; None: no CURVE
-    curve_client: str = "worker"  # this process's client key pair, DIR/<name>.key_secret
+    curve_client: str | None = None  # a worker's client key pair, DIR/<name>.key_secret; None: its role's (source, layer, sleep, sink, monitor)
     # Bind non-loopback tcp without CURVE anyway (default False: such a bind is refused in one line, since anyone who
     # reaches the port could send frames, negatives or `end`). Only for a network no one else is on, such as
     # docker-compose's private network on one host (FFSTREAM_SECURITY_ALLOW_PLAINTEXT=true).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,6 +26,9 @@ MAX_MESSAGE = {
 HEARTBEAT_IVL_MS = 2000
 HEARTBEAT_TIMEOUT_MS = 10_000
 HEARTBEAT_TTL_MS = 10_000  # how long the peer waits for our next PING before dropping us
+# Benchmarks only (`ffstream bench throughput --delivery-overhead`): FFSTREAM_HEARTBEATS=off leaves ZMTP heartbeats and
+# TCP keepalive unset, to measure what they cost. Never for a run: a partition then goes unnoticed for hours.
+HEARTBEATS_ENV = "FFSTREAM_HEARTBEATS"
 # TCP keepalive underneath, for the NAT and firewall tables in between: probe after 30 s idle, every 10 s, 3 tries.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTVL_S, KEEPALIVE_CNT = 30, 10, 3
 # A deadline on every blocking send or receive: ffstream sends with NOBLOCK and receives after a poll, so this
@@ -58,13 +62,14 @@ def make_socket(
     sock.setsockopt(zmq.MAXMSGSIZE, max_message if max_message is not None else MAX_MESSAGE[purpose])
     sock.setsockopt(zmq.SNDTIMEO, BLOCKING_TIMEOUT_MS)
     sock.setsockopt(zmq.RCVTIMEO, BLOCKING_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
+    if os.environ.get(HEARTBEATS_ENV, "on") != "off":
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
     try:
         security.secure(ctx, sock, bind, connect)  # CURVE, when enabled for ctx and the address is not loopback
         if bind:

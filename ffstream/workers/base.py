@@ -31,6 +31,13 @@ METRICS_FLUSH_MS = 500
 # At start, the longest a worker waits for the peer its data output connects to (a worker downstream still
 # importing torch and warming up; see await_peers). Past it, the worker starts anyway, as it would without.
 PEER_WAIT_S = 30.0
+# A worker's exit code when it gave up on something a restart cannot mend (the end of a stream that is never
+# acknowledged): `ffstream run` then ends the run in one line instead of restarting it.
+EXIT_GAVE_UP = 4
+
+
+class GaveUp(Exception):
+    """Raised from a worker's loop: it cannot go on, and a restart would only do the same again. The message is the line."""
 
 
 class Worker:

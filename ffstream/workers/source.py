@@ -14,7 +14,7 @@ from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
 from ffstream.sources.preprocess import SuccessorPairs
-from ffstream.workers.base import Worker
+from ffstream.workers.base import GaveUp, Worker
 from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.workers.stats import Rate
@@ -28,6 +28,9 @@ IN_FLIGHT_BATCHES = 6
 # long (a worker restarted and lost it), and the source gives up, exiting non-zero, after END_ACK_DEADLINE_S.
 FINAL_BARRIER_RESEND_S = 10.0
 END_ACK_DEADLINE_S = 300.0
+# Exactly-once: on SIGTERM or SIGINT the source stops reading and sends a last barrier; it waits this long for the sink's
+# acknowledgement, so that the position it commits is where it stopped and a resumed run replays nothing.
+STOP_ACK_WAIT_S = 10.0
 MAX_OUTSTANDING_BARRIERS = 1000  # barriers sent and not yet acknowledged that the source remembers (a dead sink)
 
 
@@ -119,6 +122,10 @@ class SourceWorker(Worker):
         self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
         self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
         self.barriers = self.acks = self.rewinds = 0
+        self._streaming = False  # set at the first step: setup (the start-up handshakes) is over
+        self._stop_requested: float | None = None  # exactly-once: when a stop came (monotonic); the stop barrier is then taken
+        self._stop_barrier: int | None = None  # its id, once sent
+        self.stop_barrier_acked: bool | None = None  # whether it was acknowledged complete (committed); None: none taken
         if self.positions is not None:
             self._resume()
         if self.exactly_once and self.pass_id is None:
@@ -193,7 +200,19 @@ class SourceWorker(Worker):
             self.subscribers += 1 if event[:1] == b"\x01" else -1
             timeout_ms = 0
 
+    def stop(self) -> None:
+        """Exactly-once, mid-stream: the first stop takes a stop barrier (step ends the loop once it is acknowledged,
+        or after STOP_ACK_WAIT_S); a second stop, or any other stream, stops at once."""
+        if self.exactly_once and self._streaming and not self.ended and self._stop_requested is None and not self.finished:
+            self._stop_requested = time.monotonic()
+            return
+        super().stop()  # before the first step (waiting for peers at start-up) too: nothing sent, nothing to commit
+
     def step(self) -> None:
+        self._streaming = True
+        if self._stop_requested is not None:
+            self._stop_with_barrier()
+            return
         if self.exactly_once and not self.ended:
             self._take_acks(POLL_MS if self._final is not None else 0)
             if self._final is not None:
@@ -272,7 +291,7 @@ class SourceWorker(Worker):
         """Phased sleep: the wake phase is over; wait (bounded) while the network sleeps on it."""
         self.pauses += 1
         deadline = time.monotonic() + RESUME_TIMEOUT_S
-        while not self.stopping and time.monotonic() < deadline:
+        while not self.stopping and self._stop_requested is None and time.monotonic() < deadline:
             msg = self.control.recv(POLL_MS)
             if msg is not None and msg.kind == "control" and msg.extra.get("command") == "resume":
                 return
@@ -280,7 +299,7 @@ class SourceWorker(Worker):
                 self._on_ack(msg)
                 continue
             self.dropped["control"] += msg is not None  # a valid message, but not a resume
-        if not self.stopping:
+        if not self.stopping and self._stop_requested is None:
             self.resume_timeouts += 1
             self.log.warning("no resume from the sleep worker within %.0f s; waking anyway", RESUME_TIMEOUT_S)
 
@@ -331,13 +350,15 @@ class SourceWorker(Worker):
             self.positions.save(SavedPosition(self.source.position, self.frames, self.batches, ended=True))
 
     # exactly-once: barriers, acknowledgements, commits and rewinds --------------------------------------------------
-    def _barrier(self, final: bool = False) -> None:
-        """A barrier after the batches sent so far: every worker checkpoints at it, the sink acknowledges it."""
+    def _barrier(self, final: bool = False, deadline_s: float | None = None) -> None:
+        """A barrier after the batches sent so far: every worker checkpoints at it, the sink acknowledges it.
+        deadline_s: the longest the send may wait for room (the stop barrier); None: as long as backpressure lasts."""
         self.barrier_id += 1
         self.barriers += 1
         msg = wire.Message("barrier", np.zeros(0, np.float32), seq=self.batches - 1,
                            extra={"barrier": self.barrier_id, PASS_KEY: self.pass_id, "final": final})
-        if not send(self.output, msg, lambda: self.stopping):
+        timeout_ms = None if deadline_s is None else int(deadline_s * 1000)
+        if not send(self.output, msg, lambda: self.stopping, timeout_ms=timeout_ms):
             return  # stopping: the committed position stands, and a restart resumes there
         if len(self._outstanding) >= MAX_OUTSTANDING_BARRIERS:
             self._outstanding.pop(min(self._outstanding))
@@ -373,6 +394,8 @@ class SourceWorker(Worker):
             self.positions.save(saved)
             if saved.ended:
                 self._end()
+        elif self._stop_requested is not None:
+            self._outstanding.pop(barrier, None)  # stopping: no rewind; the last commit stands (_stop_with_barrier)
         elif barrier > self._rewound_after:
             self._rewind(barrier)
 
@@ -389,12 +412,40 @@ class SourceWorker(Worker):
         self._final = None
         self.rewinds += 1
 
+    def _stop_with_barrier(self) -> None:
+        """Ctrl-C of a file stream: no more frames; a barrier after the last batch sent, and its acknowledgement awaited
+        (bounded), so that the committed position is exactly where the stream stopped. Without it (a dead sink, a
+        worker that lost batches) the last acknowledged barrier stands, and a resumed run replays from there."""
+        waited = time.monotonic() - self._stop_requested
+        if self._stop_barrier is None and self._final is None:
+            if self.batches > self.committed.batches and waited < STOP_ACK_WAIT_S:
+                self._barrier(deadline_s=STOP_ACK_WAIT_S - waited)
+                self._stop_barrier = self.barrier_id if self.barrier_id in self._outstanding else None
+            if self._stop_barrier is None:  # nothing sent since the last commit, or the barrier could not be sent
+                self.stop_barrier_acked = self.batches == self.committed.batches
+                self.finished = True
+                return
+            self.log.info("stopping: barrier %d after batch %d; waiting up to %.0f s for its acknowledgement", self._stop_barrier,
+                          self.batches - 1, STOP_ACK_WAIT_S)
+        wanted = self._stop_barrier if self._stop_barrier is not None else self._final[0]
+        self._take_acks(POLL_MS)
+        if self.committed.barrier >= wanted:
+            self.stop_barrier_acked = True
+            self.finished = True
+            self.log.info("stopped at batch %d, committed", self.committed.batches)
+        elif wanted not in self._outstanding or waited > STOP_ACK_WAIT_S:
+            # came back incomplete (a rewind was not taken: we are stopping), or never came
+            self.stop_barrier_acked = False
+            self.finished = True
+            self.log.warning("the stop barrier %d was not acknowledged complete; a resumed run replays from batch %d",
+                             wanted, self.committed.batches)
+
     def _await_final(self) -> None:
         """The stream has run out; its final barrier waits for the acknowledgement: sent again now and then, bounded."""
         now = time.monotonic()
         if now - self._end_started > self.end_ack_deadline_s:
-            self.log.error("the end of the stream was not acknowledged within %.0f s; giving up", self.end_ack_deadline_s)
-            raise SystemExit(1)
+            raise GaveUp(f"the end of the stream (barrier {self._final[0]}) was not acknowledged within {self.end_ack_deadline_s:.0f} s; "
+                         f"giving up (a resumed run replays from batch {self.committed.batches})")
         if now - self._final[1] > FINAL_BARRIER_RESEND_S:
             self.log.warning("no acknowledgement of the final barrier %d after %.0f s; sending it again", self._final[0], FINAL_BARRIER_RESEND_S)
             self._barrier(final=True)
@@ -425,11 +476,13 @@ class SourceWorker(Worker):
             resume_timeouts=self.resume_timeouts,
             bad_messages=self.dropped["control"] + (sum(self.control.rejected.values()) if getattr(self, "control", None) else 0),
             ended=self.ended,
+            stream_sent=self._final is not None,  # exactly-once: the stream ran out; its final barrier awaits the acknowledgement
             resumed_from=self.resumed_from,
             exactly_once=self.exactly_once,
             barriers=self.barriers,
             acks=self.acks,
             rewinds=self.rewinds,
+            stop_barrier_acked=self.stop_barrier_acked,
             committed_batches=self.committed.batches if self.committed else None,
         )
         return m
