@@ -266,7 +266,7 @@ class SourceWorker(Worker):
         if self.source.live:
             try_send(self.publisher, msg)
         else:
-            send(self.publisher, msg, lambda: self.stopping)
+            send(self.publisher, msg, self.waiting)
 
     def _await_resume(self) -> None:
         """Phased sleep: the wake phase is over; wait (bounded) while the network sleeps on it."""
@@ -314,7 +314,7 @@ class SourceWorker(Worker):
         if self.source.live:
             if not try_send(self.output, msg):
                 self.send_drops += len(msg.array)  # the pipeline is busy: the newest frame wins
-        elif not send(self.output, msg, lambda: self.stopping):
+        elif not send(self.output, msg, self.waiting):
             self.send_drops += len(msg.array)
 
     def _end(self) -> None:
@@ -337,7 +337,7 @@ class SourceWorker(Worker):
         self.barriers += 1
         msg = wire.Message("barrier", np.zeros(0, np.float32), seq=self.batches - 1,
                            extra={"barrier": self.barrier_id, PASS_KEY: self.pass_id, "final": final})
-        if not send(self.output, msg, lambda: self.stopping):
+        if not send(self.output, msg, self.waiting):
             return  # stopping: the committed position stands, and a restart resumes there
         if len(self._outstanding) >= MAX_OUTSTANDING_BARRIERS:
             self._outstanding.pop(min(self._outstanding))
