@@ -336,7 +336,7 @@ def test_a_file_source_held_by_backpressure_still_beats_and_reports(zmq_context,
         eventually(lambda: health.check_file(tmp_path / "source.json", max_age_s=0.6, need_connected=False)[0], what="a heartbeat")
         for _ in range(2):  # the first second fills the sockets' queues; over the second the source is held
             held, since = worker.frames, beat()
-            eventually(lambda: beat() > since + 1.0, timeout=10, what="the heartbeat to go on while the source is held")
+            eventually(lambda since=since: beat() > since + 1.0, timeout=10, what="the heartbeat to go on while the source is held")
         assert worker.frames == held < 10_000, "the source was not held by backpressure: the test proves nothing"
         assert health.check_file(tmp_path / "source.json", max_age_s=0.6, need_connected=False)[0]
 

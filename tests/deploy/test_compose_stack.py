@@ -4,11 +4,11 @@
 
 It builds the image without a registry (deploy/compose-test-image.sh), brings the stack up on a mounted video
 file with every layer's learning log in a mounted folder, reads /metrics and `ffstream monitor` from the host over
-127.0.0.1 with CURVE, then hurts it: kill -9 of every worker kind's process in turn (Docker restarts each),
-`docker-compose restart` of a layer, and layer 3 cut off the network for PARTITION_S. The stream must still end by
-the compose file's rule (the sink exits 0 and stays down), and every layer must have learned every batch of it
-exactly once (the learning logs). Then `down` and `up` resume every layer from the checkpoint volume. Skips with
-one line where Docker cannot be had; fails where our stack misbehaves.
+127.0.0.1 with CURVE, then hurts it: kill -9 of layer 2's process, then of every worker kind's at once (Docker
+restarts each), `docker-compose restart` of a layer, and layer 3 cut off the network for PARTITION_S. The rest of
+the stream then goes unpaced; it must end by the compose file's rule (the sink exits 0 and stays down), and every
+layer must have learned every batch of it exactly once (the learning logs). Then `down` and `up` resume every layer
+from the checkpoint volume. Skips with one line where Docker cannot be had; fails where our stack misbehaves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ IMAGE = os.environ.get("FFSTREAM_IMAGE", "ffstream:cpu")
 IMAGE_UID = 10001  # the Dockerfile's user and group
 SERVICES = ("monitor", "sink", "layer4", "layer3", "layer2", "layer1", "sleep", "source")
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
-VICTIMS = ("layer1", "layer2", "layer3", "layer4", "sink", "sleep", "source", "monitor")  # kill -9, in this order
+KILLS = (("layer2",), ("source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"))  # kill -9, together
 CLIP_FRAMES = 300  # frames in the generated file
 EPOCHS = 200  # passes over it: 60,000 frames, ...
 RATE_FPS = 100  # ... paced to 600 s, so that every fault lands mid-stream; the rest then goes at full speed
@@ -46,7 +47,8 @@ TOTAL = CLIP_FRAMES * EPOCHS
 HEALTHY_S = 420  # `up` to every service healthy: a deadline against a hang; the target (90 s) is measured and printed,
 # since on a 2-core machine shared with other work (load averages of 30-80 seen) eight torch imports take minutes
 RECOVERY_S = 10  # issue 21's target: a killed worker back (container restarted) and learning again, ...
-LEARNING_AGAIN_S = 180  # ... which is measured and printed; only past this does a slow one fail (torch's import on a loaded box)
+LEARNING_AGAIN_S = 300  # ... which is measured and printed; only past this does a slow one fail (torch's import on a
+# loaded box: 130-170 s seen at load averages of 45-60 on 2 cores)
 PARTITION_S = 30  # layer 3 off the network
 END_S = 600  # the rest of the stream at full speed, with its replays
 STAYS_DOWN_S = 10  # after the end, the sink must not be restarted within this long
@@ -91,28 +93,49 @@ WORKING = {
 }
 
 
-def kill_and_recover(stack: ComposeProject, metrics: Metrics, victim: str) -> dict:
-    """kill -9 of the victim's process from the host; Docker restarts the container. Returns the seconds from the
-    kill to the container restarted, to the new worker's own first sign of work, and to layer 4 learning again after
-    it (the stream as a whole), each measured on the host's clock from the metrics the monitor relays."""
-    restarts = stack.inspect(victim)["RestartCount"]
+def born(at: float, m: dict) -> float:
+    """When the worker that sent `m` (heard at host time `at`) started, on the host's clock. A container's worker is
+    always pid 1, so this is what tells one life from the next."""
+    return at - m["uptime_s"]
+
+
+def kill_and_recover(stack: ComposeProject, metrics: Metrics, victims: tuple[str, ...]) -> dict:
+    """kill -9 of the victims' processes from the host, at once; Docker restarts their containers. Returns, per victim,
+    the seconds from the kill to its container restarted ("back") and to the new worker's own first sign of work
+    ("working"), and the seconds to layer 4 learning again after them all (the stream as a whole), on the host's
+    clock from the metrics the monitor relays."""
+    restarts = stack.restart_counts(victims)
     t_kill = time.monotonic()
-    stack.kill9(victim)
-    wait_until(f"{victim} restarted by Docker", lambda: stack.inspect(victim)["RestartCount"] > restarts, RECOVERY_S * 3)
-    back = time.monotonic() - t_kill
-    works = WORKING[victim.rstrip("0123456789")]
+    for victim in victims:
+        stack.kill9(victim)
+    took: dict = {v: {} for v in victims}
 
-    def new_life():  # the restarted worker's first working report: (its start, that report's time)
-        return next(((at - m["uptime_s"], at) for at, m in metrics.since(t_kill, victim) if m["uptime_s"] < at - t_kill and works(m)), None)
-    started, working = wait_until(f"{victim} working again after kill -9", new_life, LEARNING_AGAIN_S, lambda: stack.logs(victim))
+    def all_back():
+        now, counts = time.monotonic(), stack.restart_counts(victims)
+        for v in victims:
+            if "back" not in took[v] and counts[v] > restarts[v]:
+                took[v]["back"] = round(now - t_kill, 1)
+        return all("back" in t for t in took.values())
+    wait_until(f"{', '.join(victims)} restarted by Docker", all_back, RECOVERY_S * 3, lambda: str(took))
 
-    def layer4_learns():  # layer 4's updates grow past what they were when the new worker started, in one process
-        before = [m for at, m in metrics.since(t_kill - 60, "layer4") if at <= max(started, t_kill)]
-        base = before[-1] if before else {"pid": None, "updates": 0}
-        return next((at for at, m in metrics.since(max(started, t_kill), "layer4")
-                     if m["updates"] > (base["updates"] if m["pid"] == base["pid"] else 0)), None)
-    learning = wait_until(f"layer4 learning again after {victim}'s kill -9", layer4_learns, LEARNING_AGAIN_S, lambda: stack.logs("layer4"))
-    return {"back": round(back, 1), "working": round(working - t_kill, 1), "learning": round(max(learning, working) - t_kill, 1)}
+    def new_life(victim: str):  # the restarted worker's first working report: (its start, that report's time)
+        works = WORKING[victim.rstrip("0123456789")]
+        return next(((born(at, m), at) for at, m in metrics.since(t_kill, victim) if born(at, m) > t_kill and works(m)), None)
+    starts = {}
+    for victim in victims:
+        starts[victim], working = wait_until(f"{victim} working again after kill -9", partial(new_life, victim), LEARNING_AGAIN_S,
+                                             partial(stack.logs, victim))
+        took[victim]["working"] = round(working - t_kill, 1)
+
+    last_start = max(starts.values())
+    def layer4_learns():  # layer 4's updates grow past what they were when the last new worker started, in one life
+        before = [(at, m) for at, m in metrics.since(t_kill - 60, "layer4") if at <= last_start]
+        base_at, base = before[-1] if before else (0.0, {"uptime_s": 0.0, "updates": 0})
+        same_life = lambda at, m: abs(born(at, m) - born(base_at, base)) < 5
+        return next((at for at, m in metrics.since(last_start, "layer4") if m["updates"] > (base["updates"] if same_life(at, m) else 0)), None)
+    learning = wait_until("layer4 learning again after the kills", layer4_learns, LEARNING_AGAIN_S, lambda: stack.logs("layer4"))
+    took["layer4 learning again"] = round(max(learning, last_start) - t_kill, 1)
+    return took
 
 
 def learned_exactly_once(learn: Path) -> dict[str, str]:
@@ -201,19 +224,18 @@ def exercise(stack: ComposeProject, report: dict) -> None:
         assert all(line["auth_refused"] == 0 for line in lines), lines
         wait_until("the source under exactly-once", lambda: metrics.latest.get("source", {}).get("exactly_once"), 30, lambda: metrics.latest.get("source"))
 
-        # kill -9 of every worker kind, one after another, once the stream is well under way.
+        # kill -9 of one layer in the middle of the running pipeline, then of every worker kind at once (a host's
+        # crash); the host's metrics feed reconnects to the restarted monitor by itself.
         wait_until("three barriers' worth at the sink", lambda: metrics.frames().get("sink", 0) >= 3 * BARRIER_FRAMES, 300)
-        kills = report["kill -9 -> back / working / layer4 learning (s)"] = {}
-        for victim in VICTIMS:
-            kills[victim] = kill_and_recover(stack, metrics, victim)
-            if victim == "monitor":  # the host's feed reconnects by itself; the CLI over 127.0.0.1 too
-                metrics.latest.pop("monitor", None)
+        kills = report["kill -9 -> seconds to back (container restarted), working (its own report)"] = {}
+        for victims in KILLS:
+            kills[" + ".join(victims)] = kill_and_recover(stack, metrics, victims)
 
         # `docker-compose restart` of layer 4: SIGTERM (the worker checkpoints), then the same container again.
         t_restart = time.monotonic()
         stack.compose("restart", "layer4", timeout=120)
         wait_until("layer4 learning again after docker-compose restart", lambda: any(
-            m["uptime_s"] < at - t_restart and m.get("updates", 0) > 0 for at, m in metrics.since(t_restart, "layer4")),
+            born(at, m) > t_restart and m.get("updates", 0) > 0 for at, m in metrics.since(t_restart, "layer4")),
             LEARNING_AGAIN_S, lambda: stack.logs("layer4"))
         report["docker-compose restart -> learning again (s)"] = round(time.monotonic() - t_restart, 1)
 
@@ -224,8 +246,7 @@ def exercise(stack: ComposeProject, report: dict) -> None:
         during = metrics.latest["layer4"]
         stack.reconnect("layer3")
         t_back = time.monotonic()
-        wait_until("layer 4 learning again after the partition", lambda: any(
-            m["updates"] > (during["updates"] if m["pid"] == during["pid"] else 0) for _, m in metrics.since(t_back, "layer4")),
+        wait_until("layer 4 learning again after the partition", lambda: any(m["updates"] > during["updates"] for _, m in metrics.since(t_back, "layer4")),
             120, lambda: f"{metrics.frames()}\n{stack.logs('layer2')}\n{stack.logs('layer3')}")
         report["partition: layer4 updates during the cut"] = during["updates"] - before["updates"]
         report["partition: reconnect -> layer4 learning (s)"] = round(time.monotonic() - t_back, 1)
@@ -265,8 +286,8 @@ def exercise(stack: ComposeProject, report: dict) -> None:
     faults = learned_exactly_once(stack.learn)
     report["learned exactly once"] = faults or "every layer, every batch"
     assert not faults, faults
-    for victim, took in kills.items():
-        assert took["back"] <= RECOVERY_S, (victim, took)
+    for victims, took in kills.items():  # Docker's part of issue 21's target; the workers' start is measured, printed
+        assert all(t["back"] <= RECOVERY_S for v, t in took.items() if isinstance(t, dict)), (victims, took)
 
     # `down` (the checkpoint volume kept) then `up`: every layer resumes at the version it stopped at; the ended
     # stream stays ended (the source's saved position), so the sink sees the end again and exits 0 at once.

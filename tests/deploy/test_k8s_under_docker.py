@@ -71,7 +71,9 @@ def test_the_cpu_overlay_runs_under_docker_and_streams_to_its_end(tmp_path):
         state = lambda name: json.loads(docker("inspect", f"{prefix}{name}").stdout)[0]["State"]
         health = lambda name: state(name).get("Health", {}).get("Status", state(name)["Status"])
         unready = lambda: {p.name: health(p.name) for p in workloads if health(p.name) != "healthy" and not (p.name == "sink" and state("sink")["Status"] == "exited")}
-        logs = lambda name: (lambda o: (o.stdout + o.stderr)[-3000:])(docker("logs", "--tail", "30", f"{prefix}{name}", check=False))
+        def logs(name: str) -> str:
+            out = docker("logs", "--tail", "30", f"{prefix}{name}", check=False)
+            return (out.stdout + out.stderr)[-3000:]
         wait_until("every pod ready", lambda: not unready(), READY_S, lambda: f"{unready()}\n{logs('source')}")
         report["run to all ready (s)"] = round(time.monotonic() - t0, 1)
 
