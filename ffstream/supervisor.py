@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from ffstream.config import ConfigError, RunConfig
-from ffstream.net import wire
+from ffstream.net import security, wire
 from ffstream.net.transport import make_socket
 from ffstream.sources import Preprocess, check_live, open_source
 from ffstream.workers import lifeline
@@ -234,6 +234,9 @@ class Supervisor:
     def watch(self, on_metrics=None) -> None:
         """Until the sink has finished (or Ctrl-C): restart crashed workers and feed metrics to on_metrics."""
         ctx = zmq.Context()
+        if self.cfg.security.curve_dir:  # the workers' sockets are CURVE servers, loopback too: read as a viewer
+            viewer = Path(self.cfg.security.curve_dir) / "viewer.key_secret"
+            security.enable(ctx, self.cfg.security.curve_dir, "viewer" if viewer.exists() else self.cfg.security.curve_client or "monitor")
         sub = make_socket(ctx, zmq.SUB, connect=self.cfg.topology.monitor_publish, hwm=1000, purpose="monitor")
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -247,6 +250,7 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sub.close(linger=0)
+            security.release(ctx)
             ctx.term()
 
     def _interrupt(self, *_: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import stat
@@ -47,8 +48,46 @@ def test_keys_generate_writes_pairs_with_private_secrets(tmp_path):
     [("tcp://127.0.0.1:5710", True), ("tcp://localhost:1", True), ("tcp://[::1]:1", True), ("ipc:///tmp/x", True),
      ("tcp://*:5710", False), ("tcp://layer1:5710", False), ("tcp://10.0.0.7:5710", False)],
 )
-def test_curve_is_off_on_loopback(addr, loopback):
+def test_loopback_needs_no_curve_only_while_curve_is_off(addr, loopback):
     assert security.is_loopback(addr) is loopback
+
+
+def test_keys_mean_curve_on_loopback_too_so_the_monitor_cli_reaches_a_wildcard_bind_over_127(tmp_path):
+    """A monitor bound on every interface (a published Docker port) and `ffstream monitor` on the same host over
+    127.0.0.1: with keys both ends use CURVE, whatever the address (the client skipped it on loopback, the server
+    required it, and the handshake never completed)."""
+    keys = tmp_path / "keys"
+    security.generate(keys)
+    worker = MonitorWorker("tcp://0.0.0.0:*", "tcp://0.0.0.0:*", metrics_interval=0.2)
+    security.enable(worker.context, keys, client="monitor")
+    publisher = zmq.Context()
+    security.enable(publisher, keys, client="layer")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    pub = None
+    thread.start()
+    try:
+        eventually(lambda: hasattr(worker, "poller"), DEADLINE_S, "the monitor's setup")
+        assert worker.publish.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        port = lambda s: s.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+        pub = make_socket(publisher, zmq.PUB, connect=f"tcp://127.0.0.1:{port(worker.collect)}")
+        assert pub.getsockopt(zmq.MECHANISM) == zmq.CURVE  # loopback, and still CURVE
+        cli = subprocess.Popen([sys.executable, "-m", "ffstream", "monitor", "--json", "--count", "1", "--seconds", "60",
+                                "--connect", f"tcp://127.0.0.1:{port(worker.publish)}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**env(), "FFSTREAM_SECURITY_CURVE_DIR": str(keys)}, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while cli.poll() is None:  # until the viewer's line comes: publish every 0.1 s, for a subscriber that joins late
+            assert time.monotonic() < deadline, "no metrics reached `ffstream monitor` over 127.0.0.1"
+            pub.send_multipart(metrics("layer9"))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                cli.wait(0.1)
+        out, err = cli.communicate(timeout=10)
+        assert cli.returncode == 0 and out.strip(), err[-2000:]
+        assert {json.loads(line)["worker"] for line in out.splitlines()} <= {"layer9", "monitor"}
+        assert worker.metrics()["auth_refused"] == 0
+    finally:
+        worker.stop()
+        close_peers([pub] if pub is not None else [], [publisher])
+        thread.join(10)
 
 
 def test_plain_sockets_without_keys(zmq_context):
@@ -70,7 +109,7 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
 
     # A real worker: the monitor binds its XSUB and XPUB, so both are CURVE servers behind the authenticator.
     worker = MonitorWorker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", metrics_interval=0.2)
-    curve = security.enable(worker.context, keys, client="monitor", loopback=True)
+    curve = security.enable(worker.context, keys, client="monitor")
     thread = threading.Thread(target=worker.run, daemon=True)
     contexts = {name: zmq.Context() for name in ("viewer", "good", "bad")}
     sockets = []
@@ -82,9 +121,9 @@ def test_authorised_peer_gets_through_and_unknown_key_is_refused(tmp_path, caplo
         publish = worker.publish.getsockopt_string(zmq.LAST_ENDPOINT)
         assert worker.collect.getsockopt(zmq.MECHANISM) == zmq.CURVE
 
-        security.enable(contexts["viewer"], keys, client="viewer", loopback=True)
-        security.enable(contexts["good"], keys, client="layer", loopback=True)
-        security.enable(contexts["bad"], rogue, client="layer", loopback=True)
+        security.enable(contexts["viewer"], keys, client="viewer")
+        security.enable(contexts["good"], keys, client="layer")
+        security.enable(contexts["bad"], rogue, client="layer")
         sub = make_socket(contexts["viewer"], zmq.SUB, connect=publish)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         good = make_socket(contexts["good"], zmq.PUB, connect=collect)
@@ -124,7 +163,7 @@ def test_a_silent_curve_client_never_blocks_the_receiver(tmp_path):
     sockets = []
     try:
         for role, ctx in contexts.items():
-            security.enable(ctx, tmp_path, client=role, loopback=True)
+            security.enable(ctx, tmp_path, client=role)
         pull = make_socket(contexts["source"], zmq.PULL, bind="tcp://127.0.0.1:*", purpose="control")
         push = make_socket(contexts["sink"], zmq.PUSH, connect=pull.getsockopt_string(zmq.LAST_ENDPOINT), purpose="control")
         sockets += [pull, push]
@@ -169,7 +208,7 @@ def test_a_viewer_key_sending_frames_to_a_layer_is_refused_and_counted(tmp_path,
             port = worker.input.sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
             pushes = {}
             for role, ctx in peers.items():
-                security.enable(ctx, keys, client=role, loopback=True)
+                security.enable(ctx, keys, client=role)
                 pushes[role] = make_socket(ctx, zmq.PUSH, connect=f"tcp://127.0.0.1:{port}")
                 sockets.append(pushes[role])
 

@@ -318,6 +318,29 @@ def test_live_source_without_consumer_drops_and_counts_never_blocks(tmp_path):
     assert source.closed
 
 
+def test_a_file_source_held_by_backpressure_still_beats_and_reports(zmq_context, socket, tmp_path):
+    """A file source waits as long as the layer below is away (its container restarting, a partition) and must stay
+    alive meanwhile: its heartbeat fresh for a liveness probe (`ffstream check --live`) and its metrics flowing. It
+    used to wait inside the send and go stale after 30 s; Kubernetes' 60 s liveness probe would then have killed it."""
+    from ffstream.monitor import health
+
+    addr = unique("src-out")
+    consumer = socket(zmq.PULL)
+    consumer.setsockopt(zmq.RCVHWM, 1)
+    consumer.bind(addr)  # and never read: the layer below is stuck
+    worker = SourceWorker(CountingSource(10_000, num_classes=3), addr, None, batch=8, context=zmq_context,
+                          metrics_interval=0.2, health_path=str(tmp_path / "source.json"))
+    beat = lambda: json.loads((tmp_path / "source.json").read_text())["time"]
+    with running(worker):
+        eventually(lambda: worker.frames > 0, what="the first batches")
+        eventually(lambda: health.check_file(tmp_path / "source.json", max_age_s=0.6, need_connected=False)[0], what="a heartbeat")
+        for _ in range(2):  # the first second fills the sockets' queues; over the second the source is held
+            held, since = worker.frames, beat()
+            eventually(lambda since=since: beat() > since + 1.0, timeout=10, what="the heartbeat to go on while the source is held")
+        assert worker.frames == held < 10_000, "the source was not held by backpressure: the test proves nothing"
+        assert health.check_file(tmp_path / "source.json", max_age_s=0.6, need_connected=False)[0]
+
+
 def test_file_source_delivers_every_frame_in_order_then_end(zmq_context, socket):
     addr = unique("src-out")
     consumer = socket(zmq.PULL)

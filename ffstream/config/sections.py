@@ -260,7 +260,7 @@ class NoveltyConfig:
 
 @dataclass
 class SecurityConfig:
-    """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; never on loopback or ipc addresses."""
+    """CURVE between hosts (ffstream.net.security). Off unless curve_dir is set; then on every tcp link, loopback too (not ipc)."""
 
     curve_dir: str | None = None  # keys from `ffstream keys generate DIR`; None: no CURVE
     curve_client: str | None = None  # a worker's client key pair, DIR/<name>.key_secret; None: its role's (source, layer, sleep, sink, monitor)

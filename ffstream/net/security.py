@@ -14,10 +14,11 @@ that belong on it (ADMITTED): a worker's data sockets the workers, the monitor's
 XPUB the viewers too. Delete a role's .key file to shut it out. Secret files must be mode 0600: a secret readable by
 group or others is refused at load.
 
-CURVE is off unless a directory is given (`security.curve_dir`, FFSTREAM_SECURITY_CURVE_DIR), and never used on
-loopback (127.0.0.0/8, localhost, ::1), ipc:// or inproc:// addresses: both ends of a link must then agree, so a
-socket bound on tcp://*:PORT with CURVE on needs CURVE from every client, local ones too. With CURVE off, a bind on a
-non-loopback tcp address is refused (PlaintextRefused) unless the config says `security.allow_plaintext`.
+CURVE is off unless a directory is given (`security.curve_dir`, FFSTREAM_SECURITY_CURVE_DIR). With keys, every tcp
+address is secured, loopback too: a socket bound on tcp://*:PORT is reached as tcp://127.0.0.1:PORT from its own host
+(a published Docker port, `ffstream monitor` beside the stack), and both ends of a link must agree. ipc:// and
+inproc:// never use it. With CURVE off, a bind on a non-loopback tcp address is refused (PlaintextRefused) unless the
+config says `security.allow_plaintext`.
 
 >>> curve = enable(ctx, "/keys")    # doctest: +SKIP
 >>> sock = make_socket(ctx, zmq.PULL, bind="tcp://*:5710")   # now a CURVE server; unknown client keys are refused
@@ -99,7 +100,7 @@ def _load(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
 
 
 def is_loopback(addr: str) -> bool:
-    """True for addresses CURVE leaves alone: ipc, inproc, and tcp on loopback."""
+    """True for addresses that need no CURVE when it is off: ipc, inproc, and tcp on loopback."""
     if not addr.startswith("tcp://"):
         return True
     host = addr[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
@@ -109,10 +110,8 @@ def is_loopback(addr: str) -> bool:
 class Curve:
     """One process's keys, its authenticator (started with the first server socket) and its refusal count."""
 
-    def __init__(self, ctx: zmq.Context, directory: str | os.PathLike, client: str, loopback: bool = False,
-                 role: str | None = None):
+    def __init__(self, ctx: zmq.Context, directory: str | os.PathLike, client: str, role: str | None = None):
         self.ctx = ctx
-        self.loopback = loopback  # secure loopback addresses too (tests, or a one-host setup that wants it)
         self.role = role or client  # this process's role: it picks the ZAP domain of the sockets it binds
         self.directory = Path(directory)
         if client == SHARED_WORKER:
@@ -165,8 +164,9 @@ class Curve:
 
     # sockets ----------------------------------------------------------------------------------------------
     def secure(self, sock: zmq.Socket, bind: str | None, connect: list[str]) -> None:
-        """Make `sock` a CURVE server (it binds a non-loopback tcp address) or client (it connects to one)."""
-        if bind and (self.loopback or not is_loopback(bind)):
+        """Make `sock` a CURVE server (it binds a tcp address) or client (it connects to one). Loopback is no exception:
+        the binding side cannot tell which of its clients come over loopback, so keys mean CURVE on every tcp link."""
+        if bind and bind.startswith("tcp://"):
             if self.server_secret is None:
                 self.server_public, self.server_secret = _load(self.directory / f"{SERVER}.key_secret", need_secret=True)
             self._start_authenticator()
@@ -175,7 +175,7 @@ class Curve:
             sock.curve_server = True
             sock.zap_domain = self.domain_for(sock).encode()
             sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer (the authenticator gone): refused, not admitted
-        elif any(self.loopback or not is_loopback(addr) for addr in connect):
+        elif any(addr.startswith("tcp://") for addr in connect):
             sock.curve_secretkey = self.client_secret
             sock.curve_publickey = self.client_public
             sock.curve_serverkey = self.server_public
@@ -194,15 +194,14 @@ class Curve:
             self._auth = None
 
 
-def enable(ctx: zmq.Context, directory: str | os.PathLike, client: str, loopback: bool = False,
-           role: str | None = None) -> Curve:
-    """From now on make_socket(ctx, ...) uses CURVE on every non-loopback tcp address (on every address with loopback).
+def enable(ctx: zmq.Context, directory: str | os.PathLike, client: str, role: str | None = None) -> Curve:
+    """From now on make_socket(ctx, ...) uses CURVE on every tcp address, loopback included (ipc and inproc: never).
 
     client names the key pair (DIR/<client>.key_secret); role (default: client) what this process is, which decides
     what its bound sockets admit.
     """
     release(ctx)
-    curve = _enabled[id(ctx)] = Curve(ctx, directory, client, loopback, role)
+    curve = _enabled[id(ctx)] = Curve(ctx, directory, client, role)
     log.info("CURVE on: keys from %s, client key %r, %d client keys admitted", directory, client, len(curve.authorized))
     return curve
 

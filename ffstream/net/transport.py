@@ -71,7 +71,7 @@ def make_socket(
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
     try:
-        security.secure(ctx, sock, bind, connect)  # CURVE, when enabled for ctx and the address is not loopback
+        security.secure(ctx, sock, bind, connect)  # CURVE on every tcp address when enabled for ctx
         if bind:
             sock.bind(bind)
         if before_connect is not None and connect:

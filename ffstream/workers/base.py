@@ -211,6 +211,13 @@ class Worker:
             "auth_refused": security.refused(self.context),  # CURVE handshakes this worker's authenticator denied
         }
 
+    def waiting(self) -> bool:
+        """The should_stop of a send that waits as long as backpressure lasts: meanwhile the worker still reports and
+        beats, so a liveness probe never kills it for waiting on a peer that restarts (a file source held for minutes
+        while a layer's container comes back); True once it is asked to stop."""
+        self.maybe_publish_metrics()
+        return self.stopping
+
     def maybe_publish_metrics(self) -> None:
         now = time.monotonic()
         if now - self._last_metrics >= self.metrics_interval:

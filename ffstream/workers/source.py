@@ -285,7 +285,7 @@ class SourceWorker(Worker):
         if self.source.live:
             try_send(self.publisher, msg)
         else:
-            send(self.publisher, msg, lambda: self.stopping)
+            send(self.publisher, msg, self.waiting)
 
     def _await_resume(self) -> None:
         """Phased sleep: the wake phase is over; wait (bounded) while the network sleeps on it."""
@@ -333,7 +333,7 @@ class SourceWorker(Worker):
         if self.source.live:
             if not try_send(self.output, msg):
                 self.send_drops += len(msg.array)  # the pipeline is busy: the newest frame wins
-        elif not send(self.output, msg, lambda: self.stopping):
+        elif not send(self.output, msg, self.waiting):
             self.send_drops += len(msg.array)
 
     def _end(self) -> None:
@@ -358,7 +358,7 @@ class SourceWorker(Worker):
         msg = wire.Message("barrier", np.zeros(0, np.float32), seq=self.batches - 1,
                            extra={"barrier": self.barrier_id, PASS_KEY: self.pass_id, "final": final})
         timeout_ms = None if deadline_s is None else int(deadline_s * 1000)
-        if not send(self.output, msg, lambda: self.stopping, timeout_ms=timeout_ms):
+        if not send(self.output, msg, self.waiting, timeout_ms=timeout_ms):
             return  # stopping: the committed position stands, and a restart resumes there
         if len(self._outstanding) >= MAX_OUTSTANDING_BARRIERS:
             self._outstanding.pop(min(self._outstanding))

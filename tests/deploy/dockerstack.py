@@ -86,6 +86,11 @@ class ComposeProject:
             self._ids[service] = ids[0]
         return self._ids[service]
 
+    def recreate(self, service: str) -> None:
+        """`up -d` of one service whose configuration changed: compose replaces its container (SIGTERM, then a new one)."""
+        self.compose("up", "-d", "--no-build", service, timeout=300)
+        self._ids.pop(service, None)
+
     def forget_containers(self) -> None:
         """After `down`: the next `up` makes new containers."""
         self._ids.clear()
@@ -94,6 +99,13 @@ class ComposeProject:
         out = subprocess.run(["docker", "inspect", self.container(service)], check=False, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)[0]
+
+    def restart_counts(self, services) -> dict[str, int]:
+        """Docker's restart count of each service's container, in one `docker inspect`."""
+        out = subprocess.run(["docker", "inspect", "--format", "{{.RestartCount}}", *[self.container(s) for s in services]],
+                             check=False, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return dict(zip(services, map(int, out.stdout.split())))
 
     def health(self, service: str) -> str:
         state = self.inspect(service)["State"]
@@ -129,3 +141,39 @@ class ComposeProject:
 
     def down(self) -> None:
         self.compose("down", "-v", "--timeout", "20", check=False, timeout=300)
+
+
+class Metrics:
+    """Every metrics message the monitor publishes, heard from the host over CURVE (the "viewer" key pair)."""
+
+    def __init__(self, connect: str, keys: str):
+        os.environ["FFSTREAM_SECURITY_CURVE_DIR"] = keys  # metrics_feed's way to CURVE; restored in close()
+        from ffstream.commands.monitor import metrics_feed
+
+        self.latest: dict[str, dict] = {}  # worker -> its last metrics
+        self.history: list[tuple[float, str, dict]] = []  # (host monotonic time, worker, metrics)
+        self._stop = threading.Event()
+        self._feed = metrics_feed(connect)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for msg in self._feed:
+            if self._stop.is_set():
+                break
+            if msg is not None:
+                m = msg.extra["metrics"]
+                self.latest[msg.stream] = m
+                self.history.append((time.monotonic(), msg.stream, m))
+        self._feed.close()
+
+    def frames(self) -> dict[str, int]:
+        return {w: m.get("frames") for w, m in sorted(self.latest.items()) if "frames" in m}
+
+    def since(self, t: float, worker: str) -> list[tuple[float, dict]]:
+        return [(at, m) for at, w, m in list(self.history) if at > t and w == worker]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        os.environ.pop("FFSTREAM_SECURITY_CURVE_DIR", None)

@@ -100,7 +100,7 @@ class LayerWorker(Worker):
         # Downstream first: this layer binds its input (and the layer below or the source can start sending) only once
         # the next worker is up and warm, so the first frames of a live stream do not queue behind start-up.
         self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True, ready=True)
-        self.outlet = Outlet(self.output, self.layer, self.wire_dtype, lambda: self.stopping, self.dropped, self.figures.recent["latency_ms"],
+        self.outlet = Outlet(self.output, self.layer, self.wire_dtype, self.waiting, self.dropped, self.figures.recent["latency_ms"],
                              self._on_activity)
         if ep.negative_output:
             sock = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True)
@@ -235,7 +235,7 @@ class LayerWorker(Worker):
         out = self.delivery.barrier_reply(msg, self.index)
         if self.checkpoint_dir:
             self.save()
-        if not send(self.output, out, lambda: self.stopping):
+        if not send(self.output, out, self.waiting):
             self.dropped["barrier_not_sent"] += 1
 
     # ending, checkpoints -----------------------------------------------------------------
