@@ -77,6 +77,7 @@ class SinkWorker(Worker):
         self.novelty = novelty
         self.alert_events = alert_events
         self.on_alert = on_alert
+        self._last_alert: dict | None = None  # the latest alert's event (frame, novelty, t, ...), in the metrics
         self._alert_commands: list[subprocess.Popen] = []  # on_alert commands still running, reaped in step()
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
@@ -260,6 +261,9 @@ class SinkWorker(Worker):
         """Say it three ways: a JSONL line, a control message on the metrics socket, and the user's command."""
         event = {"event": "novelty_alert", "t": time.time(), "frame": alert.frame, "seq": seq, "novelty": round(alert.score, 4),
                  "frames_above": alert.frames_above, "threshold": self.novelty.threshold}
+        if self.novelty.last_layers is not None:
+            event["layers"] = [round(float(z), 4) for z in self.novelty.last_layers]  # which layers saw it
+        self._last_alert = event
         self.log.warning("novelty alert at frame %d: %.2f above %.2f for %d frames", alert.frame, alert.score,
                          self.novelty.threshold, alert.frames_above)
         if self.alert_events:
@@ -383,6 +387,11 @@ class SinkWorker(Worker):
             latency_histogram_s=self.latency.get(),
             features_sent=self.features_sent,
             novelty=self.novelty.last if self.novelty else None,
+            # each layer's part of it (the latest scored frame's, None in warm-up), the threshold and the last alert: the web page
+            novelty_layers=[round(float(z), 4) for z in self.novelty.last_layers]
+            if self.novelty and self.novelty.last is not None and self.novelty.last_layers is not None else None,
+            novelty_threshold=self.novelty.threshold if self.novelty else None,
+            novelty_last_alert=self._last_alert,
             novelty_histogram=self.novelty.histogram.get() if self.novelty else None,
             novelty_alerts=self.novelty.alerts if self.novelty else None,
             ended=self.ended,
