@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--seconds", type=float, help="exit after this many seconds")
     monitor.add_argument("--tensorboard", metavar="DIR", help="also log every metrics message as TensorBoard scalars in DIR (needs the tensorboard package)")
 
-    score = sub.add_parser("score", help="goodness per frame and per layer of a trained stack on a video (a novelty signal)")
-    score.add_argument("--source", help="a video file (default: the video the stack learned from, as its run.json records)")
+    score = sub.add_parser("score", help="goodness per frame and per layer of a trained stack on a video or a live source (a novelty signal)")
+    score.add_argument("--source", help="a video file, webcam:N, rtsp://..., an http:// MJPEG stream, synthetic:N, a dataset "
+                       "(default: the source the stack learned from, as its run.json records)")
+    score.add_argument("--max-frames", type=int, help="score the first N frames only (a live source without it: until Ctrl-C)")
     score.add_argument("--checkpoint-dir", required=True, help="the layer checkpoints of a trained stack (ffstream run --checkpoint-dir)")
     score.add_argument("--out", required=True, help="CSV: frame, time_s, goodness per layer, novelty")
     score.add_argument("--plot", help="also save a PNG plot here (needs matplotlib)")

@@ -66,3 +66,57 @@ def write_labels(path: Path, labels, header: str = "frame,label") -> Path:
     """A video's label sidecar: `frame,label` rows, frame i labelled labels[i]."""
     path.write_text(header + "\n" + "".join(f"{i},{label}\n" for i, label in enumerate(labels)))
     return path
+
+
+class MjpegCamera:
+    """A mock network camera: an HTTP server on a free loopback port that streams the test clip's frames as MJPEG
+    (multipart/x-mixed-replace JPEGs, as IP cameras serve them), read by OpenCV's real http:// capture. It stands in
+    for a webcam or RTSP camera, which a test machine has none of.
+
+    >>> with MjpegCamera() as camera:   # doctest: +SKIP
+    ...     camera.url, camera.served   # http://127.0.0.1:PORT/stream.mjpg, frames sent so far
+    """
+
+    def __init__(self, fps: float = 50.0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        import cv2
+
+        camera = self
+        self.served = 0  # frames written to any client so far
+        self._stop = threading.Event()
+
+        class Stream(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not camera._stop.is_set():
+                        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(clip_frame(i % 48), cv2.COLOR_RGB2BGR))
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                                         + jpeg.tobytes() + b"\r\n")
+                        camera.served += 1
+                        i += 1
+                        camera._stop.wait(1 / fps)  # a camera's frame rate
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the reader went away
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Stream)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/stream.mjpg"
+
+    def __enter__(self) -> "MjpegCamera":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()

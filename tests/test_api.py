@@ -1,9 +1,18 @@
-"""The Python API (`ffstream.load`): one test per public function, on a tiny stack trained by a real `ffstream run`."""
+"""The Python API (`ffstream.load`, `score`, `evaluate`, `embed`, ...): one test per public function, on a tiny stack
+trained by a real `ffstream run`, and the README's snippet run in a fresh interpreter.
+
+Live sources: a mock network camera (tests/media.py `MjpegCamera`, an HTTP server streaming MJPEG that OpenCV reads as
+it would an IP camera) stands in for a webcam or RTSP camera, which the test machine does not have."""
 
 from __future__ import annotations
 
+import inspect
+import re
+import signal
 import subprocess
 import sys
+import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +25,9 @@ from ffstream.offline.api import SourceFrames, Stack
 from ffstream.offline.probe import layer_features
 from ffstream.offline.score import score_video
 from ffstream.sources import SourceError
-from tests.media import write_labels, write_video
-from tests.processes import ROOT, env
+from ffstream.offline import api
+from tests.media import MjpegCamera, write_labels, write_video
+from tests.processes import ROOT, env, eventually
 
 
 def train_tiny(tmp: Path) -> Path:
@@ -145,3 +155,104 @@ def test_from_source_gathers_everything(stack, tiny):
     assert stack.from_source(str(unlabelled)).labels is None
     with pytest.raises(SourceError, match="not found"):
         stack.from_source(str(tiny.parent / "nothing.mp4"))
+
+
+def test_score_a_file_and_save_it(tiny, tmp_path):
+    scores = ffstream.score(tiny, str(tiny.parent / "clip.mp4"))
+    assert isinstance(scores, ffstream.Scores) and scores.goodness.shape == (24, 2) and scores.without_top_down is None
+    np.testing.assert_allclose(scores.times, np.arange(24) / 25)  # the file's 25 frames/s
+    assert np.array_equal(scores.labels, [i // 8 for i in range(24)])  # from clip.csv beside it
+    first = ffstream.score(tiny, str(tiny.parent / "clip.mp4"), max_frames=10, batch=3)
+    np.testing.assert_allclose(first.goodness, scores.goodness[:10], rtol=1e-6)
+    default = ffstream.score(tiny, max_frames=5)  # the source run.json records: synthetic:400:seed=1
+    assert default.source == "synthetic:400:seed=1" and len(default.frames) == 5
+    ffstream.save_scores(scores, tmp_path / "s.csv")
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert rows[0] == "frame,time_s,goodness_layer1,goodness_layer2,novelty,label" and len(rows) == 25
+
+
+def test_score_a_live_camera_up_to_max_frames(tiny):
+    with MjpegCamera() as camera:  # the mock camera (module docstring)
+        scores = ffstream.score(tiny, camera.url, max_frames=12)
+    assert len(scores.frames) == 12 and scores.goodness.shape == (12, 2) and np.isfinite(scores.novelty).all()
+    assert scores.frame_rate is None and scores.times[0] == 0 and np.all(np.diff(scores.times) >= 0)  # a live clock
+    assert np.all(np.diff(scores.frames) == 1)
+
+
+def test_the_score_command_reads_a_live_camera_until_ctrl_c(tiny, tmp_path):
+    out = tmp_path / "live.csv"
+    with MjpegCamera() as camera:  # the mock camera (module docstring)
+        run = subprocess.Popen([sys.executable, "-m", "ffstream", "score", "--source", camera.url, "--checkpoint-dir", str(tiny),
+                                "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT)
+        try:
+            said = [run.stderr.readline() for _ in range(1)]
+            while "until Ctrl-C" not in said[-1] and said[-1] and len(said) < 50:  # said before it opens the camera
+                said.append(run.stderr.readline())
+            assert "until Ctrl-C" in said[-1], said
+            eventually(lambda: camera.served >= 60, timeout=120, what="the camera to have served 60 frames", interval=0.1)
+            run.send_signal(signal.SIGINT)
+            stdout, stderr = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert run.returncode == 0, stderr
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("frame,time_s,goodness_layer1") and len(rows) > 10, rows[:3]
+    assert f"frames of {camera.url} scored by 2 layers" in stdout
+
+
+def test_evaluate_scores_a_labelled_source(tiny):
+    result = ffstream.evaluate(tiny, "synthetic:200:seed=2")
+    assert result["n"] == 200 and result["layers"] == [40, 40] and result["task"] == "unsupervised"
+    assert result["accuracy_energy"] is None  # unsupervised: no label to try
+    assert result["accuracy_softmax"] is None or 0 <= result["accuracy_softmax"] <= 1
+    assert ffstream.evaluate(tiny)["source"] == "synthetic:400:seed=1"  # no source: the run's own (generated) clip
+    with pytest.raises(CheckpointError, match="no layer checkpoints"):
+        ffstream.evaluate(tiny.parent)
+
+
+def test_embed_a_source_and_save_it(stack, tiny, tmp_path):
+    clip = str(tiny.parent / "clip.mp4")
+    got = ffstream.embed(tiny, clip)  # a directory
+    assert isinstance(got, ffstream.Embedding) and got.features.shape == (24, 80) and got.features.dtype == np.float32
+    np.testing.assert_allclose(got.features, stack.embed(stack.from_source(clip).pixels), rtol=1e-4, atol=1e-5)
+    assert np.array_equal(got.frame, np.arange(24)) and np.array_equal(got.label, [i // 8 for i in range(24)])
+    top = ffstream.embed(stack, clip, layer=2, max_frames=7)  # a loaded Stack, one layer
+    np.testing.assert_allclose(top.features, got.features[:7, 40:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="1..2"):
+        ffstream.embed(stack, clip, layer=3)
+    ffstream.save_embedding(got, tmp_path / "f.npz")
+    saved = np.load(tmp_path / "f.npz")
+    assert sorted(saved.files) == ["features", "frame", "label", "time_s"] and np.array_equal(saved["features"], got.features)
+    ffstream.save_embedding(got, tmp_path / "f.npy")
+    assert np.array_equal(np.load(tmp_path / "f.npy"), got.features)
+    with pytest.raises(ValueError, match=".npy"):
+        ffstream.save_embedding(got, tmp_path / "f.csv")
+
+
+def test_every_public_function_is_documented_and_typed():
+    public = [getattr(ffstream, name) for name in ffstream.__all__ if name != "__version__"]
+    methods = [m for _, m in inspect.getmembers(Stack, inspect.isfunction) if not m.__name__.startswith("_")]
+    properties = [p.fget for _, p in inspect.getmembers(Stack, lambda v: isinstance(v, property))]
+    for fn in [p for p in public if inspect.isfunction(p)] + methods + properties:
+        assert fn.__doc__ and fn.__doc__.strip(), f"{fn.__qualname__} has no docstring"
+        hints = typing.get_type_hints(fn)
+        params = [p for p in inspect.signature(fn).parameters if p != "self"]
+        assert "return" in hints and all(p in hints for p in params), f"{fn.__qualname__} is not fully typed: {hints}"
+    for cls in (ffstream.Stack, ffstream.Scores, ffstream.Embedding, api.SourceBatch, api.SourceFrames):
+        assert cls.__doc__ and "(" not in cls.__doc__[:1], cls
+    assert (Path(ffstream.__file__).parent / "py.typed").exists()
+
+
+def test_the_readme_snippet_runs_in_a_fresh_python(tiny, tmp_path):
+    """The README's API block as written, with its "ck" and "clip.mp4" pointed at the tiny stack and clip."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    snippet = next(b for b in blocks if "ffstream.load(" in b)
+    snippet = snippet.replace('"ck"', repr(str(tiny))).replace('"clip.mp4"', repr(str(tiny.parent / "clip.mp4")))
+    snippet = snippet.replace('"f.npz"', repr(str(tmp_path / "f.npz")))
+    check = "\nprint(features.shape, goodness.shape, novelty.shape, scores.goodness.shape, embedded.features.shape)\n"
+    done = subprocess.run([sys.executable, "-c", snippet + check], capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-2] == "(8, 80) (8, 2) (8,) (24, 2) (24, 80)", done.stdout

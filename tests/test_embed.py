@@ -50,7 +50,7 @@ def test_npy_of_one_layer_of_an_unlabelled_video(tiny, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "feats.csv"], "--out must end in .npy"),
-    (["--out", "feats.npy", "--layer", "3"], "the stack has layers 1..2"),
+    (["--out", "feats.npy", "--layer", "3"], "is not one of this stack's layers, 1..2"),
     (["--out", "feats.npy", "--max-frames", "0"], "--max-frames must be a positive integer"),
     (["--out", "feats.npy", "--source", "nothing.mp4"], "video file not found"),
 ])

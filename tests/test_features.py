@@ -1,4 +1,5 @@
-"""`--set topology.features=ADDR`: during a real run the sink publishes every learned frame's activity, in order."""
+"""`--set topology.features=ADDR`: during a real run the sink publishes every learned frame's activity per layer, in
+order, none dropped on a file source (the layers carry the chosen layers' activity up: ffstream/net/carry.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ FRAMES = 48
 BATCH = 4
 
 
-def test_a_subscriber_gets_every_frame_in_order(tmp_path, zmq_context):
+def test_a_subscriber_gets_every_frame_of_the_chosen_layers_in_order(tmp_path, zmq_context):
     """Handshake: none is needed for the frames after the first one received. The subscriber connects to the sink's
     address before the run starts (zmq retries until the sink binds); the sink binds before any frame can reach it.
     The test checks contiguity from the first seq it receives, and that it got all FRAMES, so a late join would fail."""
@@ -29,8 +30,9 @@ def test_a_subscriber_gets_every_frame_in_order(tmp_path, zmq_context):
     sub.setsockopt(zmq.RCVHWM, 0)  # the test reads only as fast as it can: queue rather than lose
     sub.connect(addr)
     run = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=30,20",
-         "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}", "--monitor", f"ipc://{tmp_path}/mon",
+        [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=30,20,10",
+         "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}",
+         "--set", "topology.features_layers=1,3",  # layer 2 is left out on the way up, layer 1 carried past it "--monitor", f"ipc://{tmp_path}/mon",
          "--http", "none", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
     )
@@ -52,7 +54,9 @@ def test_a_subscriber_gets_every_frame_in_order(tmp_path, zmq_context):
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"out of order or with gaps: {seqs}"
     assert sum(len(m.array) for m in got) == FRAMES, f"{len(got)} messages, seqs {seqs}"
     for m in got:
-        assert m.kind == "activity" and m.array.shape[1] == 20 and m.array.dtype == np.float32
-        assert len(m.trace) == 2 and all(len(layer) == len(m.array) for layer in m.trace)  # goodness per layer per row
-        ms = (m.array.astype(np.float64) ** 2).mean(axis=1)
-        assert np.allclose(ms[ms > 0], 1.0, atol=1e-3)  # normalised: mean square 1
+        assert m.kind == "activity" and m.array.shape[1] == 30 + 10 and m.array.dtype == np.float32
+        assert m.extra["blocks"] == [30, 10] and m.extra["block_layers"] == [1, 3]
+        assert len(m.trace) == 3 and all(len(layer) == len(m.array) for layer in m.trace)  # goodness per layer per row
+        for block in np.split(m.array.astype(np.float64), [30], axis=1):  # each layer's own activity
+            ms = (block ** 2).mean(axis=1)
+            assert np.allclose(ms[ms > 0], 1.0, atol=1e-3)  # normalised per layer: mean square 1

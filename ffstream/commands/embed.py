@@ -33,23 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def embed_command(args) -> int:
-    from ffstream.offline.api import load
-    from ffstream.offline.embed import check_out, embed_source, write
+    from ffstream.offline import api
+    from ffstream.offline.embed import check_out
 
     if args.max_frames is not None and args.max_frames <= 0:
         raise UserError(f"--max-frames must be a positive integer, got {args.max_frames}")
     try:
-        check_out(args.out)
-        stack = load(args.checkpoint_dir)
-        if args.layer is not None and args.layer > stack.num_layers:
-            raise UserError(f"--layer {args.layer}: the stack has layers 1..{stack.num_layers}")
+        check_out(args.out)  # before the work
         start = time.perf_counter()
-        embedding = embed_source(stack, args.source, args.layer, args.max_frames, args.labels)
+        embedding = api.embed(args.checkpoint_dir, args.source, layer=args.layer, max_frames=args.max_frames, labels=args.labels)
         seconds = time.perf_counter() - start
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    write(embedding, args.out)
+    api.save_embedding(embedding, args.out)
     n, width = embedding.features.shape
     print(f"{n} frames of {args.source} embedded by layer {args.layer or 'all'} of {args.checkpoint_dir}: {width} features each, "
-          f"{args.out} ({n / seconds:.0f} frames/s, source included)")
+          f"{args.out} ({n / seconds:.0f} frames/s, source and loading included)")
     return 0

@@ -103,9 +103,10 @@ def run_command(args) -> int:
     if probe_specs and cfg.checkpoint_dir is None:  # the closing probe reads the finished stack from its checkpoints
         cfg.checkpoint_dir = str(Path(run_dir) / "checkpoints")
     http = cfg.topology.monitor_http if args.http is None else (None if args.http.lower() in ("none", "off") else args.http)
-    features = cfg.topology.features  # the user's address (--set topology.features=ADDR): kept, the rest made local
+    # the user's features address and layers (--set topology.features=ADDR): kept, the rest made local
+    features, features_layers = cfg.topology.features, cfg.topology.features_layers
     cfg.topology = Topology.local(len(cfg.model.layers), args.monitor or cfg.topology.monitor_publish, run_dir=run_dir, monitor_http=http)
-    cfg.topology.features = features
+    cfg.topology.features, cfg.topology.features_layers = features, features_layers
     try:
         with progress:
             summary, supervisor, failure = run_stack(cfg, on_metrics, run_dir)

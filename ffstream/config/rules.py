@@ -94,6 +94,9 @@ def check_run(cfg: RunConfig) -> None:
     check_stream(cfg.stream)
     check_model(cfg.model)
     check_novelty(cfg.novelty)
+    chosen = cfg.topology.features_layers
+    if chosen is not None and (not chosen or any(not 1 <= n <= len(cfg.model.layers) for n in chosen)):
+        raise ConfigError(f"topology.features_layers must name layers 1..{len(cfg.model.layers)}, got {','.join(map(str, chosen)) or 'none'}")
     if cfg.sleep.enabled:
         plan = cfg.sleep_plan()
         if plan.route == "chain" and cfg.model.recurrent:

@@ -195,9 +195,12 @@ class Topology:
     sink_snapshot: str = "tcp://127.0.0.1:5592"  # sink REP: the softmax head's weights, for hard negatives
     monitor_collect: str = "tcp://127.0.0.1:5571"  # monitor XSUB, workers publish metrics here
     monitor_publish: str = DEFAULT_MONITOR  # monitor XPUB, clients subscribe here
-    # sink PUB, bound: each learned frame's normalised activity (wire v1 "activity" messages, in stream order, the
-    # per-layer goodness in "trace"); None: off. A slow subscriber holds the sink up to 1 s a message, then is dropped.
+    # sink PUB, bound: each learned frame's normalised activity per layer (wire v1 "activity" messages (B, F), in stream
+    # order, the layers side by side as extra "blocks" (widths) and "block_layers" (1-based) say, the per-layer goodness
+    # in "trace"); None: off. A subscriber that falls behind holds a file or dataset source up (nothing is dropped);
+    # on a live source it holds the sink up to 1 s a message, which is then dropped and counted.
     features: str | None = None
+    features_layers: tuple[int, ...] | None = None  # which layers' activity `features` publishes, 1-based, e.g. 1,3; None: every layer
     monitor_http: str | None = DEFAULT_MONITOR_HTTP  # the monitor's web dashboard and Prometheus /metrics; port 0: any free port; None: off
     bind_host: str | None = None  # binding sides bind tcp on this host instead of the address's ("*" in containers); None binds as written
 

@@ -56,6 +56,8 @@ FAMILIES: dict[str, tuple[type[Metric], tuple[str, ...], str]] = {
     "ffstream_latency_seconds": (HistogramMetricFamily, (), "Seconds from the source's capture of a frame to the sink."),
     "ffstream_novelty": (GaugeMetricFamily, (),
                          "The latest frame's novelty: interquartile ranges below the recent median goodness, mean over layers."),
+    "ffstream_layer_novelty": (GaugeMetricFamily, ("layer",),
+                               "The latest frame's novelty at one layer (ffstream_novelty is their mean)."),
     "ffstream_novelty_score": (HistogramMetricFamily, (), "Every scored frame's novelty (as ffstream_novelty), over the run."),
     "ffstream_novelty_alerts_total": (CounterMetricFamily, (),
                                       "Novelty alerts: runs of frames above the threshold, novelty.alert_frames long."),
@@ -146,6 +148,9 @@ def _sink(add: _Adder, families: dict[str, Metric], m: dict) -> None:
     add("ffstream_evaluated_frames_total", (), m.get("evaluated"))
     add("ffstream_novelty", (), m.get("novelty"))
     add("ffstream_novelty_alerts_total", (), m.get("novelty_alerts"))
+    layers = m.get("novelty_layers")
+    for i, z in enumerate(layers if isinstance(layers, list) else [], start=1):
+        add("ffstream_layer_novelty", (i,), z)
     _histogram(families["ffstream_latency_seconds"], m.get("latency_histogram_s"))
     _histogram(families["ffstream_novelty_score"], m.get("novelty_histogram"))
 

@@ -7,6 +7,12 @@
 >>> for batch in stack.iter_source("clip.mp4", max_frames=1000):  # doctest: +SKIP
 ...     batch.frames, stack.embed(batch.pixels, layer=2)
 
+What the commands do, as functions (`ffstream score`, `ffstream eval` and `ffstream embed` only parse and print):
+
+>>> scores = ffstream.score("ck", "clip.mp4")         # doctest: +SKIP  Scores: goodness (N, L), novelty (N,), ...
+>>> ffstream.evaluate("ck", "fashion-mnist:test")     # doctest: +SKIP  {"accuracy_energy": ..., ...}
+>>> ffstream.embed("ck", "clip.mp4").features         # doctest: +SKIP  Embedding: features, frame, time_s, label
+
 Frames are numpy arrays: raw images (N, H, W) grey or (N, H, W, 3) RGB, uint8 (0..255) or float (already 0..1), of
 any size, preprocessed as the run was (its size and colour); or (N, C, H, W) exactly the stack's frame shape, taken as
 already preprocessed (float) or scaled only (uint8). The stack is the one `ffstream score` and `ffstream probe` read
@@ -23,12 +29,15 @@ import numpy as np
 import torch
 
 from ffstream.ff import FFStack
-from ffstream.ff.checkpoint import CheckpointError
+from ffstream.ff.checkpoint import CheckpointError, checkpoint_config, layer_path
+from ffstream.offline import embed as embedding
+from ffstream.offline.embed import Embedding
 from ffstream.offline.evaluate import EVAL_BATCH
-from ffstream.offline.score import frame_goodness, load_scoring_stack, novelty
-from ffstream.sources import Preprocess, SourceError, open_source
+from ffstream.offline.evaluate import evaluate as evaluate_arrays
+from ffstream.offline.score import Scores, frame_goodness, load_scoring_stack, novelty, score_video, trained_preprocessing, write_csv
+from ffstream.sources import Preprocess, SourceError, dataset_arrays, open_source
 
-__all__ = ["SourceBatch", "SourceFrames", "Stack", "load"]
+__all__ = ["Embedding", "Scores", "SourceBatch", "SourceFrames", "Stack", "embed", "evaluate", "load", "save_embedding", "save_scores", "score"]
 
 
 @dataclass
@@ -198,3 +207,82 @@ def load(directory: str | os.PathLike, batch: int = EVAL_BATCH) -> Stack:
         raise CheckpointError(f"{directory}: run.json says frames of {tuple(run.stream.size)} (color={run.stream.color}), "
                               f"the layer checkpoints {preprocess.size} (color={preprocess.color})")
     return Stack(stack, meta, preprocess, directory, batch)
+
+
+def score(directory: str | os.PathLike, source: str | None = None, *, max_frames: int | None = None, batch: int = 256,
+          labels: str | None = None, interruptible: bool = False) -> Scores:
+    """Goodness of every frame of a source at every layer, and each frame's novelty, by the stack in `directory`
+    (feedforward or recurrent): what `ffstream score` writes.
+
+    source: any source spec, a video file or a live one (webcam:N, rtsp://..., an http:// MJPEG stream); None: the
+    source the stack learned from, as its run.json records. max_frames: stop after this many (a live source without it
+    reads until interrupted). interruptible: Ctrl-C ends the reading and the frames read so far are scored. A
+    recurrent stack is also scored with its top-down input silenced: `Scores.without_top_down`."""
+    spec = source if source is not None else _recorded_source(directory)
+    scores, without = score_video(spec, directory, batch=batch, labels=labels, max_frames=max_frames, interruptible=interruptible)
+    scores.without_top_down = without
+    return scores
+
+
+def save_scores(scores: Scores, path: str | os.PathLike) -> None:
+    """Scores as CSV: frame, time_s, goodness_layer1..L, novelty (and label when the source has labels)."""
+    write_csv(scores, path)
+
+
+def evaluate(directory: str | os.PathLike, source: str | None = None, *, labels: str | None = None) -> dict:
+    """Accuracy of the stack in `directory` on a labelled source, by energy and by its saved softmax head or probe:
+    what `ffstream eval` prints. source: None takes the test split of the dataset the run learned from (its run.json).
+    Returns {"n", "layers", "task", "accuracy_energy", "accuracy_softmax", ...}; a figure the stack cannot give is None."""
+    directory = os.fspath(directory)
+    if not layer_path(directory, 1).exists():
+        raise CheckpointError(f"no layer checkpoints (layer1.safetensors, ...) in {directory}")
+    if source is None:
+        from ffstream.config import recorded
+
+        run = recorded(directory)  # the run.json `ffstream run` wrote beside the checkpoints, if any
+        source = _labelled_test_split(run.stream.source if run else None, directory)
+    _, meta = checkpoint_config(layer_path(directory, 1))  # layer 1's metadata: the frame shape (any stack kind)
+    channels, height, width = meta.get("frame_shape") or (1, 28, 28)
+    center, pairs = trained_preprocessing(directory, meta)  # an SCFF stack: frames centred, each beside itself
+    preprocess = Preprocess(size=(height, width), color=channels == 3, center=center, self_pair=pairs)
+    images, frame_labels = dataset_arrays(source, preprocess, labels=labels)
+    return {"source": source, **evaluate_arrays(directory, images, frame_labels)}
+
+
+def embed(stack: Stack | str | os.PathLike, source: str, *, layer: int | Sequence[int] | None = None,
+          max_frames: int | None = None, labels: str | None = None) -> Embedding:
+    """Every frame of a source (up to `max_frames`) through `Stack.embed`, with each frame's index, time and label:
+    what `ffstream embed` saves. stack: a loaded Stack or a checkpoint directory; layer: 1-based, several, or None
+    for every layer side by side."""
+    stack = stack if isinstance(stack, Stack) else load(stack)
+    stack._layers(layer)  # a layer out of range fails here, before the source is opened
+    return embedding.embed_source(stack, source, layer, max_frames, labels)
+
+
+def save_embedding(features: Embedding, path: str | os.PathLike) -> None:
+    """.npy: the features alone, float32 (N, F); .npz: features, frame, time_s and label (when there are labels)."""
+    embedding.write(features, path)
+
+
+def _recorded_source(directory: str | os.PathLike) -> str:
+    """The source the stack in `directory` learned from, as its run.json says; CheckpointError when it has none."""
+    from ffstream.config import recorded
+
+    run = recorded(os.fspath(directory))
+    if run is None:
+        raise CheckpointError(f"a source is needed: {os.fspath(directory)} has no run.json saying what the stack learned from")
+    return run.stream.source
+
+
+def _labelled_test_split(source: str | None, directory: str | os.PathLike) -> str:
+    """The labelled source to score a run on when none is given: the test split of the dataset it learned from."""
+    if source is None:
+        raise CheckpointError(f"a source is needed: {os.fspath(directory)} has no run.json saying what the stack learned from")
+    if source == "fashion-mnist" or source.startswith("fashion-mnist:"):
+        return "fashion-mnist:test"
+    if source.startswith("idx:"):
+        folder, sep, split = source[len("idx:"):].rpartition(":")
+        return f"idx:{folder if sep and split in ('train', 'test') else source[len('idx:'):]}:test"
+    if source == "synthetic" or source.startswith("synthetic:"):
+        return source  # generated: the same clip, the only labelled copy there is
+    raise CheckpointError(f"a source is needed: the stack learned from {source!r}, which has no labelled test split")

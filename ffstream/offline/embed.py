@@ -11,16 +11,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ffstream.offline.api import Stack
+if TYPE_CHECKING:  # api imports this module; the Stack is only a type here
+    from ffstream.offline.api import Stack
 
 FORMATS = (".npy", ".npz")
 
 
 @dataclass
 class Embedding:
+    """Features of a source's frames, in stream order, with what identifies each frame."""
+
     features: np.ndarray  # float32 (N, F): the chosen layers' readout features side by side, bottom up
     frame: np.ndarray  # int64 (N,): each frame's 0-based index in the stream
     time_s: np.ndarray  # float64 (N,): seconds from the start (the index when the frame rate is unknown)

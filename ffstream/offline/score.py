@@ -29,20 +29,23 @@ from ffstream.ff.checkpoint import CheckpointError
 from ffstream.ff.labels import neutral_label
 from ffstream.ff.recurrent import RecurrentStack
 from ffstream.offline.evaluate import load_checkpoints
-from ffstream.sources import LabelledVideoSource, Preprocess, VideoFileSource, sidecar_for
+from ffstream.sources import Preprocess, SourceError, open_source
 
 
 @dataclass
 class Scores:
+    """Goodness of every frame of a source at every layer, and its novelty, with what identifies each frame."""
+
     frames: np.ndarray  # int64 (N,): frame index in the video, 0-based
-    times: np.ndarray  # float64 (N,): seconds from the start (index / frame rate; the index when the rate is unknown)
+    times: np.ndarray  # float64 (N,): seconds from the start (index / frame rate; the index when the rate is unknown; live: by the clock)
     goodness: np.ndarray  # float64 (N, L): goodness of every frame at every layer
     thresholds: list[float]  # θ of each layer, the goodness a layer was trained to push positives above
     novelty: np.ndarray  # float64 (N,): see the module docstring
     frame_rate: float | None  # the video's frames/s; None when its header does not say
-    source: str  # the video's path
+    source: str  # the source spec (a video's path)
     checkpoint_dir: str
     labels: np.ndarray | None = None  # int64 (N,): each frame's class from the video's label sidecar; None: unlabelled
+    without_top_down: "Scores | None" = None  # a recurrent stack's frames scored with its top-down silenced (api.score)
 
 
 def load_scoring_stack(directory: str | os.PathLike) -> tuple[FFStack | RecurrentStack, dict, Preprocess]:
@@ -108,17 +111,25 @@ def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max")
 
 
 def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256,
-                labels: str | None = None) -> tuple[Scores, Scores | None]:
-    """The video's scores by the stack in `directory`, and for a recurrent stack the same frames scored with its
-    top-down silenced (None for a feedforward stack). batch: frames per forward pass (feedforward only);
-    labels: the video's label CSV (default: the same-stem .csv beside it, if any), written as a `label` column."""
+                labels: str | None = None, max_frames: int | None = None,
+                interruptible: bool = False) -> tuple[Scores, Scores | None]:
+    """A source's scores by the stack in `directory`, and for a recurrent stack the same frames scored with its
+    top-down silenced (None for a feedforward stack).
+
+    video: any source spec (a video file, webcam:N, rtsp:// or http:// MJPEG, synthetic:N, a dataset), read in stream
+    order; batch: frames per forward pass (feedforward only); labels: a video's label CSV (default: the same-stem .csv
+    beside it, if any), written as a `label` column; max_frames: stop after this many (a live source without it runs
+    until interrupted); interruptible: Ctrl-C (KeyboardInterrupt) ends the reading and the frames read so far are
+    scored, as `ffstream score` does on a live source. A live source's times are seconds since its first frame."""
     stack, meta, preprocess = load_scoring_stack(directory)
-    labels = labels or sidecar_for(video)
-    source = LabelledVideoSource(video, labels, preprocess) if labels else VideoFileSource(video, preprocess)
+    spec = os.fspath(video)
+    if max_frames is not None and max_frames <= 0:
+        raise SourceError(f"max_frames must be positive, got {max_frames}")
     recurrent = isinstance(stack, RecurrentStack)
     num_classes = meta.get("num_classes") if meta.get("task") != "unsupervised" else None
     indices: list[int] = []
-    frame_labels: list[int] = []
+    stamps: list[float] = []  # each frame's capture time (live sources' clock)
+    frame_labels: list[int | None] = []
     rows: list[np.ndarray] = []  # feedforward: goodness (B, L) per batch
     pending: list[np.ndarray] = []  # frames (C, H, W) not scored yet; a recurrent stack scores the whole clip at the end
 
@@ -127,31 +138,43 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
             rows.append(frame_goodness(stack, np.stack(pending), num_classes))
             pending.clear()
 
-    with source:
-        for frame in source:
-            indices.append(frame.index)
-            frame_labels.append(frame.label)
-            pending.append(frame.pixels)
-            if len(pending) >= batch:
-                flush()
+    with open_source(spec, preprocess, labels=labels, shuffle=False) as source:
+        try:
+            for frame in source:
+                indices.append(frame.index)
+                stamps.append(frame.t_src)
+                frame_labels.append(frame.label)
+                pending.append(frame.pixels)
+                if len(pending) >= batch:
+                    flush()
+                if len(indices) == max_frames:
+                    break
+        except KeyboardInterrupt:
+            if not interruptible:
+                raise
         flush()
+        live, rate = source.live, getattr(source, "frame_rate", None)
     if not indices:
-        raise CheckpointError(f"no frames decoded from {video}")  # pragma: no cover - VideoFileSource refuses such files first
+        raise CheckpointError(f"no frames read from {spec}")
     goodness = recurrent_goodness(stack, np.stack(pending)) if recurrent else np.concatenate(rows)  # (N, L)
     frames = np.asarray(indices, np.int64)
-    rate = source.frame_rate
+    if live:
+        times = np.asarray(stamps, np.float64) - stamps[0]
+    else:
+        times = frames / rate if rate else frames.astype(np.float64)
     thresholds = [float(layer.cfg.theta) for layer in stack.layers]
     variant = stack.layers[0].cfg.variant
+    labelled = all(label is not None for label in frame_labels)
     scores = Scores(
         frames=frames,
-        times=frames / rate if rate else frames.astype(np.float64),
+        times=times,
         goodness=goodness,
         thresholds=thresholds,
         novelty=novelty(goodness, thresholds, variant),
         frame_rate=rate,
-        source=os.fspath(video),
+        source=spec,
         checkpoint_dir=os.fspath(directory),
-        labels=np.asarray(frame_labels, np.int64) if labels else None,
+        labels=np.asarray(frame_labels, np.int64) if labelled else None,
     )
     if not recurrent:
         return scores, None

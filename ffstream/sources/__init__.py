@@ -34,6 +34,7 @@ __all__ = [
     "SourceError",
     "SyntheticSource",
     "check_live",
+    "is_live",
     "VideoFileSource",
     "dataset_arrays",
     "load_idx",
@@ -84,6 +85,11 @@ def open_source(
     if re.match(r"^[A-Za-z][\w+.-]*:", spec) and not re.match(r"^[A-Za-z]:[\\/]", spec):
         raise SourceError(f"unknown source {spec!r}; expected {SPEC_HELP}")
     raise SourceError(f"video file not found: {spec} (other sources: {SPEC_HELP})")
+
+
+def is_live(spec: str) -> bool:
+    """Whether a spec names a live source (a webcam, an RTSP or HTTP stream), which drops frames rather than wait."""
+    return spec == "webcam" or spec.startswith("webcam:") or spec.lower().startswith(STREAM_SCHEMES)
 
 
 def check_live(spec: str) -> None:

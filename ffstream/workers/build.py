@@ -8,14 +8,14 @@ from pathlib import Path
 
 from ffstream.config import ConfigError, RunConfig
 from ffstream.ff.stack import readout_layers
-from ffstream.sources import Preprocess, open_source
+from ffstream.sources import Preprocess, is_live, open_source
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import LayerWorker, choose
 from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
 from ffstream.workers.novelty import NoveltyMeter
-from ffstream.workers.sink import SinkWorker
+from ffstream.workers.sink import FEATURES_WAIT_MS, SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker
 
@@ -109,6 +109,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
                              **({"recurrent": _recurrent_meta(cfg, num_classes)} if cfg.model.recurrent else {}),
                              **({"num_classes": num_classes} if cfg.model.competition else {})},
             preview_shape=(3 if stream.color else 1, *stream.size) if index == 1 else None,
+            features_layers=features_layers(cfg),
             **common,
         )
     if kind == "sleep":
@@ -151,6 +152,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             online_probe=not stream.supervised,  # a probe of unsupervised layers: standardised features, replay (online_probe.py)
             scores_path=cfg.scores,
             features_addr=topo.bind(topo.features) if topo.features else None,
+            features_layers=features_layers(cfg),
+            features_wait_ms=None if not is_live(stream.source) else FEATURES_WAIT_MS,  # a file waits for its consumer; a camera does not
             novelty=NoveltyMeter(cfg.novelty.window, cfg.novelty.warmup, cfg.novelty.threshold, cfg.novelty.alert_frames, cfg.model.variant),
             alert_events=cfg.novelty.events,
             on_alert=cfg.novelty.on_alert,
@@ -164,6 +167,13 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     http = topo.bind(topo.monitor_http) if topo.monitor_http else None
     return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), http, http_token=cfg.security.http_token,
                          **common)
+
+
+def features_layers(cfg: RunConfig) -> tuple[int, ...] | None:
+    """The 1-based layers whose activity the sink publishes (topology.features); None when features are off."""
+    if not cfg.topology.features:
+        return None
+    return tuple(cfg.topology.features_layers or range(1, len(cfg.model.layers) + 1))
 
 
 def _recurrent_layer(cfg: RunConfig, index: int, topo, num_classes: int | None) -> dict:

@@ -67,6 +67,8 @@ class MonitorWorker(Worker):
             if msg.kind == "preview":
                 self._take_preview(msg)
                 return  # previews are for the page; subscribers get metrics only
+            if msg.kind == "control" and msg.extra.get("command") == "alert":
+                self.board.put_alert(msg.stream, msg.extra)  # the page marks it; subscribers get it below, as sent
             if msg.kind == "metrics":
                 if msg.array.size:
                     self.dropped["payload"] += 1  # metrics carry no payload

@@ -57,6 +57,7 @@ class NoveltyMeter:
         self._iqr: np.ndarray | None = None  # (L,)
         self.frames = 0  # frames seen
         self.last: float | None = None  # the latest frame's novelty; None during warm-up
+        self.last_layers: np.ndarray | None = None  # (L,) the latest scored frame's z per layer, whose mean is `last`
         self.above = 0  # frames in a row above the threshold, up to the latest
         self.alerts = 0  # alerts raised
         self.histogram = Histogram(BUCKETS)  # the scored frames' novelty (after warm-up)
@@ -94,4 +95,5 @@ class NoveltyMeter:
             self._median = median
             self._iqr = np.maximum(q75 - q25, MIN_IQR * np.maximum(np.abs(median), 1.0))
             self._since_refresh = 0
-        return float((self.sign * (self._median - goodness) / self._iqr).mean())
+        self.last_layers = self.sign * (self._median - goodness) / self._iqr  # (L,): each layer's z, for the dashboard
+        return float(self.last_layers.mean())

@@ -16,7 +16,7 @@ import zmq
 
 from ffstream.ff import LinearReadout
 from ffstream.net import blocks as eval_blocks
-from ffstream.net import wire
+from ffstream.net import carry, wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.readout_store import load_readout, save_readout
@@ -29,10 +29,11 @@ from ffstream.workers.stats import Ema, Histogram, Rate
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SINK_STATE = "sink.json"
-# How long the features publisher waits for a subscriber that is behind before it drops a message (and counts it): a
-# file source is not held up for long by a consumer that stalled, and a consumer that keeps up loses nothing.
+# On a live source, how long the features publisher waits for a subscriber that is behind before it drops a message
+# (and counts it): a camera is not held up for long by a consumer that stalled. A file or dataset source waits as long
+# as it takes (None), so that a consumer gets every frame and the stream slows to its pace.
 FEATURES_WAIT_MS = 1000
-FEATURES_HWM = 256  # messages queued per subscriber before the wait starts  # beside readout.safetensors: the counters, and the stack the head was trained on
+FEATURES_HWM = 256  # messages queued per subscriber before the wait starts
 
 
 class SinkWorker(Worker):
@@ -49,6 +50,8 @@ class SinkWorker(Worker):
         online_probe: bool = False,  # unsupervised layers: the probe standardises its features and learns from replay (OnlineProbe)
         scores_path: str | None = None,  # JSONL of per-frame goodness per layer
         features_addr: str | None = None,  # PUB, bound: every learned frame's normalised activity, in order; None: off
+        features_layers: tuple[int, ...] | None = None,  # which layers' activity it publishes, 1-based (net/carry.py); None: the top layer's as it arrives
+        features_wait_ms: int | None = FEATURES_WAIT_MS,  # a subscriber behind: wait this long, then drop; None: wait (file sources)
         novelty: NoveltyMeter | None = None,  # scores each learned frame's goodness per layer on the recent ones; None: off
         alert_events: str | None = None,  # JSONL file, a line per novelty alert; None: none
         on_alert: str | None = None,  # shell command run on each alert, FFSTREAM_ALERT_FRAME/_SCORE in its environment
@@ -70,11 +73,14 @@ class SinkWorker(Worker):
         self.online_probe = online_probe
         self.scores_path = scores_path
         self.features_addr = features_addr
+        self.features_layers = frozenset(features_layers) if features_layers else None
+        self.features_wait_ms = features_wait_ms
         self.features = None  # the PUB socket, made in setup
         self.features_sent = 0  # messages published on features_addr
         self.novelty = novelty
         self.alert_events = alert_events
         self.on_alert = on_alert
+        self._last_alert: dict | None = None  # the latest alert's event (frame, novelty, t, ...), in the metrics
         self._alert_commands: list[subprocess.Popen] = []  # on_alert commands still running, reaped in step()
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every_s = checkpoint_every_s
@@ -230,10 +236,19 @@ class SinkWorker(Worker):
             self.finished = True
 
     def _publish_features(self, msg) -> None:
-        """The top layer's normalised activity (B, N) as it arrived, with its seq, labels and per-layer goodness."""
-        out = wire.Message("activity", msg.array, stream=msg.stream, seq=msg.seq, t_src=msg.t_src, label=msg.label,
-                           trace=msg.trace, extra={k: msg.extra[k] for k in ("step", "iterations") if k in msg.extra})
-        if send(self.features, out, lambda: self.stopping, timeout_ms=FEATURES_WAIT_MS):
+        """The chosen layers' normalised activity (B, F) side by side, as the layers carried it up (net/carry.py), with
+        its seq, labels and per-layer goodness; without carried blocks, the top layer's activity as it arrived."""
+        extra = {k: msg.extra[k] for k in ("step", "iterations") if k in msg.extra}
+        array = msg.array
+        if self.features_layers is not None:
+            chosen = carry.published(msg.array, msg.extra, self.features_layers)
+            if chosen is None:
+                self.dropped["features_blocks"] += 1  # a layer that does not carry (another config): nothing to publish
+                return
+            array, extra[carry.BLOCKS], extra[carry.LAYERS] = chosen
+        out = wire.Message("activity", array, stream=msg.stream, seq=msg.seq, t_src=msg.t_src, label=msg.label,
+                           trace=msg.trace, extra=extra)
+        if send(self.features, out, lambda: self.stopping, timeout_ms=self.features_wait_ms):
             self.features_sent += 1
         else:
             self.dropped["features_not_sent"] += 1
@@ -249,6 +264,9 @@ class SinkWorker(Worker):
         """Say it three ways: a JSONL line, a control message on the metrics socket, and the user's command."""
         event = {"event": "novelty_alert", "t": time.time(), "frame": alert.frame, "seq": seq, "novelty": round(alert.score, 4),
                  "frames_above": alert.frames_above, "threshold": self.novelty.threshold}
+        if self.novelty.last_layers is not None:
+            event["layers"] = [round(float(z), 4) for z in self.novelty.last_layers]  # which layers saw it
+        self._last_alert = event
         self.log.warning("novelty alert at frame %d: %.2f above %.2f for %d frames", alert.frame, alert.score,
                          self.novelty.threshold, alert.frames_above)
         if self.alert_events:
@@ -383,6 +401,11 @@ class SinkWorker(Worker):
             latency_histogram_s=self.latency.get(),
             features_sent=self.features_sent,
             novelty=self.novelty.last if self.novelty else None,
+            # each layer's part of it (the latest scored frame's, None in warm-up), the threshold and the last alert: the web page
+            novelty_layers=[round(float(z), 4) for z in self.novelty.last_layers]
+            if self.novelty and self.novelty.last is not None and self.novelty.last_layers is not None else None,
+            novelty_threshold=self.novelty.threshold if self.novelty else None,
+            novelty_last_alert=self._last_alert,
             novelty_histogram=self.novelty.histogram.get() if self.novelty else None,
             novelty_alerts=self.novelty.alerts if self.novelty else None,
             ended=self.ended,

@@ -23,7 +23,7 @@ HISTORY = 2000  # events kept for pages that open late: about 3 minutes of a 4-l
 @dataclass(frozen=True)
 class Event:
     seq: int  # 1, 2, 3, ... in this monitor process
-    name: str  # "metrics" or "preview"
+    name: str  # "metrics", "preview" or "alert"
     data: str  # one line of JSON
 
 
@@ -45,6 +45,13 @@ class Board:
             self.latest[worker] = metrics
             self._heard_at[worker] = self.clock()
             self._append("metrics", data)
+
+    def put_alert(self, worker: str, event: dict) -> None:
+        """A novelty alert from the sink (workers/sink.py `_alert`) -> an "alert" event for the page."""
+        keys = ("t", "frame", "seq", "novelty", "frames_above", "threshold", "layers")
+        data = json.dumps({"worker": worker, **{k: event[k] for k in keys if k in event}}, separators=(",", ":"))
+        with self._cond:
+            self._append("alert", data)
 
     def put_preview(self, tiles: np.ndarray, info: dict) -> None:
         """tiles (N, H, W[, 3]) uint8 -> the PNG that /receptive-fields.png serves, and an event naming its version."""

@@ -1,7 +1,7 @@
 """The monitor's HTTP side: the dashboard page, its live event stream, the receptive fields and /metrics.
 
     GET /                       the dashboard (static/index.html, with its script and styles from /static/)
-    GET /events                 Server-Sent Events: "metrics" (one worker's metrics) and "preview" (new receptive fields)
+    GET /events                 Server-Sent Events: "metrics" (one worker's metrics), "preview" (new receptive fields), "alert" (novelty)
     GET /receptive-fields.png   layer 1's weights as image tiles (404 until layer 1 has sent one)
     GET /metrics                Prometheus text exposition
     GET /api/latest             every worker's latest metrics as one JSON object

@@ -12,6 +12,7 @@ import zmq
 
 from ffstream.ff import FFLayer
 from ffstream.net import blocks as eval_blocks
+from ffstream.net import carry
 from ffstream.net import wire
 from ffstream.net.transport import send
 from ffstream.workers.stats import Ema
@@ -21,7 +22,8 @@ OnActivity = Callable[[list[wire.Message], torch.Tensor, np.ndarray], None]  # (
 
 class Outlet:
     def __init__(self, sock: zmq.Socket, layer: FFLayer, wire_dtype: np.dtype, stopping: Callable[[], bool],
-                 dropped: Counter, latency_ms: Ema, on_activity: OnActivity):
+                 dropped: Counter, latency_ms: Ema, on_activity: OnActivity, index: int = 1,
+                 carried: frozenset[int] | None = None):
         self.sock = sock  # PUSH, connected to the next layer's (or the sink's) input
         self.layer = layer  # the worker's layer: normalises and scores what goes on
         self.wire_dtype = wire_dtype  # float32 or float16 on the wire (computed in float32)
@@ -29,6 +31,9 @@ class Outlet:
         self.dropped = dropped  # the worker's drop counts
         self.latency_ms = latency_ms  # source-to-here latency of learned frames, recorded as they go on
         self.on_activity = on_activity  # the worker's hook, called with every forward pass (recurrent.py sends it down)
+        self.index = index  # this layer's 1-based position
+        # topology.features: the 1-based layers whose activity learn messages carry up to the sink (net/carry.py); None: off
+        self.carried = carried
 
     def activity(self, kept: list[tuple[wire.Message, torch.Tensor]], h: torch.Tensor) -> bool:
         """Send the normalised activity h (B, N) of a learn micro-batch on; False (and nothing sent) when non-finite."""
@@ -44,7 +49,10 @@ class Outlet:
             rows = slice(start, start + len(xi))
             start += len(xi)
             self.latency_ms.add((time.time() - msg.t_src) * 1000)
-            self.send_on(msg, act[rows], (msg.trace or []) + [[round(float(v), 4) for v in g[rows]]], msg.extra)
+            array, extra = act[rows], msg.extra
+            if self.carried is not None:
+                array, extra = carry.add_layer(msg.array, msg.extra, array, self.index, self.carried)
+            self.send_on(msg, array, (msg.trace or []) + [[round(float(v), 4) for v in g[rows]]], extra)
         return True
 
     def eval(self, msg: wire.Message, h: torch.Tensor) -> int:

@@ -57,6 +57,7 @@ class LayerWorker(Worker):
         wire_dtype: str = "float32",  # dtype of the activity sent on: "float32" or "float16" (half the bytes; computed in float32)
         checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
         preview_shape: tuple[int, int, int] | None = None,  # the input frame (C, H, W): send weight previews to the monitor; None: none
+        features_layers: tuple[int, ...] | None = None,  # topology.features on: the 1-based layers whose activity learn messages carry up (net/carry.py); None: off
         **worker_kwargs: Any,
     ):
         super().__init__(f"layer{index}", **worker_kwargs)
@@ -69,6 +70,7 @@ class LayerWorker(Worker):
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, "label_relative": label_relative, **(checkpoint_meta or {})}
         self.layer = self.make_layer(layer_config).to(self.device)
         self.labels = LabelSlots(self.layer.cfg.in_features, num_classes, label_scale, label_relative, self.device)
+        self.features_layers = frozenset(features_layers) if features_layers is not None else None
         self.preview = WeightPreview(self.layer, preview_shape, index, self.log) if preview_shape else None
         self.figures = LayerFigures()
         self.last_good = weights.LastGood(self.layer, lr_decay_frames, self.log)  # what a divergent step rolls back to
@@ -101,7 +103,7 @@ class LayerWorker(Worker):
         # the next worker is up and warm, so the first frames of a live stream do not queue behind start-up.
         self.output = self.socket(zmq.PUSH, connect=ep.output, hwm=4, output=True, ready=True)
         self.outlet = Outlet(self.output, self.layer, self.wire_dtype, self.waiting, self.dropped, self.figures.recent["latency_ms"],
-                             self._on_activity)
+                             self._on_activity, self.index, self.features_layers)
         if ep.negative_output:
             sock = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True)
             self.stepper.chain = NegativeChain(sock, self.wire_dtype, self.name, lambda: self.stopping, self.dropped)

@@ -6,6 +6,8 @@ const WINDOW_S = 300;            // the charts show the last 5 minutes
 const PALETTE = ["#1f77b4", "#e4572e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"];
 const POS = "#1f77b4", NEG = "#e4572e", THETA = "#9aa0a6";
 
+const ALERT = "#d62728", MAX_ALERTS = 50;
+const alerts = [];               // novelty alerts, newest last: {t, frame, novelty, threshold, layers}
 const series = new Map();        // key -> [[t, value], ...], t in seconds since the epoch
 const latest = new Map();        // worker -> its last metrics
 const heard = new Map();         // worker -> Date.now() when last heard
@@ -42,11 +44,31 @@ function takeMetrics(m) {
   if (m.kind === "sink") {
     push("accuracy/recent", t, m.accuracy_recent);
     push("accuracy/run", t, m.accuracy);
+    push("novelty/mean", t, m.novelty);
+    (Array.isArray(m.novelty_layers) ? m.novelty_layers : []).forEach((z, i) => push(`novelty/layer${i + 1}`, t, z));
+    const a = m.novelty_last_alert;   // an alert the page missed (opened after it, and the history has moved on)
+    if (a && typeof a.t === "number" && !alerts.some(b => b.frame === a.frame)) takeAlert(a);
   }
   points += 1;
   const counter = document.getElementById("points");
   counter.textContent = points;
   counter.dataset.points = String(points);
+  dirty = true;
+}
+
+function takeAlert(a) {
+  if (typeof a.t !== "number" || alerts.some(b => b.frame === a.frame && b.t === a.t)) return;
+  alerts.push(a);
+  alerts.sort((x, y) => x.t - y.t);
+  if (alerts.length > MAX_ALERTS) alerts.shift();
+  const list = document.getElementById("alerts");
+  list.innerHTML = alerts.slice().reverse().map(x => {
+    const when = new Date(x.t * 1000).toLocaleTimeString();
+    const layers = Array.isArray(x.layers) ? ` · per layer ${x.layers.map(z => z.toFixed(1)).join(", ")}` : "";
+    return `<li data-frame="${esc(x.frame)}">${esc(when)}: frame ${esc(x.frame)}, novelty ${esc(Number(x.novelty).toFixed(2))}` +
+      ` above ${esc(x.threshold)} for ${esc(x.frames_above ?? "?")} frames${esc(layers)}</li>`;
+  }).join("");
+  list.dataset.alerts = String(alerts.length);
   dirty = true;
 }
 
@@ -123,6 +145,12 @@ function drawChart(canvas, lines, opts = {}) {
   g.textAlign = "center"; g.textBaseline = "top";
   const span = tMax - tMin, xs = Math.max(1, niceStep(Math.max(span, 1), 4));
   for (let a = 0; a <= span + 1e-9; a += xs) g.fillText(a === 0 ? "now" : `−${Math.round(a)} s`, X(tMax - a), top + ph + 5);
+  for (const v of opts.vlines || []) {   // events (alerts) inside the window, as full-height bars
+    if (v.t < tMin || v.t > tMax) continue;
+    g.strokeStyle = v.color; g.lineWidth = 2; g.setLineDash([]);
+    g.beginPath(); g.moveTo(X(v.t), top); g.lineTo(X(v.t), top + ph); g.stroke();
+  }
+  g.lineWidth = 1;
   for (const h of opts.hlines || []) {
     g.strokeStyle = h.color; g.setLineDash([5, 4]); g.beginPath(); g.moveTo(left, Y(h.value)); g.lineTo(left + pw, Y(h.value)); g.stroke();
   }
@@ -130,7 +158,7 @@ function drawChart(canvas, lines, opts = {}) {
   for (const l of lines) {
     const pts = l.pts.filter(p => p[0] >= tMin);
     if (!pts.length) continue;
-    g.strokeStyle = l.color; g.lineWidth = 2; g.setLineDash(l.dash ? [6, 4] : []);
+    g.strokeStyle = l.color; g.lineWidth = l.width || 2; g.setLineDash(l.dash ? [6, 4] : []);
     g.beginPath();
     pts.forEach((p, i) => (i ? g.lineTo(X(p[0]), Y(p[1])) : g.moveTo(X(p[0]), Y(p[1]))));
     if (pts.length === 1) g.arc(X(pts[0][0]), Y(pts[0][1]), 2, 0, 2 * Math.PI);
@@ -185,7 +213,23 @@ function redraw() {
     prob.push({ label: "", color, dash: true, pts: series.get(`p_neg/${w}`) || [] });
   });
   drawChart(document.getElementById("probability"), prob, { yMin: 0, yMax: 1 });
+  noveltyChart(sink);
   table();
+}
+
+function noveltyChart(sink) {
+  const layerKeys = [...series.keys()].filter(k => k.startsWith("novelty/layer")).sort((a, b) => parseInt(a.slice(13)) - parseInt(b.slice(13)));
+  const lines = layerKeys.map((k, i) => ({ label: k.slice(8).replace("layer", "layer "), color: PALETTE[i % PALETTE.length], pts: series.get(k) }));
+  lines.push({ label: "mean", color: "#1d2430", pts: series.get("novelty/mean") || [], width: 3 });
+  const threshold = sink && typeof sink.novelty_threshold === "number" ? sink.novelty_threshold : null;
+  drawChart(document.getElementById("novelty"), lines, {
+    fromZero: false, hlines: threshold === null ? [] : [{ value: threshold, color: ALERT }],
+    vlines: alerts.map(a => ({ t: a.t, color: ALERT })),
+    empty: sink ? "the sink is warming up its novelty window…" : "waiting for the sink…",
+  });
+  const note = document.getElementById("novelty-note");
+  note.textContent = sink && typeof sink.novelty === "number"
+    ? `latest ${sink.novelty.toFixed(2)} (threshold ${threshold}) · ${sink.novelty_alerts ?? 0} alerts this run` : "";
 }
 
 function order(key) {
@@ -219,6 +263,7 @@ function connect() {
   const events = new EventSource("/events");
   events.addEventListener("metrics", e => takeMetrics(JSON.parse(e.data)));
   events.addEventListener("preview", e => takePreview(JSON.parse(e.data)));
+  events.addEventListener("alert", e => takeAlert(JSON.parse(e.data)));
   events.onopen = () => { status.textContent = "live"; status.className = "pill live"; };
   events.onerror = () => { status.textContent = "reconnecting…"; status.className = "pill waiting"; };
 }
