@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "AUROC of goodness per layer, alert latency per insert, false alerts per 1,000 frames")
     novelty.add_argument("--video", help="the training video (default vtest.avi from opencv-doc)")
     novelty.add_argument("--foreign", help="comma-separated video files or 'synthetic', spliced in turn (default Megamind.avi,tree.avi,synthetic)")
-    novelty.add_argument("--recipe", default="video-novelty", help="what the training run learns with (default video-novelty; 'none': ffstream run's own default, the video recipe)")
+    novelty.add_argument("--recipe", default="video-novelty", help="what the training run learns with (default video-novelty; 'none': no recipe, as ffstream run without --recipe)")
     novelty.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                          help="a config field of the training run, repeatable, e.g. --set model.layers=500,500,500")
     novelty.add_argument("--novelty", action="append", default=[], metavar="novelty.KEY=VALUE",

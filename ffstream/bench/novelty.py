@@ -43,7 +43,7 @@ ALERT_TAIL = 10  # frames after an insert's end in which an alert still counts a
 class NoveltyBenchConfig:
     video: str = f"{DATA}/vtest.avi"  # the training footage, a fixed camera
     foreign: tuple[str, ...] = FOREIGN  # video files, or "synthetic", spliced in turn
-    recipe: str | None = "video-novelty"  # what `ffstream run` learns with; None: the built-in defaults (the video recipe on a file)
+    recipe: str | None = "video-novelty"  # what `ffstream run` learns with; None: no --recipe (ffstream run picks)
     sets: list[str] = field(default_factory=list)  # --set overrides for the training run, e.g. model.layers=500,500,500
     epochs: int = 2  # training passes over the video
     max_frames: int | None = None  # use only the first N frames of the video (quick runs, the test)

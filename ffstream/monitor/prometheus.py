@@ -55,7 +55,7 @@ FAMILIES: dict[str, tuple[type[Metric], tuple[str, ...], str]] = {
     "ffstream_evaluated_frames_total": (CounterMetricFamily, (), "Labelled frames the sink has scored."),
     "ffstream_latency_seconds": (HistogramMetricFamily, (), "Seconds from the source's capture of a frame to the sink."),
     "ffstream_novelty": (GaugeMetricFamily, (),
-                         "The latest frame's novelty: interquartile ranges below the recent median goodness, mean over layers."),
+                         "The latest frame's novelty: interquartile ranges from the recent median goodness, either way, largest over layers."),
     "ffstream_novelty_score": (HistogramMetricFamily, (), "Every scored frame's novelty (as ffstream_novelty), over the run."),
     "ffstream_novelty_alerts_total": (CounterMetricFamily, (),
                                       "Novelty alerts: runs of frames above the threshold, novelty.alert_frames long."),
