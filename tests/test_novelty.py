@@ -70,11 +70,13 @@ def test_either_direction_at_any_layer_is_novel():
 
 def test_replay_is_the_sink_meter_offline():
     goodness = np.concatenate([steady(200, seed=3), np.tile([[560.0, 280.0, 80.0]], (6, 1)), steady(50, seed=4)])
-    scores, alerts = replay(goodness, window=300, warmup=50, threshold=3.0, alert_frames=4)
+    below = np.empty_like(goodness)
+    scores, alerts = replay(goodness, window=300, warmup=50, threshold=3.0, alert_frames=4, below=below)
     meter = NoveltyMeter(window=300, warmup=50, threshold=3.0, alert_frames=4)
     live = [meter.add(g) for g in goodness]
     assert np.isnan(scores[:50]).all() and np.allclose(scores[50:], [s for s, _ in live[50:]])
     assert [a.frame for a in alerts] == [203] and [a for _, a in live if a is not None][0].frame == 203
+    assert np.isnan(below[:50]).all() and below[200, 0] < -3 and below[200, 1] > 3  # layer 1 up, layer 2 down
 
 
 def test_bad_input():

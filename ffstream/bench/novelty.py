@@ -126,8 +126,9 @@ def alert_figures(alerts: list[int], inserts: list[Insert], n: int, warmup: int)
             "false_per_1000": round(1000 * len(false) / clean, 3) if clean > 0 else None}
 
 
-def separation(goodness: np.ndarray, novelty: np.ndarray, inserts: list[Insert]) -> dict:
-    """Per layer AUROC of goodness (training footage positive), and of novelty (foreign positive), per source and all."""
+def separation(goodness: np.ndarray, novelty: np.ndarray, below: np.ndarray, inserts: list[Insert]) -> dict:
+    """Per layer AUROC of goodness (training footage positive), and of novelty (foreign positive), per source and all;
+    beside it the score the sink had before, the mean over layers of the one-sided (median − G) / IQR (below: (N, L))."""
     n = len(goodness)
     foreign = insert_mask(n, inserts)
     scored = ~np.isnan(novelty)
@@ -137,6 +138,7 @@ def separation(goodness: np.ndarray, novelty: np.ndarray, inserts: list[Insert])
         out[name] = {
             "goodness_auroc": [round(auroc(goodness[~foreign, l], goodness[mask, l]), 4) for l in range(goodness.shape[1])],
             "novelty_auroc": round(auroc(novelty[mask & scored], novelty[~foreign & scored]), 4),
+            "one_sided_mean_auroc": round(auroc(below[mask & scored].mean(1), below[~foreign & scored].mean(1)), 4),
             "goodness_mean": {"training": goodness[~foreign].mean(0).round(2).tolist(), "foreign": goodness[mask].mean(0).round(2).tolist()},
         }
     return out
@@ -172,7 +174,8 @@ def novelty_benchmark(cfg: NoveltyBenchConfig, say: Callable[[str], None] = lamb
         clean_goodness, clean_events, _ = frozen_run(ck, video, tmp, "clean", cfg.novelty, say, epochs=cfg.clean_loops)
     if len(goodness) != frames:
         raise RuntimeError(f"the frozen run scored {len(goodness)} frames of {frames}: frames were lost on the way")
-    novelty, replayed = replay(goodness, meter.window, meter.warmup, meter.threshold, meter.alert_frames)
+    below = np.empty_like(goodness)
+    novelty, replayed = replay(goodness, meter.window, meter.warmup, meter.threshold, meter.alert_frames, below=below)
     live = sorted(int(e["frame"]) for e in events)
     alerts = alert_figures(live, inserts, frames, meter.warmup)
     result = {
@@ -180,7 +183,7 @@ def novelty_benchmark(cfg: NoveltyBenchConfig, say: Callable[[str], None] = lamb
         "frames": frames, "inserts": [{"name": i.name, "start": i.start, "length": i.length} for i in inserts],
         "novelty_settings": {"window": meter.window, "warmup": meter.warmup, "threshold": meter.threshold,
                              "alert_frames": meter.alert_frames},
-        "separation": separation(goodness, novelty, inserts),
+        "separation": separation(goodness, novelty, below, inserts),
         "alerts": {**alerts, "frames": live, "replay_agrees": live == [a.frame for a in replayed]},
         "train_s": round(train_s, 1), "wall_s": round(time.monotonic() - started, 1),
         "fps_frozen": summary.get("layers", [{}])[0].get("fps") if summary else None,
@@ -197,7 +200,7 @@ def format_result(r: dict) -> str:
              f"{r['recipe']} {' '.join(r['sets'])}, {r['epochs']} epochs, {r['layers']} layers; novelty {r['novelty_settings']}"]
     for name, s in r["separation"].items():
         lines.append(f"  {name:>14}: goodness AUROC per layer {', '.join(f'{a:.3f}' for a in s['goodness_auroc'])}; "
-                     f"novelty AUROC {s['novelty_auroc']:.3f}; mean goodness training {s['goodness_mean']['training']} "
+                     f"novelty AUROC {s['novelty_auroc']:.3f} (one-sided mean {s['one_sided_mean_auroc']:.3f}); mean goodness training {s['goodness_mean']['training']} "
                      f"foreign {s['goodness_mean']['foreign']}")
     a = r["alerts"]
     lines.append(f"  alert latency per insert (frames): {a['latency']} ({', '.join(i['name'] for i in r['inserts'])})")

@@ -62,6 +62,7 @@ class NoveltyMeter:
         self.frames = 0  # frames seen
         self.last: float | None = None  # the latest frame's novelty; None during warm-up
         self.last_layers: np.ndarray | None = None  # (L,) the latest frame's z per layer; None during warm-up
+        self.last_below: np.ndarray | None = None  # (L,) the same signed, (median − G) / IQR: positive when less good
         self.above = 0  # frames in a row above the threshold, up to the latest
         self.alerts = 0  # alerts raised
         self.histogram = Histogram(BUCKETS)  # the scored frames' novelty (after warm-up)
@@ -85,7 +86,7 @@ class NoveltyMeter:
         self.frames += 1
         self.last = score
         if score is None:
-            self.last_layers = None
+            self.last_layers = self.last_below = None
             return None, None
         self.histogram.add(score)
         self.above = self.above + 1 if score > self.threshold else 0
@@ -100,14 +101,16 @@ class NoveltyMeter:
             self._median = median
             self._iqr = np.maximum(q75 - q25, MIN_IQR * np.maximum(np.abs(median), 1.0))
             self._since_refresh = 0
-        self.last_layers = np.abs(goodness - self._median) / self._iqr  # (L,)
+        self.last_below = (self._median - goodness) / self._iqr  # (L,)
+        self.last_layers = np.abs(self.last_below)
         return float(self.last_layers.max())
 
 
 def replay(goodness: np.ndarray, window: int = 1000, warmup: int = 100, threshold: float = 3.0,
-           alert_frames: int = 5) -> tuple[np.ndarray, list[Alert]]:
+           alert_frames: int = 5, below: np.ndarray | None = None) -> tuple[np.ndarray, list[Alert]]:
     """What a sink's meter says of a stream, offline: goodness (N, L) in stream order -> novelty (N,) (NaN in
-    warm-up and for dropped frames) and the alerts raised, frames counted from 0."""
+    warm-up and for dropped frames) and the alerts raised, frames counted from 0. below: an (N, L) array that gets
+    each frame's signed per-layer z, (median − G) / IQR (NaN where not scored), for comparisons."""
     meter = NoveltyMeter(window, warmup, threshold, alert_frames)
     scores = np.full(len(goodness), np.nan)
     alerts: list[Alert] = []
@@ -115,6 +118,8 @@ def replay(goodness: np.ndarray, window: int = 1000, warmup: int = 100, threshol
         score, alert = meter.add(g, frame=i)
         if score is not None:
             scores[i] = score
+        if below is not None:
+            below[i] = meter.last_below if score is not None else np.nan
         if alert is not None:
             alerts.append(alert)
     return scores, alerts
