@@ -76,7 +76,7 @@ def test_replay_is_the_sink_meter_offline():
     live = [meter.add(g) for g in goodness]
     assert np.isnan(scores[:50]).all() and np.allclose(scores[50:], [s for s, _ in live[50:]])
     assert [a.frame for a in alerts] == [203] and [a for _, a in live if a is not None][0].frame == 203
-    assert np.isnan(below[:50]).all() and below[200, 0] < -3 and below[200, 1] > 3  # layer 1 up, layer 2 down
+    assert np.isnan(below[:50]).all() and below[200, 0] < -1.5 and below[200, 1] > 2  # layer 1 up, layer 2 down
 
 
 def test_bad_input():
