@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a config field of the training run, repeatable, e.g. --set model.layers=500,500,500")
     novelty.add_argument("--novelty", action="append", default=[], metavar="novelty.KEY=VALUE",
                          help="a novelty.* field of the frozen runs, repeatable (default: the shipped ones)")
-    novelty.add_argument("--epochs", type=_positive, default=2, help="training passes over the video (default 2)")
+    novelty.add_argument("--epochs", type=_positive, default=4, help="training passes over the video (default 4)")
     novelty.add_argument("--max-frames", type=_positive, help="use only the first N frames of the video (a quick check)")
     novelty.add_argument("--inserts", type=_positive, default=6, help="foreign clips spliced in (default 6)")
     novelty.add_argument("--insert-frames", type=_positive, default=50, help="frames per clip (default 50)")

@@ -45,7 +45,7 @@ class NoveltyBenchConfig:
     foreign: tuple[str, ...] = FOREIGN  # video files, or "synthetic", spliced in turn
     recipe: str | None = "video-novelty"  # what `ffstream run` learns with; None: no --recipe (ffstream run picks)
     sets: list[str] = field(default_factory=list)  # --set overrides for the training run, e.g. model.layers=500,500,500
-    epochs: int = 2  # training passes over the video
+    epochs: int = 4  # training passes over the video (2 left layer 2 at 0.98 and a third layer inverted: BENCHMARKS.md)
     max_frames: int | None = None  # use only the first N frames of the video (quick runs, the test)
     inserts: int = 6  # foreign clips in the spliced video
     insert_frames: int = 50  # frames per clip
