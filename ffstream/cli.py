@@ -184,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     video.add_argument("--no-pipeline", action="store_true", help="skip the pipeline row (ffstream run --recipe video + ffstream probe)")
     video.add_argument("--json", action="store_true", help="print one JSON object")
+    novelty = bench_sub.add_parser("novelty", help="learn a fixed-camera video, then run frozen on it with other footage spliced in: "
+                                   "AUROC of goodness per layer, alert latency per insert, false alerts per 1,000 frames")
+    novelty.add_argument("--video", help="the training video (default vtest.avi from opencv-doc)")
+    novelty.add_argument("--foreign", help="comma-separated video files or 'synthetic', spliced in turn (default Megamind.avi,tree.avi,synthetic)")
+    novelty.add_argument("--recipe", default="video-novelty", help="what the training run learns with (default video-novelty; 'none': no recipe, as ffstream run without --recipe)")
+    novelty.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="a config field of the training run, repeatable, e.g. --set model.layers=500,500,500")
+    novelty.add_argument("--novelty", action="append", default=[], metavar="novelty.KEY=VALUE",
+                         help="a novelty.* field of the frozen runs, repeatable (default: the shipped ones)")
+    novelty.add_argument("--epochs", type=_positive, default=4, help="training passes over the video (default 4)")
+    novelty.add_argument("--max-frames", type=_positive, help="use only the first N frames of the video (a quick check)")
+    novelty.add_argument("--inserts", type=_positive, default=6, help="foreign clips spliced in (default 6)")
+    novelty.add_argument("--insert-frames", type=_positive, default=50, help="frames per clip (default 50)")
+    novelty.add_argument("--lead", type=_positive, default=200, help="training frames before the first insert (default 200)")
+    novelty.add_argument("--seed", type=int, default=0, help="the training run's seed (default 0)")
+    novelty.add_argument("--json", action="store_true", help="print one JSON object")
     throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
     throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000), help="layer widths (default 2000,2000,2000,2000)")
     throughput.add_argument("--batch", type=_positive, default=64, help="frames per batch, both runs (default 64)")

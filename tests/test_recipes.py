@@ -17,11 +17,11 @@ from ffstream.sources.idx import FASHION_MNIST_DIR
 from ffstream.supervisor import resolve_stream
 from tests.processes import env
 
-SHIPPED = ("images-dense", "images-conv-supervised", "images-conv-unsupervised", "recurrent", "webcam-live", "video")
+SHIPPED = ("images-dense", "images-conv-supervised", "images-conv-unsupervised", "recurrent", "webcam-live", "video", "video-novelty")
 NO_FASHION = not Path(FASHION_MNIST_DIR).is_dir()
 
 
-def test_the_six_recipes_are_shipped_with_a_description_and_a_measured_figure():
+def test_the_seven_recipes_are_shipped_with_a_description_and_a_measured_figure():
     assert sorted(recipes.shipped()) == sorted(SHIPPED)
     for name in SHIPPED:
         recipe = recipes.read(name)

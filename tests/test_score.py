@@ -84,7 +84,7 @@ def test_spliced_frames_get_low_goodness(trained_on_vtest, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     columns = read_csv(out)
-    assert list(columns) == ["frame", "time_s", "goodness_layer1", "goodness_layer2", "novelty"]
+    assert list(columns) == ["frame", "time_s", "goodness_layer1", "goodness_layer2", "novelty", "novelty_recent"]
     total = A_FRAMES_USED + SPLICE_LEN
     np.testing.assert_array_equal(columns["frame"], np.arange(total))
     np.testing.assert_allclose(columns["time_s"], np.arange(total) / FPS, atol=1e-3)
@@ -101,6 +101,10 @@ def test_spliced_frames_get_low_goodness(trained_on_vtest, tmp_path):
     # Frame by frame: most spliced frames score as more novel than any but the top 1 % of A's frames.
     cutoff = np.quantile(columns["novelty"][~inserted], 0.99)
     assert (columns["novelty"][inserted] > cutoff).mean() > 0.9
+    # novelty_recent, the sink's live score: empty in its warm-up, then the spliced block far out and A quiet
+    recent = columns["novelty_recent"]
+    assert np.isnan(recent[:100]).all() and not np.isnan(recent[100:]).any()
+    assert np.median(recent[inserted]) > 10 and np.quantile(recent[100:][~inserted[100:]], 0.99) < 3, figures
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 

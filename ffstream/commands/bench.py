@@ -69,6 +69,8 @@ def bench_command(args) -> int:
         return 0
     if args.bench == "video":
         return video_command(args)
+    if args.bench == "novelty":
+        return novelty_command(args)
     if args.bench in ("sleep-gap", "ablations"):
         from ffstream.bench import studies
 
@@ -96,5 +98,27 @@ def video_command(args) -> int:
     except KeyboardInterrupt:
         print(f"ffstream bench video: interrupted after {time.monotonic() - started:.0f} s; no figures", file=sys.stderr, flush=True)
         return 130
+    print(json.dumps(result) if args.json else format_result(result), flush=True)
+    return 0
+
+
+def novelty_command(args) -> int:
+    """`bench novelty`: progress on stderr, the figures on stdout; a failed run or bad flag is one line and exit 2."""
+    import sys
+
+    from ffstream.bench.novelty import NoveltyBenchConfig, format_result, novelty_benchmark
+
+    cfg = NoveltyBenchConfig(recipe=None if args.recipe == "none" else args.recipe, sets=args.sets, epochs=args.epochs,
+                             max_frames=args.max_frames, inserts=args.inserts, insert_frames=args.insert_frames,
+                             lead=args.lead, novelty=args.novelty, seed=args.seed)
+    if args.video:
+        cfg.video = args.video
+    if args.foreign:
+        cfg.foreign = tuple(f.strip() for f in args.foreign.split(",") if f.strip())
+    try:
+        result = novelty_benchmark(cfg, lambda line: print(f"bench novelty: {line}", file=sys.stderr, flush=True))
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"ffstream bench novelty: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result) if args.json else format_result(result), flush=True)
     return 0

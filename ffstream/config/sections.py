@@ -252,7 +252,7 @@ class NoveltyConfig:
 
     window: int = 1000  # recent frames whose goodness quantiles calibrate each layer
     warmup: int = 100  # frames before the first score (at most window)
-    threshold: float = 3.0  # novelty, in interquartile ranges below the recent median, above which a frame counts
+    threshold: float = 3.0  # novelty, interquartile ranges from the recent median at some layer (either way), above which a frame counts
     alert_frames: int = 5  # frames in a row above the threshold that raise one alert
     events: str | None = None  # JSONL file that gets a line per alert; None: none
     on_alert: str | None = None  # shell command run (not waited for) on each alert, FFSTREAM_ALERT_FRAME and _SCORE set; None: none

@@ -21,6 +21,7 @@ already preprocessed (float) or scaled only (uint8). The stack is the one `ffstr
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ class Stack:
             raise ValueError(f"expected frames (N, H, W), (N, H, W, 3) or (N, {', '.join(map(str, self.frame_shape))}), got shape {frames.shape}")
         if frames.dtype not in (np.uint8, np.float32):
             frames = frames.astype(np.float32)  # cv2 resizes uint8 and float32
-        return Preprocess(self.preprocess.size, self.preprocess.color, scale).batch(frames)
+        # the run's preprocessing whole (centring, SCFF's self-pairing), only the scale following the dtype
+        return dataclasses.replace(self.preprocess, scale=scale).batch(frames)
 
     def embed(self, frames: np.ndarray, layer: int | Sequence[int] | None = None) -> np.ndarray:
         """Each frame's readout features: the normalised activity (a conv map pooled on a small grid) of `layer`

@@ -8,6 +8,10 @@ relative to its threshold θ, averaged over layers, sign flipped so that higher 
 
 0 is a frame at the threshold of every layer; a frame with twice the threshold's goodness scores −1.
 
+`novelty_recent` is what a run's sink says of the same frames in the same order (`ffstream.workers.novelty`, the
+shipped `novelty.*` settings): each layer's distance from its recent median goodness in interquartile ranges, either
+direction, the largest over layers; NaN for the warm-up frames. It is the score the sink's alerts use.
+
 A recurrent stack (`ffstream run --recurrent`) takes the video's frames as its steps, one frame a step, in order,
 as in a recurrent run on video: each layer hears the layer above's state of the previous frame and keeps 0.3 of
 its own. It is scored twice: as it is, and with every top-down input silenced (each layer's damped state kept),
@@ -41,6 +45,7 @@ class Scores:
     goodness: np.ndarray  # float64 (N, L): goodness of every frame at every layer
     thresholds: list[float]  # θ of each layer, the goodness a layer was trained to push positives above
     novelty: np.ndarray  # float64 (N,): see the module docstring
+    novelty_recent: np.ndarray  # float64 (N,): the sink's live score on these frames in order (NaN in its warm-up)
     frame_rate: float | None  # the video's frames/s; None when its header does not say
     source: str  # the source spec (a video's path)
     checkpoint_dir: str
@@ -110,6 +115,15 @@ def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max")
     return relative.mean(axis=1)
 
 
+def recent_novelty(goodness: np.ndarray) -> np.ndarray:
+    """goodness (N, L) in stream order -> (N,): the sink's live novelty with the shipped novelty.* settings."""
+    from ffstream.config.sections import NoveltyConfig  # config: the settings' one home
+    from ffstream.workers.novelty import replay
+
+    n = NoveltyConfig()
+    return replay(goodness, n.window, n.warmup, n.threshold, n.alert_frames)[0]
+
+
 def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: int = 256,
                 labels: str | None = None, max_frames: int | None = None,
                 interruptible: bool = False) -> tuple[Scores, Scores | None]:
@@ -171,6 +185,7 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
         goodness=goodness,
         thresholds=thresholds,
         novelty=novelty(goodness, thresholds, variant),
+        novelty_recent=recent_novelty(goodness),
         frame_rate=rate,
         source=spec,
         checkpoint_dir=os.fspath(directory),
@@ -179,7 +194,8 @@ def score_video(video: str | os.PathLike, directory: str | os.PathLike, batch: i
     if not recurrent:
         return scores, None
     without = recurrent_goodness(stack, np.stack(pending), top_down=False)  # frames are steps: the same clip, in order
-    return scores, dataclasses.replace(scores, goodness=without, novelty=novelty(without, thresholds, variant))
+    return scores, dataclasses.replace(scores, goodness=without, novelty=novelty(without, thresholds, variant),
+                                       novelty_recent=recent_novelty(without))
 
 
 def comparison_line(with_top_down: Scores, without: Scores) -> str:
@@ -193,22 +209,24 @@ def comparison_line(with_top_down: Scores, without: Scores) -> str:
 
 
 def write_csv(scores: Scores, path: str | os.PathLike) -> None:
-    """Columns: frame, time_s, goodness_layer1..L, novelty, and label when the video is labelled; one row per frame."""
+    """Columns: frame, time_s, goodness_layer1..L, novelty, novelty_recent (empty in warm-up), and label when the video
+    is labelled; one row per frame."""
     layers = scores.goodness.shape[1]
     labelled = scores.labels is not None
     with open(path, "w", newline="") as fh:
         out = csv.writer(fh)
-        out.writerow(["frame", "time_s", *(f"goodness_layer{i}" for i in range(1, layers + 1)), "novelty", *(["label"] if labelled else [])])
+        out.writerow(["frame", "time_s", *(f"goodness_layer{i}" for i in range(1, layers + 1)), "novelty", "novelty_recent", *(["label"] if labelled else [])])
         for i in range(len(scores.frames)):
             label = [int(scores.labels[i])] if labelled else []
-            out.writerow([int(scores.frames[i]), f"{scores.times[i]:.4f}", *(f"{g:.4f}" for g in scores.goodness[i]), f"{scores.novelty[i]:.5f}", *label])
+            out.writerow([int(scores.frames[i]), f"{scores.times[i]:.4f}", *(f"{g:.4f}" for g in scores.goodness[i]), f"{scores.novelty[i]:.5f}",
+                          "" if np.isnan(scores.novelty_recent[i]) else f"{scores.novelty_recent[i]:.4f}", *label])
 
 
 def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A scores CSV back as columns (tests, notebooks)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return {key: np.array([float(r[key]) for r in rows]) for key in (rows[0].keys() if rows else [])}
+    return {key: np.array([float(r[key] or "nan") for r in rows]) for key in (rows[0].keys() if rows else [])}
 
 
 def require_matplotlib() -> None:

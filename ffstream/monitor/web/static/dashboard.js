@@ -44,7 +44,7 @@ function takeMetrics(m) {
   if (m.kind === "sink") {
     push("accuracy/recent", t, m.accuracy_recent);
     push("accuracy/run", t, m.accuracy);
-    push("novelty/mean", t, m.novelty);
+    push("novelty/max", t, m.novelty);
     (Array.isArray(m.novelty_layers) ? m.novelty_layers : []).forEach((z, i) => push(`novelty/layer${i + 1}`, t, z));
     const a = m.novelty_last_alert;   // an alert the page missed (opened after it, and the history has moved on)
     if (a && typeof a.t === "number" && !alerts.some(b => b.frame === a.frame)) takeAlert(a);
@@ -220,7 +220,7 @@ function redraw() {
 function noveltyChart(sink) {
   const layerKeys = [...series.keys()].filter(k => k.startsWith("novelty/layer")).sort((a, b) => parseInt(a.slice(13)) - parseInt(b.slice(13)));
   const lines = layerKeys.map((k, i) => ({ label: k.slice(8).replace("layer", "layer "), color: PALETTE[i % PALETTE.length], pts: series.get(k) }));
-  lines.push({ label: "mean", color: "#1d2430", pts: series.get("novelty/mean") || [], width: 3 });
+  lines.push({ label: "largest", color: "#1d2430", pts: series.get("novelty/max") || [], width: 3 });
   const threshold = sink && typeof sink.novelty_threshold === "number" ? sink.novelty_threshold : null;
   drawChart(document.getElementById("novelty"), lines, {
     fromZero: false, hlines: threshold === null ? [] : [{ value: threshold, color: ALERT }],
