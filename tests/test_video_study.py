@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffstream.bench.video_study import StudyConfig, pooled_features, probe, step_inputs, train_ff, make_stack
+from ffstream.bench.video_study import (StudyConfig, aligned, centroid, make_stack, pooled_features, probe, step_inputs,
+                                        study_from_recipe, train_ff, visiting_order)
 from ffstream.ff.pairs import Reservoir, cross_pairs, self_pairs, successor_pairs
 from ffstream.sources.idx import FASHION_MNIST_DIR
 
@@ -89,3 +90,55 @@ def test_moving_fashion_is_seeded_and_garments_stay_inside():
     assert 1 <= len(runs) <= 300 // 20  # clips of 20-40 frames
     moved = np.abs(frames[1:].astype(int) - frames[:-1]).sum(axis=(1, 2))
     assert (moved > 0).mean() > 0.9  # garments move from frame to frame
+
+
+def test_scff_variants_pair_as_configured():
+    gen = torch.Generator().manual_seed(0)
+    x, succ = torch.rand(8, 1, 6, 6), torch.rand(8, 1, 6, 6)
+    r = Reservoir(32, min_age=4)
+    r.add(torch.rand(32, 1, 6, 6))
+    pos, _ = step_inputs(StudyConfig(positive="self"), x, succ, r, gen)
+    assert torch.equal(pos, torch.cat([x, x], dim=1))
+    pos, neg = step_inputs(StudyConfig(pairing="sum"), x, succ, r, gen)
+    assert pos.shape == neg.shape == (8, 1, 6, 6) and torch.allclose(pos, (x + succ) / 2)
+    assert make_stack(StudyConfig(layers="conv:4x3x3/2", pairing="sum"), (1, 6, 6)).layers[0].cfg.in_shape == (1, 6, 6)
+
+
+def test_aligned_partner_has_the_frames_centroid():
+    frames, partners = torch.zeros(2, 1, 12, 12), torch.zeros(2, 1, 12, 12)
+    frames[0, 0, 2:4, 3:5], frames[1, 0, 8:10, 7:9] = 1, 1
+    partners[0, 0, 6:8, 6:8], partners[1, 0, 1:3, 1:3] = 1, 1
+    moved = aligned(partners, frames)
+    assert torch.allclose(centroid(moved), centroid(frames)) and not torch.allclose(centroid(partners), centroid(frames))
+    assert torch.equal(moved.sum(dim=(1, 2, 3)), partners.sum(dim=(1, 2, 3)))  # moved, not cut
+
+
+def test_visiting_orders_visit_every_frame_once():
+    gen = torch.Generator().manual_seed(0)
+    blocks = visiting_order(StudyConfig(shuffled=True, block=4), 16, gen)
+    assert sorted(blocks.tolist()) == list(range(16)) and not torch.equal(blocks, torch.arange(16))
+    assert all(torch.equal(b, torch.arange(b[0], b[0] + 4)) for b in blocks.split(4))  # each block in order
+    cursors = visiting_order(StudyConfig(cursors=4), 16, gen)
+    assert cursors[:4].tolist() == [0, 4, 8, 12] and cursors[4:8].tolist() == [1, 5, 9, 13]
+
+
+def test_study_takes_the_video_recipes_learning():
+    from ffstream.config.recipes import read
+
+    model = read("video").data["model"]
+    cfg = study_from_recipe("video", seed=3)
+    assert cfg.layers == ",".join(model["layers"]) and cfg.lr == model["lr"] and cfg.threshold == model["threshold"]
+    assert cfg.negatives == read("video").data["sleep"]["negatives"] and cfg.seed == 3
+
+
+def test_recurrent_video_study_learns_and_keeps_stream_order():
+    from ffstream.bench.video_recurrent import as_rows, features, learn, make_stack as recurrent_stack
+
+    video = torch.rand(96, 48 * 48) - 0.5
+    assert torch.equal(as_rows(video, 4).transpose(0, 1).reshape(96, -1), video)  # rows are evenly spaced stretches
+    stack = recurrent_stack(8, 2, 48 * 48, 1e-3, seed=0)
+    before = stack.layers[0].top_down.detach().clone()  # (8, 8): what layer 1 hears from layer 2
+    learn(stack, video, cursors=4, seed=0)
+    assert not torch.equal(before, stack.layers[0].top_down.detach())  # the top-down weights learned
+    on, off = features(stack, video, 4, True), features(stack, video, 4, False)
+    assert on.shape == off.shape == (96, 16) and not torch.allclose(on, off)  # the layer above changes what is read

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 STREAMS = ("shapes", "fashion")
 ROWS = ("ff_in_order", "ff_shuffled", "untrained", "raw_pixels", "backprop")
@@ -95,12 +95,12 @@ def _stats(per_seed: dict[int, dict]) -> dict:
 
 def run_stream(name: str, train, test, cfg: VideoBenchConfig, say: Callable[[str], None]) -> dict:
     """Every row on one stream: video_study with baselines at the first seed, then FF in order at the others, then shuffled."""
-    from ffstream.bench.video_study import StudyConfig, video_study
+    from ffstream.bench.video_study import study_from_recipe, video_study
 
     rows: dict[str, dict[int, dict]] = {row: {} for row in ROWS}
     first = cfg.seeds[0]
     for seed in cfg.seeds:
-        study = StudyConfig(seed=seed)
+        study = study_from_recipe("video", seed=seed)  # what `ffstream run --recipe video` learns with
         r = video_study(study, train, test, cfg.probe_every, baselines=seed == first,
                         progress=lambda row, seed=seed: say(f"{name}: {row}, seed {seed}"))
         rows["ff_in_order"][seed] = {"accuracy": r["ff"], "fps": r["learning"]["fps"]}
@@ -109,7 +109,7 @@ def run_stream(name: str, train, test, cfg: VideoBenchConfig, say: Callable[[str
             rows["raw_pixels"][seed] = {"accuracy": r["raw_pixels"], "fps": r["raw_pixels_fps"]}
             rows["backprop"][seed] = {"accuracy": r["backprop"]["accuracy"], "fps": r["backprop"]["fps"]}
             study_config = r["config"]
-    r = video_study(replace(StudyConfig(seed=first), shuffled=True), train, test, cfg.probe_every, baselines=False,
+    r = video_study(study_from_recipe("video", seed=first, shuffled=True), train, test, cfg.probe_every, baselines=False,
                     progress=lambda row: say(f"{name}: {row}, seed {first}"))
     rows["ff_shuffled"][first] = {"accuracy": r["ff"], "fps": r["learning"]["fps"]}
     return {"data": STREAM_NOTES[name], "train_frames": len(train[1]), "test_frames": len(test[1]),

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -49,6 +49,30 @@ class StudyConfig:
     readout: str = "norm"  # probe features: "norm" (channel-normalised map) or "raw" (h), each globally mean- and max-pooled
     shuffled: bool = False  # i.i.d. baseline: the same frames (or pairs) in a random order
     seed: int = 0
+    positive: str = "successor"  # scff's positive: "successor" [x_t, x_t+1] or "self" [x_t, x_t] (the paper's)
+    pairing: str = "stack"  # scff: "stack", the two frames along channels (layer 1 weighs each apart); "sum", their mean
+    #                         (the same weights on both, as the paper's code: W·x + W·x' = W·(x + x')), a frame's shape
+    align: bool = False  # scff: each negative's partner is shifted so that its centroid falls on the frame's (no position cue)
+    min_age: int = 64  # a negative's partner is at least this many frames older
+    lr_decay: bool = False  # the learning rate falls linearly to 1 % over the pass
+    probe_grid: int = 1  # probe features: 1, each layer's map globally mean- and max-pooled; g > 1, its g×g cell means too
+    block: int = 1  # shuffled: blocks of this many consecutive frames are shuffled, each kept in order (1: every frame)
+    cursors: int = 1  # in order: a batch takes frames from this many evenly spaced places of the stream, each read in order
+    up: str = "rms"  # what goes up: "rms" (each location's channels RMS-normalised) or "triangle" (minus the channel mean, ReLU, then RMS)
+
+
+def study_from_recipe(name: str = "video", **overrides) -> StudyConfig:
+    """The study's config for a recipe's learning (layers, lr, θ, peer λ, centring, negatives, reservoir), so that the
+    bench measures what `ffstream run --recipe NAME` ships; the rest, and overrides, from StudyConfig."""
+    from ffstream.config.recipes import read
+
+    data = read(name).data
+    model, stream, sleep = data.get("model", {}), data.get("stream", {}), data.get("sleep", {})
+    layers = model.get("layers", StudyConfig.layers)
+    fields = {"layers": layers if isinstance(layers, str) else ",".join(str(v) for v in layers), "lr": model.get("lr"),
+              "threshold": model.get("threshold"), "peer_weight": model.get("peer_weight"), "center": stream.get("center"),
+              "negatives": sleep.get("negatives"), "reservoir": sleep.get("reservoir")}
+    return replace(StudyConfig(), **{k: v for k, v in fields.items() if v is not None}, **overrides)
 
 
 def shapes_video(frames: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
@@ -67,22 +91,57 @@ def as_input(frames: np.ndarray, center: bool = True) -> torch.Tensor:
     return x - x.mean(dim=(1, 2, 3), keepdim=True) if center else x
 
 
+def stacked(cfg: StudyConfig) -> bool:
+    """Whether layer 1 sees two frames stacked along channels."""
+    return cfg.negatives in PAIRED_KINDS and not (cfg.negatives == "scff" and cfg.pairing == "sum")
+
+
+def triangle(h: torch.Tensor) -> torch.Tensor:
+    """Coates and Ng's triangle code, as SCFF passes activity up: each location minus its channels' mean, cut at 0."""
+    return channel_normalize(torch.relu(h - h.mean(dim=1, keepdim=True)))
+
+
 def make_stack(cfg: StudyConfig, frame_shape: tuple[int, int, int]) -> FFStack:
     c, h, w = frame_shape
-    in_shape = (2 * c, h, w) if cfg.negatives in PAIRED_KINDS else (c, h, w)
+    in_shape = (2 * c, h, w) if stacked(cfg) else (c, h, w)
     configs = build_configs(parse_layers(cfg.layers), in_shape, seed=cfg.seed, region=cfg.region, batch_norm=cfg.batch_norm,
                             lr=cfg.lr, threshold=cfg.threshold, peer_weight=cfg.peer_weight)
-    return FFStack(configs)
+    stack = FFStack(configs)
+    if cfg.up == "triangle":
+        for layer in stack.layers:
+            layer.normalize = triangle
+    return stack
+
+
+def centroid(x: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) -> (B, 2): the (row, column) centre of each frame's mass above its darkest pixel."""
+    mass = x.sum(dim=1)
+    mass = mass - mass.flatten(1).amin(dim=1).view(-1, 1, 1)  # (B, H, W), the background at 0
+    total = mass.sum(dim=(1, 2)).clamp_min(1e-6)
+    rows = torch.arange(x.shape[2], dtype=x.dtype)
+    cols = torch.arange(x.shape[3], dtype=x.dtype)
+    return torch.stack([(mass.sum(2) * rows).sum(1) / total, (mass.sum(1) * cols).sum(1) / total], dim=1)
+
+
+def aligned(partners: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Each partner rolled so that its centroid lands on its frame's: a negative then differs in what, not where."""
+    shift = (centroid(frames) - centroid(partners)).round().long().tolist()
+    return torch.stack([p.roll(tuple(d), dims=(1, 2)) for p, d in zip(partners, shift)])
 
 
 def step_inputs(cfg: StudyConfig, frames: torch.Tensor, succ: torch.Tensor, reservoir: Reservoir,
                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(positives, negatives) for one step; frames (B, C, H, W), succ the frame after each (paired kinds)."""
     partners = reservoir.sample(len(frames))
+    if cfg.align:
+        partners = aligned(partners, frames)
     if cfg.negatives == "hybrid":
         return frames, hybrid(frames, partners, gen)
     if cfg.negatives == "scff":
-        return torch.cat([frames, succ], dim=1), cross_pairs(frames, partners)
+        second = frames if cfg.positive == "self" else succ
+        if cfg.pairing == "sum":
+            return (frames + second) / 2, (frames + partners) / 2
+        return torch.cat([frames, second], dim=1), cross_pairs(frames, partners)
     # temporal: frames out of their time order; half reversed pairs of the batch, half a frame beside an old one
     clip = torch.cat([frames, succ[-1:]])
     reordered = temporal_negatives(clip, gen)[: len(frames)]
@@ -91,18 +150,31 @@ def step_inputs(cfg: StudyConfig, frames: torch.Tensor, succ: torch.Tensor, rese
     return successor_pairs(clip), torch.where(pick.view(-1, 1, 1, 1), reordered, far)
 
 
+def visiting_order(cfg: StudyConfig, n: int, gen: torch.Generator) -> torch.Tensor:
+    """The order the n frames are learned in: (n,) indices."""
+    if cfg.shuffled:
+        blocks = torch.arange(n).split(cfg.block)
+        return torch.cat([blocks[i] for i in torch.randperm(len(blocks), generator=gen).tolist()])
+    if cfg.cursors > 1:
+        span = n // cfg.cursors  # cursor k reads frames k·span, k·span + 1, ...; a batch is one step of every cursor
+        return (torch.arange(span).view(-1, 1) + span * torch.arange(cfg.cursors).view(1, -1)).flatten()
+    return torch.arange(n)
+
+
 def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
     """One pass over video (T, C, H, W); in order unless cfg.shuffled. Returns frames and frames/s."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    reservoir = Reservoir(cfg.reservoir, seed=cfg.seed + 1)
+    reservoir = Reservoir(cfg.reservoir, seed=cfg.seed + 1, min_age=cfg.min_age)
     starts = torch.arange(0, len(video) - 1 - cfg.batch, cfg.batch)
-    order = torch.randperm(len(video) - 1, generator=gen) if cfg.shuffled else torch.arange(len(video) - 1)
+    order = visiting_order(cfg, len(video) - 1, gen)
     frames = 0
     started = time.perf_counter()
     for s in starts.tolist():
         rows = order[s : s + cfg.batch]
         x, succ = video[rows], video[rows + 1]
         if reservoir.ready():
+            if cfg.lr_decay:
+                stack.set_lr_scale(max(0.01, 1 - s / len(video)))
             pos, neg = step_inputs(cfg, x, succ, reservoir, gen)
             stack.learn_interleaved(pos.flatten(1), neg.flatten(1))
             frames += len(x)
@@ -111,10 +183,14 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
     return {"frames": frames, "wall_s": round(wall, 1), "fps": round(frames / wall, 1)}
 
 
-def pooled_features(h: torch.Tensor, readout: str = "norm") -> torch.Tensor:
-    """h (B, C, H, W) -> (B, 2C): the (channel-normalised) map's global mean and max, so position does not count."""
+def pooled_features(h: torch.Tensor, readout: str = "norm", grid: int = 1) -> torch.Tensor:
+    """h (B, C, H, W) -> (B, 2C): the (channel-normalised) map's global mean and max, so position does not count;
+    grid > 1 adds its means over grid×grid cells, (B, (2 + grid²)C)."""
     n = channel_normalize(h) if readout == "norm" else h
-    return torch.cat([n.mean(dim=(2, 3)), n.amax(dim=(2, 3))], dim=1)
+    out = [n.mean(dim=(2, 3)), n.amax(dim=(2, 3))]
+    if grid > 1:
+        out.append(F.adaptive_avg_pool2d(n, (min(grid, n.shape[2]), min(grid, n.shape[3]))).flatten(1))
+    return torch.cat(out, dim=1)
 
 
 def ff_features(stack: FFStack, cfg: StudyConfig, video: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -122,9 +198,9 @@ def ff_features(stack: FFStack, cfg: StudyConfig, video: torch.Tensor, chunk: in
     out = []
     for i in range(0, len(video), chunk):
         x = video[i : i + chunk]
-        x = self_pairs(x) if cfg.negatives in PAIRED_KINDS else x
+        x = self_pairs(x) if stacked(cfg) else x
         hs = stack.activities(x.flatten(1))
-        out.append(torch.cat([pooled_features(h, cfg.readout) for h in hs], dim=1))
+        out.append(torch.cat([pooled_features(h, cfg.readout, cfg.probe_grid) for h in hs], dim=1))
     return torch.cat(out)
 
 
