@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from ffstream.workers.novelty import NoveltyMeter
+from ffstream.monitor.novelty import NoveltyMeter
 from tests.processes import ROOT, eventually
 from tests.test_web import LAYER_METRICS, get, monitor, publish, sink_metrics  # noqa: F401  monitor: the fixture
 

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from ffstream.config import ConfigError, load
 from ffstream.monitor.prometheus import render
 from ffstream.net import wire
-from ffstream.workers.novelty import NoveltyMeter, replay
+from ffstream.monitor.novelty import NoveltyMeter, replay
 from ffstream.workers.sink import SinkWorker
 from tests.media import write_video
 from tests.processes import ROOT, env, eventually

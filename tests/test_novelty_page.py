@@ -19,7 +19,7 @@ import zmq
 
 from ffstream.net import wire
 from ffstream.workers.monitor import MonitorWorker
-from ffstream.workers.novelty import NoveltyMeter
+from ffstream.monitor.novelty import NoveltyMeter
 from ffstream.workers.sink import SinkWorker
 from tests.processes import eventually
 from tests.rig import running, send, unique

@@ -17,7 +17,7 @@ from ffstream.config.plans import SleepPlan
 from ffstream.ff import FFLayer, rms_normalize
 from ffstream.net import wire
 from ffstream.workers import malloc
-from ffstream.workers.stats import Phases
+from ffstream.monitor.stats import Phases
 from tests.processes import eventually, run_local_stack
 from tests.rig import LAYER, ROWS, frames, paired, receive, send, unique, weights_of
 

@@ -23,7 +23,7 @@ from ffstream.monitor.web.png import encode_png, mosaic
 from ffstream.monitor.web.server import parse_address
 from ffstream.net import wire
 from ffstream.workers.monitor import MonitorWorker
-from ffstream.workers.stats import Histogram
+from ffstream.monitor.stats import Histogram
 from tests.processes import eventually
 from tests.rig import running, unique
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ffstream.bench.splice import SYNTHETIC, Insert, write_spliced
-from ffstream.workers.novelty import replay
+from ffstream.monitor.novelty import replay
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 FOREIGN = (f"{DATA}/Megamind.avi", f"{DATA}/tree.avi", SYNTHETIC)

@@ -248,7 +248,7 @@ class Topology:
 
 @dataclass
 class NoveltyConfig:
-    """The sink's live novelty (ffstream.workers.novelty): goodness per layer against its recent quantiles, and alerts."""
+    """The sink's live novelty (ffstream.monitor.novelty): goodness per layer against its recent quantiles, and alerts."""
 
     window: int = 1000  # recent frames whose goodness quantiles calibrate each layer
     warmup: int = 100  # frames before the first score (at most window)

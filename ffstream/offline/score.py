@@ -8,7 +8,7 @@ relative to its threshold θ, averaged over layers, sign flipped so that higher 
 
 0 is a frame at the threshold of every layer; a frame with twice the threshold's goodness scores −1.
 
-`novelty_recent` is what a run's sink says of the same frames in the same order (`ffstream.workers.novelty`, the
+`novelty_recent` is what a run's sink says of the same frames in the same order (`ffstream.monitor.novelty`, the
 shipped `novelty.*` settings): each layer's distance from its recent median goodness in interquartile ranges, either
 direction, the largest over layers; NaN for the warm-up frames. It is the score the sink's alerts use.
 
@@ -118,7 +118,7 @@ def novelty(goodness: np.ndarray, thresholds: list[float], variant: str = "max")
 def recent_novelty(goodness: np.ndarray) -> np.ndarray:
     """goodness (N, L) in stream order -> (N,): the sink's live novelty with the shipped novelty.* settings."""
     from ffstream.config.sections import NoveltyConfig  # config: the settings' one home
-    from ffstream.workers.novelty import replay
+    from ffstream.monitor.novelty import replay
 
     n = NoveltyConfig()
     return replay(goodness, n.window, n.warmup, n.threshold, n.alert_frames)[0]

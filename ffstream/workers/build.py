@@ -14,7 +14,7 @@ from ffstream.workers.layer import LayerWorker, choose
 from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
-from ffstream.workers.novelty import NoveltyMeter
+from ffstream.monitor.novelty import NoveltyMeter
 from ffstream.workers.sink import FEATURES_WAIT_MS, SinkWorker
 from ffstream.workers.sleep import SleepWorker
 from ffstream.workers.source import SourceWorker

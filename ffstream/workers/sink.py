@@ -22,9 +22,9 @@ from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.base import Worker, write_json_atomic
 from ffstream.workers.delivery import PASS_KEY
-from ffstream.workers.novelty import Alert, NoveltyMeter
+from ffstream.monitor.novelty import Alert, NoveltyMeter
 from ffstream.workers.online_probe import OnlineProbe
-from ffstream.workers.stats import Ema, Histogram, Rate
+from ffstream.monitor.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

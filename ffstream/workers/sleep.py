@@ -22,7 +22,7 @@ from ffstream.ff.stack import FFStack
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, make_socket, send
 from ffstream.workers.base import Worker
-from ffstream.workers.stats import Ema, Mean, Phases, Rate
+from ffstream.monitor.stats import Ema, Mean, Phases, Rate
 
 
 class SleepWorker(Worker):

@@ -17,7 +17,7 @@ from ffstream.sources.preprocess import SuccessorPairs
 from ffstream.workers.base import GaveUp, Worker
 from ffstream.workers.delivery import PASS_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
-from ffstream.workers.stats import Rate
+from ffstream.monitor.stats import Rate
 
 RESUME_TIMEOUT_S = 60.0  # phased sleep: the longest the source waits for the sleep worker before waking anyway
 # Batches that may still sit in this process's send queue (high-water mark 4, plus the one being written, plus

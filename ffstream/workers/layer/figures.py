@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ffstream.workers.stats import Ema, Mean, Rate
+from ffstream.monitor.stats import Ema, Mean, Rate
 
 RECENT = ("goodness_pos", "p_pos", "goodness_neg", "p_neg", "latency_ms", "staleness")  # latency: recent only
 

@@ -13,7 +13,7 @@ from ffstream.ff import FFLayer
 from ffstream.net import wire
 from ffstream.net.transport import Receiver
 from ffstream.workers.layer.policies import StepPolicy
-from ffstream.workers.stats import Phases
+from ffstream.monitor.stats import Phases
 
 MAX_PENDING_NEGATIVES = 8  # negative batches pending in the layer past which it steps on them alone (see worker.IDLE_WAKE_S)
 

@@ -15,7 +15,7 @@ from ffstream.net import blocks as eval_blocks
 from ffstream.net import carry
 from ffstream.net import wire
 from ffstream.net.transport import send
-from ffstream.workers.stats import Ema
+from ffstream.monitor.stats import Ema
 
 OnActivity = Callable[[list[wire.Message], torch.Tensor, np.ndarray], None]  # (messages, h (B, N), normalised act): a hook
 

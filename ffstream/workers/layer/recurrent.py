@@ -42,7 +42,7 @@ from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer, top_down_label
 from ffstream.net import wire
 from ffstream.net.transport import Receiver, try_send
 from ffstream.workers.layer.worker import LayerWorker
-from ffstream.workers.stats import Ema
+from ffstream.monitor.stats import Ema
 
 # Static images: the source interleaves this many batches' steps (A1 B1 A2 B2 ...), so that while a layer works on
 # one batch's step the layer above works on the other's, and each layer hears the one above one step late.

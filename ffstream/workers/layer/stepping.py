@@ -14,7 +14,7 @@ import zmq
 from ffstream.ff import FFLayer
 from ffstream.net import wire
 from ffstream.net.transport import send
-from ffstream.workers.stats import Phases
+from ffstream.monitor.stats import Phases
 
 Negatives = list[tuple[int, torch.Tensor]]  # (source seq, negative inputs (B, D)) of one step
 OnForward = Callable[[torch.Tensor], None] | None  # called with a pass's activity h (B, N) between its forward and backward

@@ -25,7 +25,7 @@ from ffstream.workers.layer.outlet import Outlet
 from ffstream.workers.layer.policies import Immediate, StepPolicy
 from ffstream.workers.layer.preview import WeightPreview
 from ffstream.workers.layer.stepping import NegativeChain, Stepper
-from ffstream.workers.stats import Phases
+from ffstream.monitor.stats import Phases
 
 # Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
 # flips the sign of the update and measurably hurts. Only when the wake path has been idle this long,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ffstream.workers.stats import Histogram
+from ffstream.monitor.stats import Histogram
 
 REFRESH_FRAMES = 16  # frames between recomputations of the quantiles: the window changes little in 16 frames
 MIN_IQR = 1e-6  # relative to |median|: a layer whose recent goodness is constant does not divide by zero
