@@ -63,7 +63,7 @@ def test_alerts_fire_near_each_insert_through_real_workers(tmp_path):
         [sys.executable, "-m", "ffstream", "bench", "novelty", "--max-frames", "120", "--recipe", "none", "--set", "model.layers=60,60",
          "--set", "stream.batch=8", "--epochs", "2", "--foreign", f"{DATA}/Megamind.avi,{DATA}/tree.avi", "--inserts", "2",
          "--insert-frames", "15", "--lead", "60", "--novelty", "novelty.window=200", "--novelty", "novelty.warmup=40", "--json"],
-        capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=900,
+        capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=900, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
@@ -78,5 +78,5 @@ def test_alerts_fire_near_each_insert_through_real_workers(tmp_path):
 def test_bad_flags_exit_2_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ffstream", "bench", "novelty", "--video", str(tmp_path / "none.avi"),
                            "--max-frames", "10", "--novelty", "novelty.window=0"],
-                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+                          capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "novelty.window" in proc.stderr, proc.stderr

@@ -75,7 +75,7 @@ def test_replay_is_the_sink_meter_offline():
     meter = NoveltyMeter(window=300, warmup=50, threshold=3.0, alert_frames=4)
     live = [meter.add(g) for g in goodness]
     assert np.isnan(scores[:50]).all() and np.allclose(scores[50:], [s for s, _ in live[50:]])
-    assert [a.frame for a in alerts] == [203] and [a for _, a in live if a is not None][0].frame == 203
+    assert [a.frame for a in alerts] == [203] and next(a for _, a in live if a is not None).frame == 203
     assert np.isnan(below[:50]).all() and below[200, 0] < -1.5 and below[200, 1] > 2  # layer 1 up, layer 2 down
 
 

@@ -72,7 +72,7 @@ def _ffstream(argv: list[str], cwd: str, say: Callable[[str], None]) -> None:
     say("ffstream " + " ".join(argv))
     try:
         done = subprocess.run([sys.executable, "-m", "ffstream", *argv], capture_output=True, text=True, cwd=cwd,
-                              timeout=RUN_TIMEOUT_S)
+                              timeout=RUN_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"ffstream {argv[0]} took over {RUN_TIMEOUT_S} s") from None
     if done.returncode != 0:
@@ -93,7 +93,10 @@ def frozen_run(ck: str, source: str, tmp: str, name: str, novelty: list[str], sa
                "--no-progress", "--http", "none", "--monitor", f"ipc://{tmp}/{name}-monitor"], tmp, say)
     with open(scores) as fh:
         goodness = np.array([json.loads(line)["goodness"] for line in fh], np.float64)  # (N, L), the sink's order
-    alerts = [json.loads(line) for line in open(events)] if os.path.exists(events) else []
+    alerts = []
+    if os.path.exists(events):  # written at the first alert only
+        with open(events) as fh:
+            alerts = [json.loads(line) for line in fh]
     with open(summary) as fh:
         figures = json.load(fh)
     # The sink resumes its frame count from the training run's sink.json: its alerts' frames count on from there.
@@ -196,8 +199,8 @@ def novelty_benchmark(cfg: NoveltyBenchConfig, say: Callable[[str], None] = lamb
 
 def format_result(r: dict) -> str:
     """The figures as a few lines of text (`--json` prints the dict)."""
-    lines = [f"novelty on spliced footage: {r['video']} ({r['frames']} frames, {len(r['inserts'])} inserts), recipe "
-             f"{r['recipe']} {' '.join(r['sets'])}, {r['epochs']} epochs, {r['layers']} layers; novelty {r['novelty_settings']}"]
+    lines = [(f"novelty on spliced footage: {r['video']} ({r['frames']} frames, {len(r['inserts'])} inserts), recipe "
+              f"{r['recipe']} {' '.join(r['sets'])}, {r['epochs']} epochs, {r['layers']} layers; novelty {r['novelty_settings']}")]
     for name, s in r["separation"].items():
         lines.append(f"  {name:>14}: goodness AUROC per layer {', '.join(f'{a:.3f}' for a in s['goodness_auroc'])}; "
                      f"novelty AUROC {s['novelty_auroc']:.3f} (one-sided mean {s['one_sided_mean_auroc']:.3f}); mean goodness training {s['goodness_mean']['training']} "
