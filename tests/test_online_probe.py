@@ -9,7 +9,7 @@ from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.online_probe import OnlineProbe
 
 
-def video_like_stream(frames: int = 6000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def video_like_stream(frames: int = 3000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Features as pooled conv maps give them: far from zero, varying little (mean 1.2, class signal 0.1), in runs of
     20-40 frames of one class, as the shapes clip shows its objects. (frames, 16) float, (frames,) labels in 0..3."""
     gen = torch.Generator().manual_seed(seed)
