@@ -100,6 +100,7 @@ def test_video_recipe_through_the_pipeline_then_probe(tmp_path):
     assert result["sleep"]["negative_kind"] == "scff"
     assert 0 <= result["probe"]["accuracy"] <= 1 and result["probe"]["pixels"] is not None, result["probe"]
     assert "probe (held-out clips):" in run.stderr
+    assert "progressive accuracy (online probe" in run.stderr  # an unsupervised stack's sink runs the online probe
     code = main(["probe", "--checkpoint-dir", str(ck), "--train", "synthetic:600:seed=1", "--test", "synthetic:300:seed=2", "--json"])
     assert code == 0
 

@@ -170,7 +170,8 @@ def print_summary(console: Console, summary: dict) -> None:
     console.print(table)
     sink = summary.get("sink") or {}
     if sink.get("accuracy") is not None:
-        console.print(f"progressive accuracy (softmax head, predict then learn): {100 * sink['accuracy']:.2f} % over {sink['evaluated']} frames")
+        head = "online probe, standardised, with replay" if summary.get("task") == "unsupervised" else "softmax head"
+        console.print(f"progressive accuracy ({head}, predict then learn): {100 * sink['accuracy']:.2f} % over {sink['evaluated']} frames")
     if summary.get("sleep"):
         s = summary["sleep"]
         console.print(f"sleep: {s.get('negatives')} negatives ({s.get('negative_kind')}), {s.get('refreshes')} snapshots, staleness {fmt(s.get('staleness'), '.1f')} batches")
