@@ -64,3 +64,12 @@ def test_online_probe_does_not_change_the_features_it_is_given():
     probe.predict(x)
     probe.learn(x, y)
     assert torch.equal(x, before)
+
+
+def test_the_reservoir_of_a_wide_readout_is_bounded():
+    """A grid readout of three conv layers is thousands of features wide: the reservoir keeps fewer rows, not more bytes."""
+    from ffstream.workers.online_probe import REPLAY_VALUES
+
+    assert OnlineProbe(192, 4).rows.shape == (4096, 192)
+    wide = OnlineProbe(16_660, 10)
+    assert wide.rows.numel() <= REPLAY_VALUES and len(wide.rows) >= 1000

@@ -23,6 +23,7 @@ import torch
 from ffstream.ff import LinearReadout
 
 SCALER_KEYS = ("scaler.mean", "scaler.var")  # beside the folded head in its checkpoint
+REPLAY_VALUES = 16 * 1024 * 1024  # the reservoir's size at most, float32 values (64 MiB): wide features keep fewer rows
 
 
 class OnlineProbe:
@@ -35,6 +36,7 @@ class OnlineProbe:
         self.momentum = momentum  # the statistics' weight for a new batch once 1/batches falls below it: they follow drifting layers
         self.replay_rows = replay_rows  # reservoir rows each step adds to the batch
         self.generator = torch.Generator().manual_seed(seed)
+        replay = max(1, min(replay, REPLAY_VALUES // in_features))  # 4096 rows of 192 features; 1007 of a 16,660-wide grid readout
         self.rows = torch.zeros(replay, in_features)  # (R, F) standardised rows seen (reservoir sampling)
         self.labels = torch.zeros(replay, dtype=torch.long)
         self.held = 0
