@@ -21,7 +21,8 @@ from ffstream.sources.preprocess import Preprocess
 SHAPES = ("square", "disc", "triangle", "cross")
 BASE_SIDE = 64  # canvas side in pixels when the output is smaller; drawn here, then resized
 SUBPIXEL_BITS = 4  # cv2 draws at 1/16 pixel so slow motion stays smooth
-DEFAULT_FRAMES = 30_000  # "synthetic" without ":N": finite (progress bars know the total); the video recipe's probe peaks near 30k (BENCHMARKS.md)
+# "synthetic" without ":N": finite, so progress bars know the total; the video recipe's probe peaks near 30k (BENCHMARKS.md)
+DEFAULT_FRAMES = 30_000
 
 
 @dataclass
