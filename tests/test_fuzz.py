@@ -322,6 +322,67 @@ def test_fuzz_source_control(zmq_context, socket, monkeypatch):
     assert n >= FUZZ_EXAMPLES * BATCH
 
 
+ACK_PASS = "fuzz-pass"  # the pass id of the source under test (set on it), which the bad acks must not carry right
+# Built without filters: 200 filtered draws per example would make whole examples invalid, and hypothesis stop early.
+_prefixed = lambda p: st.text(max_size=6).map(lambda t: p + t)  # noqa: E731 - never "ack", "resume" nor ACK_PASS
+_lists = st.lists(_scalars, max_size=3)
+NOT_ACK_COMMAND = st.none() | st.integers() | st.floats() | _prefixed("z") | _lists
+NOT_PASS = st.none() | st.booleans() | st.integers() | _prefixed("x") | _lists
+NOT_INT = st.none() | st.booleans() | st.floats() | st.text(max_size=6) | _lists
+NOT_BOOL = st.none() | st.integers() | st.floats() | st.text(max_size=6) | _lists
+
+
+@st.composite
+def bad_ack(draw) -> list[bytes]:
+    """What an exactly-once source's control socket must drop and count: broken messages, other commands, and
+    acknowledgements it cannot use (another pass, or a barrier or verdict of the wrong type)."""
+    how = draw(st.sampled_from(["broken", "command", "pass", "barrier", "complete"]))
+    if how == "broken":
+        return draw(BROKEN["control"])
+    if how == "command":
+        return wire_valid("control", np.zeros(0, np.float32), command=draw(NOT_ACK_COMMAND))
+    ack = {"command": "ack", "barrier": 1, "complete": True, "pass_id": ACK_PASS}
+    if how == "barrier":
+        ack["barrier"] = draw(NOT_INT)
+    elif how == "complete":
+        ack["complete"] = draw(NOT_BOOL)
+    else:
+        ack["pass_id"] = draw(NOT_PASS)
+    return wire_valid("control", np.zeros(0, np.float32), **ack)
+
+
+def test_fuzz_exactly_once_source_acknowledgements(zmq_context, socket, tmp_path):
+    """The source's control socket under exactly-once: its stream sent, it waits on the final barrier's
+    acknowledgement; no bad message may end, rewind or crash it, and the one valid acknowledgement still ends it."""
+    from ffstream.sources import Preprocess, SyntheticSource
+
+    out_addr, control_addr = unique("src-out"), unique("src-ack")
+    consumer = socket(zmq.PULL)
+    consumer.bind(out_addr)
+    worker = SourceWorker(SyntheticSource(Preprocess(), 16, seed=1), out_addr, None, batch=8, eval_every=0, barrier_every=1,
+                          position_path=str(tmp_path / "source.json"), control_addr=control_addr, end_ack_deadline_s=24 * 3600.0,
+                          context=zmq_context)
+    worker.pass_id = ACK_PASS  # a fresh pass: nothing sent yet under another id
+    push = socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 5000)
+    push.connect(control_addr)
+    bad = lambda: sum(worker.dropped.values()) + sum(worker.control.rejected.values())  # noqa: E731
+    with running(worker):
+        kinds = [receive(consumer).kind for _ in range(5)]  # two batches, a barrier after each, the final barrier
+        assert kinds == ["frames", "barrier", "frames", "barrier", "barrier"], kinds
+        final = worker.barrier_id
+        n = throw(push, bad_ack(), bad, "source acknowledgements")
+        SENT["source_acks"] = n
+        assert not worker.ended and worker.rewinds == 0 and worker.committed.batches == 0
+        send(push, wire.Message("control", np.zeros(0, np.float32), extra={"command": "ack", "barrier": final, "complete": True,
+                                                                           "pass_id": worker.pass_id}))
+        while (msg := receive(consumer, timeout=10)).kind == "barrier":
+            pass  # the final barrier may have been sent again meanwhile
+        assert msg.kind == "control" and msg.extra["command"] == "end"
+    print(f"\nfuzz source acknowledgements: {n} bad messages, dropped {dict(worker.dropped)} + {dict(worker.control.rejected)}")
+    assert n >= FUZZ_EXAMPLES * BATCH
+
+
 # structured cases (issue 20): the poison pills that crashed workers, each named, next to the random ones ------------
 def structured(kind: str, rows: int = 4, width: int = 16) -> dict[str, list[bytes]]:
     """Named messages that a receiver of `kind` messages must drop and count, one reason each."""

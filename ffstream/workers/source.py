@@ -380,7 +380,8 @@ class SourceWorker(Worker):
         """The sink's word on a barrier: complete (every layer has learned everything before it: commit there) or not
         (a layer misses batches, lost with a worker that restarted: rewind to the last commit and replay)."""
         barrier, complete = msg.extra.get("barrier"), msg.extra.get("complete")
-        if msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(barrier, int) or not isinstance(complete, bool):
+        if (msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(barrier, int) or isinstance(barrier, bool)
+                or not isinstance(complete, bool)):  # a bool is an int to Python: `"barrier": true` would read as barrier 1
             self.dropped["ack"] += 1
             return
         self.acks += 1
