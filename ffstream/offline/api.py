@@ -21,6 +21,7 @@ already preprocessed (float) or scaled only (uint8). The stack is the one `ffstr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ from ffstream.offline import embed as embedding
 from ffstream.offline.embed import Embedding
 from ffstream.offline.evaluate import EVAL_BATCH
 from ffstream.offline.evaluate import evaluate as evaluate_arrays
+from ffstream.offline.prefetch import prefetched
 from ffstream.offline.score import Scores, frame_goodness, load_scoring_stack, novelty, score_video, trained_preprocessing, write_csv
 from ffstream.sources import Preprocess, SourceError, dataset_arrays, open_source
 
@@ -110,7 +112,7 @@ class Stack:
         layers = self._layers(layer)
         def features(pixels: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(pixels).flatten(1)  # (B, D)
-            with torch.no_grad():
+            with torch.inference_mode():  # no autograd bookkeeping at all (no_grad still versions tensors)
                 return self.stack.readout_features(x, self.input_classes, layers).float().numpy()
 
         return self._pass(frames, features)
@@ -133,24 +135,11 @@ class Stack:
                     labels: str | None = None) -> Iterator[SourceBatch]:
         """Batches of up to `batch` frames (default self.batch) of a source spec, preprocessed for this stack, in
         stream order (datasets unshuffled), stopping after `max_frames` or at the source's end (a live one: never).
-        labels: a video file's label CSV instead of its same-stem sidecar."""
+        labels: a video file's label CSV instead of its same-stem sidecar. The source is read one batch ahead on
+        another thread (offline/prefetch.py), so reading and the caller's work on the previous batch overlap."""
         if max_frames is not None and max_frames <= 0:
             raise SourceError(f"max_frames must be positive, got {max_frames}")
-        batch = batch or self.batch
-        with open_source(spec, self.preprocess, labels=labels, shuffle=False) as src:
-            labelled = src.num_classes is not None
-            pending: list = []
-            seen = 0
-            for frame in src:
-                pending.append(frame)
-                seen += 1
-                if len(pending) >= batch or seen == max_frames:
-                    yield self._batch(pending, labelled, getattr(src, "frame_rate", None))
-                    pending = []
-                if seen == max_frames:
-                    return
-            if pending:
-                yield self._batch(pending, labelled, getattr(src, "frame_rate", None))
+        return prefetched(lambda: self._read(spec, max_frames, batch or self.batch, labels))
 
     def from_source(self, spec: str, max_frames: int | None = None, labels: str | None = None) -> SourceFrames:
         """Every frame of a source spec (up to `max_frames`) in one `SourceFrames`; SourceError if it yields none."""
@@ -180,6 +169,23 @@ class Stack:
         if len(pixels) == 0:
             raise ValueError("no frames given")
         return np.concatenate([fn(pixels[i : i + self.batch]) for i in range(0, len(pixels), self.batch)])
+
+    def _read(self, spec: str, max_frames: int | None, batch: int, labels: str | None) -> Iterator[SourceBatch]:
+        """iter_source's reading, on the prefetch thread: the source is opened, read and closed there."""
+        with open_source(spec, self.preprocess, labels=labels, shuffle=False) as src:
+            labelled = src.num_classes is not None
+            pending: list = []
+            seen = 0
+            for frame in src:
+                pending.append(frame)
+                seen += 1
+                if len(pending) >= batch or seen == max_frames:
+                    yield self._batch(pending, labelled, getattr(src, "frame_rate", None))
+                    pending = []
+                if seen == max_frames:
+                    return
+            if pending:
+                yield self._batch(pending, labelled, getattr(src, "frame_rate", None))
 
     def _batch(self, frames: list, labelled: bool, rate: float | None) -> SourceBatch:
         index = np.fromiter((f.index for f in frames), np.int64, len(frames))
@@ -252,18 +258,33 @@ def evaluate(directory: str | os.PathLike, source: str | None = None, *, labels:
 
 
 def embed(stack: Stack | str | os.PathLike, source: str, *, layer: int | Sequence[int] | None = None,
-          max_frames: int | None = None, labels: str | None = None) -> Embedding:
+          max_frames: int | None = None, labels: str | None = None, threads: int | None = 1) -> Embedding:
     """Every frame of a source (up to `max_frames`) through `Stack.embed`, with each frame's index, time and label:
     what `ffstream embed` saves. stack: a loaded Stack or a checkpoint directory; layer: 1-based, several, or None
-    for every layer side by side."""
+    for every layer side by side. threads: torch's threads while it runs (restored after). One, the default, leaves
+    a core to the source, read ahead on its own thread; the forward passes are small (a 500-unit layer on a batch of
+    1000 frames: milliseconds), and more threads only wait on each other, badly on a shared machine. None: as set."""
     stack = stack if isinstance(stack, Stack) else load(stack)
     stack._layers(layer)  # a layer out of range fails here, before the source is opened
-    return embedding.embed_source(stack, source, layer, max_frames, labels)
+    with _torch_threads(threads):
+        return embedding.embed_source(stack, source, layer, max_frames, labels)
 
 
 def save_embedding(features: Embedding, path: str | os.PathLike) -> None:
     """.npy: the features alone, float32 (N, F); .npz: features, frame, time_s and label (when there are labels)."""
     embedding.write(features, path)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` inside the block, and back after; None changes nothing."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _recorded_source(directory: str | os.PathLike) -> str:
