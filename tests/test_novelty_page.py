@@ -8,6 +8,7 @@ then 8 unlike them (an alert at the third), then 32 ordinary ones, at 8 frames a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.request
@@ -21,7 +22,7 @@ from ffstream.net import wire
 from ffstream.workers.monitor import MonitorWorker
 from ffstream.monitor.novelty import NoveltyMeter
 from ffstream.workers.sink import SinkWorker
-from tests.processes import eventually
+from tests.processes import ROOT, eventually
 from tests.rig import running, send, unique
 
 CHROMIUM = shutil.which("chromium")
@@ -67,6 +68,10 @@ def test_per_layer_novelty_and_the_alert_reach_metrics_and_the_event_stream(serv
     latest = monitor.latest["sink"]  # the sink's metrics as the monitor last heard them
     assert len(latest["novelty_layers"]) == LAYERS and latest["novelty_threshold"] == 3.0
     assert np.isclose(np.mean(latest["novelty_layers"]), latest["novelty"], atol=1e-3)  # the layers' mean is the score
+    # Each metrics message names the most novel frame since the one before: the spike shows though it fell between two
+    peaks = [m["novelty_peak"] for e in monitor.board.events_after(0, 0) if e.name == "metrics"
+             and (m := json.loads(e.data))["worker"] == "sink" and m.get("novelty_peak") is not None]
+    assert max(peaks) > 3.0 and len(peaks) >= 2, peaks
     assert latest["novelty_last_alert"]["frame"] == ALERT_FRAME and len(latest["novelty_last_alert"]["layers"]) == LAYERS
     text = urllib.request.urlopen(monitor.web.url + "metrics", timeout=5).read().decode()
     for layer in range(1, LAYERS + 1):
@@ -114,6 +119,11 @@ def test_the_page_draws_novelty_per_layer_and_lists_the_alert(served):
         except TimeoutException:
             pytest.fail(f"novelty chart's pixels per colour after 60 s: {colours()}; want > 30 each")
         assert "alerts this run" in driver.find_element("id", "novelty-note").text
+        artifacts = Path(os.environ.get("FFSTREAM_ARTIFACTS", ROOT / "tests" / "artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        card = driver.find_element("id", "card-novelty")
+        assert card.screenshot(str(artifacts / "novelty.png"))
+        print(f"\nnovelty card screenshot: {artifacts / 'novelty.png'}")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert not errors, errors
     finally:

@@ -80,6 +80,8 @@ class SinkWorker(Worker):
         self.novelty = novelty
         self.alert_events = alert_events
         self.on_alert = on_alert
+        # the most novel frame since the last metrics message (novelty, its z per layer): a spike between two messages shows
+        self._novelty_peak: tuple[float, list[float]] | None = None
         self._last_alert: dict | None = None  # the latest alert's event (frame, novelty, t, ...), in the metrics
         self._alert_commands: list[subprocess.Popen] = []  # on_alert commands still running, reaped in step()
         self.checkpoint_dir = checkpoint_dir
@@ -256,7 +258,9 @@ class SinkWorker(Worker):
     def _score_novelty(self, msg, first_frame: int) -> None:
         """Each row's goodness per layer (the message's trace) through the meter; an alert on a run above the threshold."""
         for r in range(len(msg.array)):
-            _, alert = self.novelty.add(np.array([layer[r] for layer in msg.trace]), frame=first_frame + r)
+            score, alert = self.novelty.add(np.array([layer[r] for layer in msg.trace]), frame=first_frame + r)
+            if score is not None and (self._novelty_peak is None or score > self._novelty_peak[0]):
+                self._novelty_peak = (score, [round(float(z), 4) for z in self.novelty.last_layers])
             if alert is not None:
                 self._alert(alert, msg.seq)
 
@@ -405,6 +409,8 @@ class SinkWorker(Worker):
             novelty_layers=[round(float(z), 4) for z in self.novelty.last_layers]
             if self.novelty and self.novelty.last is not None and self.novelty.last_layers is not None else None,
             novelty_threshold=self.novelty.threshold if self.novelty else None,
+            novelty_peak=round(self._novelty_peak[0], 4) if self._novelty_peak else None,
+            novelty_peak_layers=self._novelty_peak[1] if self._novelty_peak else None,
             novelty_last_alert=self._last_alert,
             novelty_histogram=self.novelty.histogram.get() if self.novelty else None,
             novelty_alerts=self.novelty.alerts if self.novelty else None,
@@ -414,6 +420,10 @@ class SinkWorker(Worker):
             dropped=sum(self.dropped.values()) + (sum(self.input.rejected.values()) if hasattr(self, "input") else 0),
         )
         return m
+
+    def publish_metrics(self, figures: dict[str, Any]) -> None:
+        super().publish_metrics(figures)
+        self._novelty_peak = None  # the next message's peak is of the frames after this one
 
     def __repr__(self) -> str:
         return f"<SinkWorker frames={self.frames} evaluated={self.evaluated} correct={self.correct}>"

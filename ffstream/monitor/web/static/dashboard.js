@@ -44,8 +44,11 @@ function takeMetrics(m) {
   if (m.kind === "sink") {
     push("accuracy/recent", t, m.accuracy_recent);
     push("accuracy/run", t, m.accuracy);
-    push("novelty/max", t, m.novelty);
-    (Array.isArray(m.novelty_layers) ? m.novelty_layers : []).forEach((z, i) => push(`novelty/layer${i + 1}`, t, z));
+    // the most novel frame since the sink's last message (a spike between two messages), else the latest frame
+    const peak = typeof m.novelty_peak === "number" && Array.isArray(m.novelty_peak_layers);
+    push("novelty/max", t, peak ? m.novelty_peak : m.novelty);
+    const layers = peak ? m.novelty_peak_layers : m.novelty_layers;
+    (Array.isArray(layers) ? layers : []).forEach((z, i) => push(`novelty/layer${i + 1}`, t, z));
     const a = m.novelty_last_alert;   // an alert the page missed (opened after it, and the history has moved on)
     if (a && typeof a.t === "number" && !alerts.some(b => b.frame === a.frame)) takeAlert(a);
   }
