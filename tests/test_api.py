@@ -168,7 +168,7 @@ def test_score_a_file_and_save_it(tiny, tmp_path):
     assert default.source == "synthetic:400:seed=1" and len(default.frames) == 5
     ffstream.save_scores(scores, tmp_path / "s.csv")
     rows = (tmp_path / "s.csv").read_text().splitlines()
-    assert rows[0] == "frame,time_s,goodness_layer1,goodness_layer2,novelty,label" and len(rows) == 25
+    assert rows[0] == "frame,time_s,goodness_layer1,goodness_layer2,novelty,novelty_recent,label" and len(rows) == 25
 
 
 def test_score_a_live_camera_up_to_max_frames(tiny):
