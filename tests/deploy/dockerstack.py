@@ -140,7 +140,17 @@ class ComposeProject:
         return self.compose("logs", "--no-color", "--tail", str(lines), service, check=False).stdout[-4000:]
 
     def down(self) -> None:
-        self.compose("down", "-v", "--timeout", "20", check=False, timeout=300)
+        """Everything the project made goes, even where `down` itself fails or times out on a loaded machine."""
+        try:
+            self.compose("down", "-v", "--timeout", "20", check=False, timeout=300)
+        except subprocess.TimeoutExpired:
+            pass
+        label = f"label=com.docker.compose.project={self.name}"
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", label], check=False, capture_output=True, text=True, timeout=60).stdout.split()
+        leftovers = [["docker", "rm", "-f", "-v", *left]] if left else []
+        leftovers += [["docker", "network", "rm", self.network], ["docker", "volume", "rm", f"{self.name}_checkpoints"]]
+        for argv in leftovers:  # each fails harmlessly when `down` did remove it
+            subprocess.run(argv, check=False, capture_output=True, timeout=120)
 
 
 class Metrics:
