@@ -215,7 +215,8 @@ def test_compose_runs_as_local_processes(tmp_path):
             assert time.monotonic() < deadline, f"metrics so far: { {k: v.get('frames') for k, v in seen.items()} }"
             if sub.poll(500, zmq.POLLIN):
                 msg = wire.decode(sub.recv_multipart(), max_payload=0)
-                seen[msg.stream] = msg.extra["metrics"]
+                if msg.kind == "metrics":  # not the layers' weight previews
+                    seen[msg.stream] = msg.extra["metrics"]
         # Every worker reported to the monitor; every frame reached the sink through four layers.
         assert {"source", "layer1", "layer2", "layer3", "layer4", "sleep", "sink", "monitor"} <= set(seen), set(seen)
         assert seen["sink"]["frames"] == 2000

@@ -31,7 +31,7 @@ HEARTBEAT_TTL_MS = 10_000  # how long the peer waits for our next PING before dr
 HEARTBEATS_ENV = "FFSTREAM_HEARTBEATS"
 # Data links are held by backpressure (a file source behind a slow layer, a layer whose next one restarts). A held
 # receiver reads nothing off the connection, its PONGs included, so a short timeout dropped a healthy link after
-# 10 s with everything queued in it (tests/test_transport_backpressure.py: 193 of 400 batches lost over a 25 s hold),
+# 10 s with everything queued in it (193 of 400 batches lost over a 25 s hold; tests/test_transport_backpressure.py),
 # and libzmq may abort on the reconnect (`Assertion failed: _input_stopped`, zeromq/libzmq#3937; the sleep worker in
 # docker-compose). A minute covers a held link on a loaded machine and still notices a vanished host.
 DATA_HEARTBEAT_TIMEOUT_MS = 60_000
