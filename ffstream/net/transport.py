@@ -21,14 +21,20 @@ MAX_MESSAGE = {
     "monitor": 16 * 1024 * 1024 + wire.MAX_HEADER_BYTES,  # metrics (header only) and weight previews (uint8 tiles)
     "control": wire.MAX_HEADER_BYTES,  # commands: a header and an empty payload
 }
-# ZMTP heartbeats: a peer that answers no PING within HEARTBEAT_TIMEOUT_MS is dropped, so a half-open
-# connection (a host gone, a partition) is noticed in seconds, not after the kernel's two hours.
+# ZMTP heartbeats: a peer that answers no PING within the timeout is dropped, so a half-open connection (a host
+# gone, a partition) is noticed in seconds or a minute, not after the kernel's two hours.
 HEARTBEAT_IVL_MS = 2000
-HEARTBEAT_TIMEOUT_MS = 10_000
+HEARTBEAT_TIMEOUT_MS = 10_000  # control and monitor links: read at once, never held by backpressure
 HEARTBEAT_TTL_MS = 10_000  # how long the peer waits for our next PING before dropping us
 # Benchmarks only (`ffstream bench throughput --delivery-overhead`): FFSTREAM_HEARTBEATS=off leaves ZMTP heartbeats and
 # TCP keepalive unset, to measure what they cost. Never for a run: a partition then goes unnoticed for hours.
 HEARTBEATS_ENV = "FFSTREAM_HEARTBEATS"
+# Data links are held by backpressure (a file source behind a slow layer, a layer whose next one restarts). A held
+# receiver reads nothing off the connection, its PONGs included, so a short timeout dropped a healthy link after
+# 10 s with everything queued in it (193 of 400 batches lost over a 25 s hold; tests/test_transport_backpressure.py),
+# and libzmq may abort on the reconnect (`Assertion failed: _input_stopped`, zeromq/libzmq#3937; the sleep worker in
+# docker-compose). A minute covers a held link on a loaded machine and still notices a vanished host.
+DATA_HEARTBEAT_TIMEOUT_MS = 60_000
 # TCP keepalive underneath, for the NAT and firewall tables in between: probe after 30 s idle, every 10 s, 3 tries.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTVL_S, KEEPALIVE_CNT = 30, 10, 3
 # A deadline on every blocking send or receive: ffstream sends with NOBLOCK and receives after a poll, so this
@@ -64,8 +70,9 @@ def make_socket(
     sock.setsockopt(zmq.RCVTIMEO, BLOCKING_TIMEOUT_MS)
     if os.environ.get(HEARTBEATS_ENV, "on") != "off":
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        patience = DATA_HEARTBEAT_TIMEOUT_MS if purpose == "data" else HEARTBEAT_TIMEOUT_MS
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, patience)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, max(patience, HEARTBEAT_TTL_MS))
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)

@@ -140,7 +140,17 @@ class ComposeProject:
         return self.compose("logs", "--no-color", "--tail", str(lines), service, check=False).stdout[-4000:]
 
     def down(self) -> None:
-        self.compose("down", "-v", "--timeout", "20", check=False, timeout=300)
+        """Everything the project made goes, even where `down` itself fails or times out on a loaded machine."""
+        try:
+            self.compose("down", "-v", "--timeout", "20", check=False, timeout=300)
+        except subprocess.TimeoutExpired:
+            pass
+        label = f"label=com.docker.compose.project={self.name}"
+        left = subprocess.run(["docker", "ps", "-aq", "--filter", label], check=False, capture_output=True, text=True, timeout=60).stdout.split()
+        leftovers = [["docker", "rm", "-f", "-v", *left]] if left else []
+        leftovers += [["docker", "network", "rm", self.network], ["docker", "volume", "rm", f"{self.name}_checkpoints"]]
+        for argv in leftovers:  # each fails harmlessly when `down` did remove it
+            subprocess.run(argv, check=False, capture_output=True, timeout=120)
 
 
 class Metrics:
@@ -152,20 +162,33 @@ class Metrics:
 
         self.latest: dict[str, dict] = {}  # worker -> its last metrics
         self.history: list[tuple[float, str, dict]] = []  # (host monotonic time, worker, metrics)
+        self._open = metrics_feed
+        self.connect = ""
+        self.retarget(connect)
+
+    def retarget(self, connect: str) -> None:
+        """Listen at `connect` from now on, the history kept: a restarted container may get a new ephemeral host port."""
+        if connect == self.connect:
+            return
+        if self.connect:
+            self._stop.set()
+            self._thread.join(10)
+        self.connect = connect
         self._stop = threading.Event()
-        self._feed = metrics_feed(connect)
+        self._feed = self._open(connect)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        for msg in self._feed:
-            if self._stop.is_set():
+        stop, feed = self._stop, self._feed
+        for msg in feed:
+            if stop.is_set():
                 break
             if msg is not None:
                 m = msg.extra["metrics"]
                 self.latest[msg.stream] = m
                 self.history.append((time.monotonic(), msg.stream, m))
-        self._feed.close()
+        feed.close()
 
     def frames(self) -> dict[str, int]:
         return {w: m.get("frames") for w, m in sorted(self.latest.items()) if "frames" in m}

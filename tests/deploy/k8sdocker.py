@@ -104,7 +104,10 @@ def pods(docs: list[dict], scratch: Path) -> list[Pod]:
             pod.options += ["--memory", memory(limits["memory"])]
         probe = container.get("readinessProbe", {})
         if "exec" in probe:  # the exec form: Docker runs it as the container's healthcheck, readiness as "healthy"
-            pod.options += ["--health-cmd", " ".join(probe["exec"]["command"]), "--health-interval", f"{probe.get('periodSeconds', 10)}s",
+            # `exec` and a KILL at the timeout, as the kubelet ends an overrunning probe (Docker leaves it running).
+            timeout_s = probe.get("timeoutSeconds", 1)
+            pod.options += ["--health-cmd", f"exec timeout -s KILL {timeout_s} {' '.join(probe['exec']['command'])}",
+                            "--health-interval", f"{probe.get('periodSeconds', 10)}s",
                             "--health-timeout", f"{probe.get('timeoutSeconds', 1)}s", "--health-retries", str(probe.get("failureThreshold", 3))]
 
         volumes = {v["name"]: v for v in spec.get("volumes", [])}

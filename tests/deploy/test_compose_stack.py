@@ -117,6 +117,8 @@ def kill_and_recover(stack: ComposeProject, metrics: Metrics, victims: tuple[str
                 took[v]["back"] = round(now - t_kill, 1)
         return all("back" in t for t in took.values())
     wait_until(f"{', '.join(victims)} restarted by Docker", all_back, RECOVERY_S * 3, lambda: str(took))
+    if "monitor" in victims:  # Docker may publish the restarted monitor on another ephemeral host port
+        metrics.retarget(f"tcp://127.0.0.1:{stack.host_port('monitor', 5770)}")
 
     def new_life(victim: str):  # the restarted worker's first working report: (its start, that report's time)
         works = WORKING[victim.rstrip("0123456789")]
