@@ -1,6 +1,6 @@
 """deploy/k8s's configuration run, not only validated: the rendered cpu overlay's workloads as Docker containers.
 
-    pytest -m compose tests/deploy/test_k8s_under_docker.py -s
+    pytest -m k8s tests/deploy/test_k8s_under_docker.py -s     (on demand: deselected from the default run)
 
 The overlay is rendered as tests/test_deploy.py renders it (kubectl kustomize, or its small renderer), with CURVE
 keys made for its Secret as the k8s README says. Each workload then runs as a container of the same image, with
@@ -23,9 +23,9 @@ from dockerstack import Metrics, Unavailable, build_image, docker_usable, wait_u
 from k8sdocker import by_kind, pods
 
 from ffstream.net import security
-from tests.test_deploy import K8S, kustomize
+from tests.manifests import K8S, kustomize
 
-pytestmark = pytest.mark.compose
+pytestmark = [pytest.mark.compose, pytest.mark.k8s]
 
 IMAGE = os.environ.get("FFSTREAM_IMAGE", "ffstream:cpu")
 FRAMES = 3000  # a short synthetic stream
