@@ -213,9 +213,10 @@ def exercise(stack: ComposeProject, report: dict) -> None:
     feed = f"tcp://127.0.0.1:{stack.host_port('monitor', 5770)}"
     metrics = Metrics(feed, stack.keys)
     try:
-        http = f"http://127.0.0.1:{stack.host_port('monitor', 5772)}/metrics"
+        # Asked each time: a restarted monitor's container can be published on a new ephemeral host port.
+        http = lambda: f"http://127.0.0.1:{stack.host_port('monitor', 5772)}/metrics"
         def scrape(wanted: str = 'ffstream_frames_total{worker="layer4"}') -> str | None:
-            text = urllib.request.urlopen(http, timeout=10).read().decode()
+            text = urllib.request.urlopen(http(), timeout=10).read().decode()
             return text if wanted in text else None
         text = wait_until("/metrics shows layer 4", scrape, 60)
         assert 'ffstream_layer_goodness{layer="1",phase="pos"}' in text, text[-2000:]
@@ -276,7 +277,7 @@ def exercise(stack: ComposeProject, report: dict) -> None:
         report["source: barriers / acks / rewinds"] = [source["barriers"], source["acks"], source["rewinds"]]
         report["layers: replayed / gap rows (last life)"] = {w: [metrics.latest[w].get("replayed_rows"), metrics.latest[w].get("gap_rows")] for w in LAYERS}
         assert source["frames"] == TOTAL, source
-        assert scrape('ffstream_frames_total{worker="source"}'), urllib.request.urlopen(http, timeout=10).read().decode()[-2000:]
+        assert scrape('ffstream_frames_total{worker="source"}'), urllib.request.urlopen(http(), timeout=10).read().decode()[-2000:]
         for service in SERVICES:  # everything but the sink still up: the layers idle
             if service != "sink":
                 assert stack.inspect(service)["State"]["Status"] == "running", f"{service}: {stack.logs(service)}"
