@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import urllib.request
 from pathlib import Path
 
@@ -57,7 +56,8 @@ def served(zmq_context, socket):
         for seq in range(len(g) // ROWS):
             send(feeder, wire.Message("activity", np.ones((ROWS, 4), np.float32), seq=seq,
                                       trace=g[seq * ROWS : (seq + 1) * ROWS].T.round(4).tolist()))
-            time.sleep(0.02)  # a stream at about 400 frames/s, so the chart has a history, not one point (not a wait for anything)
+            # Each batch waits for the monitor to hear the sink count it: the chart gets a history, not one point.
+            eventually(lambda: monitor.latest["sink"].get("frames", 0) >= (seq + 1) * ROWS, timeout=30, what=f"batch {seq} at the monitor")
         eventually(lambda: sink.frames == 200 and monitor.latest["sink"].get("frames") == 200, timeout=30, what="every frame at the sink")
         yield monitor, sink
 
