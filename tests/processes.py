@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from ffstream.config import RunConfig, Topology
+from ffstream.net import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,3 +116,24 @@ def monitored_run(tmp_path: Path, *argv: str, extra_env: dict[str, str] | None =
             proc.communicate()
         sub.close(0)
         ctx.term()
+
+
+def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, timeout_s: float = 180.0) -> dict:
+    """The first metrics of `worker` (read from sub, a run's monitor feed) for which wanted(metrics) holds; fails,
+    naming the last seen, if the run ends or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while True:
+        assert proc.poll() is None, f"the run ended before {worker} got there: {seen} {(proc.communicate()[1] or '')[-3000:]}"
+        assert time.monotonic() < deadline, f"{worker} did not get there within {timeout_s:.0f} s: {seen}"
+        if not sub.poll(200):
+            continue
+        try:
+            msg = wire.decode(sub.recv_multipart(), max_payload=0)
+        except wire.WireError:
+            continue
+        figures = msg.extra.get("metrics", {})
+        if msg.stream == worker:
+            seen = figures
+        if msg.stream == worker and wanted(figures):
+            return figures

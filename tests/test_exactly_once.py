@@ -11,15 +11,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
-import zmq
 
-from ffstream.net import wire
 from ffstream.workers.delivery import GAP, LEARN, SKIP, LearnLog, SeqGate
-from tests.processes import monitored_run
+from tests.processes import await_metrics, monitored_run
 
 FRAMES = 4000  # frames of the synthetic stream
 BATCH = 32
@@ -59,23 +56,6 @@ def watched_run(tmp_path: Path, *extra: str):
     return monitored_run(tmp_path, "--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(tmp_path / "ck"),
                          "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", *extra,
                          extra_env={"FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")})
-
-
-def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, timeout_s: float = 180.0) -> dict:
-    """The first metrics of `worker` for which wanted(metrics) holds; fails if the run ends or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"the run ended before {worker} got there"
-        assert time.monotonic() < deadline, f"{worker} did not get there within {timeout_s:.0f} s"
-        if not sub.poll(200):
-            continue
-        try:
-            msg = wire.decode(sub.recv_multipart(), max_payload=0)
-        except wire.WireError:
-            continue
-        figures = msg.extra.get("metrics", {})
-        if msg.stream == worker and wanted(figures):
-            return figures
 
 
 def finish(proc: subprocess.Popen, timeout_s: float = 240.0) -> str:

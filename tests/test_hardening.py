@@ -16,7 +16,7 @@ from ffstream.config import ConfigError, RunConfig
 from ffstream.net import wire
 from ffstream.supervisor import Child, RunFailed, Supervisor, check_header_fits
 from ffstream.workers.base import EXIT_GAVE_UP
-from tests.processes import env, monitored_run
+from tests.processes import await_metrics, env, monitored_run
 from tests.rig import unique
 
 
@@ -199,10 +199,10 @@ def test_an_exactly_once_run_whose_sink_freezes_at_the_end_fails_in_one_line_wit
     end is never acknowledged; the supervisor's end deadline (30 s) ends the run in one line, non-zero, nothing restarted."""
     with monitored_run(tmp_path, "--source", "synthetic:320", "--checkpoint-dir", str(tmp_path / "ck"), "--set", "model.layers=32,32",
                        "--set", "stream.batch=32", "--set", "stream.barrier_every=2", "--set", "stream.rate_fps=20") as (proc, sub):
-        sink = _await(proc, sub, "sink", lambda m: (m.get("frames") or 0) >= 32)
+        sink = await_metrics(proc, sub, "sink", lambda m: (m.get("frames") or 0) >= 32)
         os.kill(sink["pid"], signal.SIGSTOP)
         try:
-            _await(proc, sub, "source", lambda m: m.get("stream_sent"))
+            await_metrics(proc, sub, "source", lambda m: m.get("stream_sent"))
             sent_at = time.monotonic()
             out, err = proc.communicate(timeout=90)
         finally:
@@ -223,20 +223,3 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _await(proc, sub, worker: str, wanted, timeout_s: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    seen = None
-    while True:
-        assert proc.poll() is None, f"the run ended before {worker} got there: {seen} {proc.communicate()[1][-3000:]}"
-        assert time.monotonic() < deadline, f"{worker} did not get there within {timeout_s:.0f} s"
-        if not sub.poll(200):
-            continue
-        try:
-            msg = wire.decode(sub.recv_multipart(), max_payload=0)
-        except wire.WireError:
-            continue
-        figures = msg.extra.get("metrics", {})
-        if msg.stream == worker:
-            seen = figures
-        if msg.stream == worker and wanted(figures):
-            return figures
