@@ -30,6 +30,7 @@ from ffstream.sources import (
     open_source,
 )
 from ffstream.sources.idx import FASHION_MNIST_DIR
+from ffstream.sources.synthetic import DEFAULT_FRAMES
 from tests.media import make_idx_dir, write_idx, write_video
 
 VTEST_AVI = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
@@ -203,7 +204,7 @@ def test_synthetic_labels_shapes_and_epochs():
     assert len(frames) == 800 and set(labels) == {0, 1, 2, 3}
     assert all(f.pixels.shape == (3, 20, 36) for f in frames)
     np.testing.assert_array_equal(frames[5].pixels, frames[405].pixels)  # epoch 2 replays epoch 1
-    assert open_source("synthetic", Preprocess()).total == 100_000
+    assert open_source("synthetic", Preprocess()).total == DEFAULT_FRAMES
 
 
 def test_synthetic_shapes_move_smoothly_and_change_every_segment():
