@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.ff.checkpoint import CheckpointError, checkpoint_config, load_layer, read_metadata, save_layer
+from ffstream.workers.layer.weights import BackgroundCheckpoint, remember
 
 
 def trained_layer(seed: int = 0) -> FFLayer:
@@ -56,3 +57,29 @@ def test_a_safetensors_file_of_someone_else_is_refused(tmp_path):
     save_file({"weight": torch.ones(2, 2)}, str(path), metadata={"format": "someone-else-1"})
     with pytest.raises(CheckpointError, match="format 'someone-else-1'"):
         read_metadata(path)
+
+
+def test_a_background_checkpoint_holds_the_copy_it_was_given_not_what_the_layer_learned_after(tmp_path):
+    layer, path = trained_layer(), tmp_path / "layer1.safetensors"
+    good = remember(layer, None)  # what a barrier's checkpoint writes: the layer's state at the barrier
+    at_barrier = {k: v.clone() for k, v in layer.state_dict().items()}
+    writer = BackgroundCheckpoint()
+    writer.start(path, layer, good, {"delivery": {"upto": 7}})
+    layer.learn(torch.randn(8, 12))  # the layer steps on while the checkpoint is written
+    writer.wait()
+    fresh = FFLayer(LayerConfig(12, 6))
+    assert load_layer(path, fresh) == 1 and layer.version == 2
+    for name, tensor in at_barrier.items():
+        torch.testing.assert_close(fresh.state_dict()[name], tensor, rtol=0, atol=0)
+    assert checkpoint_config(path)[1] == {"delivery": {"upto": 7}}
+
+
+def test_a_background_checkpoint_that_fails_raises_in_the_worker_not_in_its_thread(tmp_path):
+    layer = trained_layer()
+    (tmp_path / "file").write_text("a file, not a directory")
+    writer = BackgroundCheckpoint()
+    writer.start(tmp_path / "file" / "layer1.safetensors", layer, remember(layer, None), {})
+    with pytest.raises(OSError):
+        while not writer.finished():  # the worker's loop asks this before passing the barrier on
+            pass
+    assert writer.finished()  # the error is raised once

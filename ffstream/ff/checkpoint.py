@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_bytes
+from safetensors.torch import save_file
 
 from ffstream.ff import FFLayer, LayerConfig
 from ffstream.ff.spec import config_from_dict
@@ -40,31 +40,42 @@ def stack_layer_paths(directory: str | os.PathLike) -> list[Path]:
     return paths
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Temporary file, fsync, rename: after a crash the old checkpoint or the new one is there, never half."""
+def write_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written to a temporary file, fsync'd, renamed: after a crash the old checkpoint or the new one
+    is there, never half. safetensors writes the tensors straight from their memory (serialising to bytes first
+    cost 4-5 times the CPU: 75 against 16 ms for a 2000-wide layer with its Adam state)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    save_file(tensors, tmp, metadata=metadata)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
 def save_layer(path: str | os.PathLike, layer: FFLayer, extra: dict | None = None) -> None:
-    tensors = {name: t.detach().contiguous() for name, t in layer.state_dict().items()}
-    for index, state in layer.optimizer.state_dict()["state"].items():
+    save_layer_state(path, layer.cfg, layer.state_dict(), layer.optimizer.state_dict(), layer.version, extra)
+
+
+def save_layer_state(path: str | os.PathLike, cfg: LayerConfig, weights: dict[str, torch.Tensor], optimizer: dict,
+                     version: int, extra: dict | None = None) -> None:
+    """save_layer from a copy of the layer's state (weights, optimiser state_dict): a thread can write a snapshot
+    while the layer steps on (workers/layer/weights.BackgroundCheckpoint)."""
+    tensors = {name: t.detach().contiguous() for name, t in weights.items()}
+    for index, state in optimizer["state"].items():
         for key, value in state.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous()
     metadata = {
         "format": FORMAT,
-        "config": json.dumps(layer.cfg.to_dict()),
-        "digest": layer.cfg.digest(),
-        "version": str(layer.version),
+        "config": json.dumps(cfg.to_dict()),
+        "digest": cfg.digest(),
+        "version": str(version),
         "extra": json.dumps(extra or {}),
     }
-    write_atomic(path, save_bytes(tensors, metadata=metadata))
+    write_atomic(path, tensors, metadata)
 
 
 def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict]:

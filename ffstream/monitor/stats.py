@@ -40,23 +40,27 @@ class Mean:
 
 
 class Rate:
-    """Events per second since the first event (the first batch only starts the clock)."""
+    """Events per second from the first event to the latest (the first batch only starts the clock). Time after the
+    latest event does not count: a finished stream keeps its rate while the worker waits to be stopped, and the
+    end-of-stream handshake after the last frame (barrier, acknowledgement) is not charged to the frames."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
         self.first: float | None = None
+        self.latest: float | None = None
         self.count = 0  # events after the first batch
 
     def add(self, n: int) -> None:
+        self.latest = self.clock()
         if self.first is None:
-            self.first = self.clock()
+            self.first = self.latest
             return
         self.count += n
 
     def get(self) -> float:
-        if self.first is None:
+        if self.first is None or self.latest is None:
             return 0.0
-        elapsed = self.clock() - self.first
+        elapsed = self.latest - self.first
         return round(self.count / elapsed, 2) if elapsed > 0 else 0.0
 
 

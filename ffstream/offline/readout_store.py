@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as save_bytes
 
 from ffstream.ff import LinearReadout
 from ffstream.ff.checkpoint import CheckpointError, read_safetensors, write_atomic
@@ -24,7 +23,7 @@ def save_readout(directory: str | os.PathLike, readout: LinearReadout, layers: l
     """scaler: an online probe's feature statistics (workers/online_probe.py), saved beside the head that folds them in."""
     tensors = {k: v.detach().contiguous() for k, v in {**readout.state_dict(), **(scaler or {})}.items()}
     metadata = {"format": FORMAT, "layers": json.dumps(layers), "num_classes": str(num_classes)}
-    write_atomic(readout_path(directory), save_bytes(tensors, metadata=metadata))
+    write_atomic(readout_path(directory), tensors, metadata)
 
 
 def load_readout(directory: str | os.PathLike, with_scaler: bool = False) -> tuple:
