@@ -145,6 +145,8 @@ def test_a_frozen_run_learns_nothing_and_runs_no_sleep_worker(tmp_path):
     write_video(clip, n=80)
     events, summary = tmp_path / "alerts.jsonl", tmp_path / "summary.json"
     shutil.copytree(ck, tmp_path / "frozen")
+    sink_state = (tmp_path / "frozen" / "sink.json").read_text()  # the training run's counters
+    assert json.loads(sink_state)["frames"] > 0
     run = subprocess.run(
         [sys.executable, "-m", "ffstream", "run", "--source", str(clip), "--checkpoint-dir", str(tmp_path / "frozen"),
          "--set", "model.layers=40,40", "--set", "model.freeze=true", "--set", "stream.batch=4", "--set", "novelty.window=100",
@@ -160,5 +162,6 @@ def test_a_frozen_run_learns_nothing_and_runs_no_sleep_worker(tmp_path):
         for key in ("weight", "bias"):
             found = [k for k in tensors if k.endswith(key)]
             assert found and all(np.array_equal(tensors[k], after[name][k]) for k in found), f"{name} {key} changed"
-    assert figures["layers"][0]["frames"] == 80 and figures["sink"]["frames"] == 80
+    assert figures["layers"][0]["frames"] == 80 and figures["sink"]["frames"] == 80  # this stream's frames, from 0
+    assert (tmp_path / "frozen" / "sink.json").read_text() == sink_state  # a frozen run writes nothing of its own there
     assert figures["sink"]["novelty_alerts"] == (len(events.read_text().splitlines()) if events.exists() else 0)

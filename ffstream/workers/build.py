@@ -158,6 +158,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             alert_events=cfg.novelty.events,
             on_alert=cfg.novelty.on_alert,
             checkpoint_dir=cfg.checkpoint_dir,
+            frozen=cfg.model.freeze,
             checkpoint_every_s=cfg.checkpoint_every_s,
             seed=stream.seed,
             eval_step=cfg.model.window[1] - 1 if cfg.steps_per_batch > 1 else None,

@@ -56,6 +56,7 @@ class SinkWorker(Worker):
         alert_events: str | None = None,  # JSONL file, a line per novelty alert; None: none
         on_alert: str | None = None,  # shell command run on each alert, FFSTREAM_ALERT_FRAME/_SCORE in its environment
         checkpoint_dir: str | None = None,  # the head and counters are loaded from here at start and saved here
+        frozen: bool = False,  # model.freeze: a new stream through a trained stack: its head is loaded, no counter, nothing saved
         checkpoint_every_s: float = 60.0,  # seconds between periodic saves of the head and counters
         max_frames: int | None = None,  # stop after this many learned frames
         exit_on_end: bool = True,  # the sink's exit is how the supervisor knows that a stream is done
@@ -85,6 +86,7 @@ class SinkWorker(Worker):
         self._last_alert: dict | None = None  # the latest alert's event (frame, novelty, t, ...), in the metrics
         self._alert_commands: list[subprocess.Popen] = []  # on_alert commands still running, reaped in step()
         self.checkpoint_dir = checkpoint_dir
+        self.frozen = frozen
         self.checkpoint_every_s = checkpoint_every_s
         self._last_checkpoint = time.monotonic()
         # A head loaded from checkpoint_dir, held until the first eval batch shows that it fits this stack
@@ -135,7 +137,7 @@ class SinkWorker(Worker):
             self._scores_file = open(self.scores_path, "a", buffering=1)
 
     def step(self) -> None:
-        if self.checkpoint_dir and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
+        if self.checkpoint_dir and not self.frozen and time.monotonic() - self._last_checkpoint > self.checkpoint_every_s:
             self._checkpoint()  # on a period, idle or not: a kill -9 loses at most one period of the head's learning
         if self._alert_commands:
             self._reap_alert_commands()
@@ -188,7 +190,7 @@ class SinkWorker(Worker):
             self.dropped["barrier"] += 1
             return
         self.barrier = barrier
-        if self.checkpoint_dir:
+        if self.checkpoint_dir and not self.frozen:
             self._checkpoint()
         complete = not msg.extra.get("behind")
         if not complete:
@@ -336,6 +338,10 @@ class SinkWorker(Worker):
                 self.log.warning("the head in %s does not fit this readout; starting afresh", self.checkpoint_dir)
                 return
             self._saved_head = (readout, blocks, scaler)
+        if self.frozen:
+            # Frame numbers (alerts, scores) count this stream's frames, not the training run's
+            self.log.info("frozen: the head from %s, counting this stream's frames from 0", self.checkpoint_dir)
+            return
         for key in ("frames", "evaluated", "correct", "counted_upto", "scored_upto", "barrier"):
             value = state.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
@@ -388,7 +394,7 @@ class SinkWorker(Worker):
                 self.log.warning("on_alert command still running at exit (pid %d)", proc.pid)
         if self._scores_file:
             self._scores_file.close()
-        if self.checkpoint_dir:
+        if self.checkpoint_dir and not self.frozen:
             self._checkpoint()  # the head only once this run has one: a saved head is never replaced by an untrained one
 
     def metrics(self) -> dict[str, Any]:
