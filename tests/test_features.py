@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import zmq
@@ -32,8 +33,8 @@ def test_a_subscriber_gets_every_frame_of_the_chosen_layers_in_order(tmp_path, z
     run = subprocess.Popen(
         [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=30,20,10",
          "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}",
-         "--set", "topology.features_layers=1,3",  # layer 2 is left out on the way up, layer 1 carried past it "--monitor", f"ipc://{tmp_path}/mon",
-         "--http", "none", "--no-progress"],
+         "--set", "topology.features_layers=1,3",  # layer 2 is left out on the way up, layer 1 carried past it
+         "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
     )
     got: list[wire.Message] = []
@@ -60,3 +61,39 @@ def test_a_subscriber_gets_every_frame_of_the_chosen_layers_in_order(tmp_path, z
         for block in np.split(m.array.astype(np.float64), [30], axis=1):  # each layer's own activity
             ms = (block ** 2).mean(axis=1)
             assert np.allclose(ms[ms > 0], 1.0, atol=1e-3)  # normalised per layer: mean square 1
+
+
+def test_a_subscriber_that_connects_after_the_run_started_still_gets_the_first_frame(tmp_path, zmq_context):
+    """On a file source the sink's first frame waits for the first subscription: the subscriber here connects only
+    once the sink's log says it waits, and must still get seq 0 and every frame after it."""
+    write_video(tmp_path / "clip.mp4", n=FRAMES)
+    addr = f"ipc://{tmp_path}/features"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=20,10",
+         "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}", "--monitor", f"ipc://{tmp_path}/mon",
+         "--http", "none", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
+    )
+    got: list[wire.Message] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("waiting for a subscriber" in p.read_text() for p in Path(tmp_path).glob("*/logs/sink*")):
+            assert run.poll() is None, run.communicate()[1][-3000:]
+            time.sleep(0.5)
+        sub = zmq_context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.connect(addr)
+        while time.monotonic() < deadline and sum(len(m.array) for m in got) < FRAMES:
+            if sub.poll(200):
+                got.append(wire.decode(sub.recv_multipart()))
+            elif run.poll() is not None and not sub.poll(2000):
+                break
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err[-3000:]
+    assert [m.seq for m in got] == list(range(len(got))) and sum(len(m.array) for m in got) == FRAMES

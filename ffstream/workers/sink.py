@@ -78,6 +78,7 @@ class SinkWorker(Worker):
         self.features_wait_ms = features_wait_ms
         self.features = None  # the PUB socket, made in setup
         self.features_sent = 0  # messages published on features_addr
+        self._subscribed = False  # a subscription has reached the features socket
         self.novelty = novelty
         self.alert_events = alert_events
         self.on_alert = on_alert
@@ -129,8 +130,9 @@ class SinkWorker(Worker):
         self.ack = self.socket(zmq.PUSH, connect=self.ack_addr, hwm=64, watch=False) if self.ack_addr else None
         if self.features_addr:
             # NODROP: a subscriber at its high-water mark makes send wait (bounded by FEATURES_WAIT_MS) instead of
-            # losing the message silently, so a consumer that keeps up gets every frame
-            self.features = self.socket(zmq.PUB, bind=self.features_addr, hwm=FEATURES_HWM, output=True)
+            # losing the message silently, so a consumer that keeps up gets every frame. XPUB, a PUB that hears
+            # subscriptions: a file source's first frame waits for the first subscriber (_await_subscriber).
+            self.features = self.socket(zmq.XPUB, bind=self.features_addr, hwm=FEATURES_HWM, output=True)
             self.features.setsockopt(zmq.XPUB_NODROP, 1)
         if self.scores_path:
             Path(self.scores_path).parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +244,9 @@ class SinkWorker(Worker):
     def _publish_features(self, msg) -> None:
         """The chosen layers' normalised activity (B, F) side by side, as the layers carried it up (net/carry.py), with
         its seq, labels and per-layer goodness; without carried blocks, the top layer's activity as it arrived."""
+        if not self._subscribed and not self._await_subscriber():
+            self.dropped["features_not_sent"] += 1
+            return
         extra = {k: msg.extra[k] for k in ("step", "iterations") if k in msg.extra}
         array = msg.array
         if self.features_layers is not None:
@@ -256,6 +261,22 @@ class SinkWorker(Worker):
             self.features_sent += 1
         else:
             self.dropped["features_not_sent"] += 1
+
+    def _await_subscriber(self) -> bool:
+        """Whether a subscriber has subscribed. A file source waits for one (a warning every 10 s; a stop ends the
+        wait), so that a consumer started after the run still gets the first frame; a live source does not wait."""
+        waited_since = time.monotonic()
+        while not self.stopping:
+            if self.features.poll(POLL_MS if self.features_wait_ms is None else 0, zmq.POLLIN):
+                subscription = self.features.recv()
+                self._subscribed = self._subscribed or subscription[:1] == b"\x01"  # 1: subscribe, 0: unsubscribe
+                continue
+            if self._subscribed or self.features_wait_ms is not None:
+                return self._subscribed
+            if time.monotonic() - waited_since > 10:
+                self.log.warning("waiting for a subscriber on %s: a file source publishes its first frame to one", self.features_addr)
+                waited_since = time.monotonic()
+        return self._subscribed
 
     def _score_novelty(self, msg, first_frame: int) -> None:
         """Each row's goodness per layer (the message's trace) through the meter; an alert on a run above the threshold."""
