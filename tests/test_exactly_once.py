@@ -98,6 +98,19 @@ def test_a_layer_killed_mid_run_still_learns_every_batch_exactly_once(tmp_path):
     assert_learned_exactly_once(tmp_path)
 
 
+def test_a_restarted_layer_has_the_source_rewind_at_once_not_at_the_next_barrier(tmp_path):
+    """No barrier but the final one: the restarted layer's first gap is reported to the source straight away (a "gap"
+    notice), which rewinds then, not when the end's barrier comes back incomplete; still exactly once."""
+    with watched_run(tmp_path, *PACED, "--set", "stream.barrier_every=100000") as (proc, sub):
+        await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 3)
+        os.kill(await_metrics(proc, sub, "layer2", lambda m: m.get("pid") is not None)["pid"], signal.SIGKILL)
+        source = await_metrics(proc, sub, "source", lambda m: m.get("ended"))
+        finish(proc)
+    assert source["gap_notices"] >= 1 and source["rewinds"] >= 1, source
+    assert source["barriers"] == 1, f"only the final barrier: the rewind came from the notice, {source}"
+    assert_learned_exactly_once(tmp_path)
+
+
 def test_the_source_killed_mid_run_still_learns_every_batch_exactly_once(tmp_path):
     """The restarted source resumes from its last acknowledged barrier; the layers skip the batches it sends again."""
     kill_mid_run(tmp_path, "source", after_frames=FRAMES // 3)

@@ -110,6 +110,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
                              **({"num_classes": num_classes} if cfg.model.competition else {})},
             preview_shape=(3 if stream.color else 1, *stream.size) if index == 1 else None,
             features_layers=features_layers(cfg),
+            rewind_addr=topo.source_control,  # a gap reported at once (exactly-once), connect form
             **common,
         )
     if kind == "sleep":

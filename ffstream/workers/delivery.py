@@ -7,6 +7,12 @@ replay after a rewind (forwarded, not learned); a newer one means something befo
 (forwarded, not learned, and reported at the next barrier so that the source rewinds and replays it). The gate's
 state is saved with every checkpoint, which the workers take at each barrier.
 
+A layer that sees a gap also tells the source at once (a "gap" notice on the source's control socket), so that a
+layer restarted after a crash is learning again within seconds, not after the next barrier's round trip. Each batch
+carries the source's `replay` token, new at each start and each rewind: a notice names the token of the batch that
+showed the gap, and the source rewinds only for a notice of its current token, so one rewind answers every notice
+of the same loss, and a notice about batches sent before a rewind is ignored.
+
 Negatives are not part of the guarantee: the sleep worker makes them from whatever frames it has, and a replayed
 batch may give a layer negatives twice.
 
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 PASS_KEY = "pass_id"  # header field of a data message or barrier under exactly-once delivery
+REPLAY_KEY = "replay"  # header field of a data message: the source's replay token (new at each start and rewind)
+GAP_NOTICE = "gap"  # the command of a layer's notice to the source: a batch is missing, rewind now
 LEARN_LOG_ENV = "FFSTREAM_LEARN_LOG_DIR"  # debug: each worker appends the (seq, rows) it learns to <dir>/<name>.learn.jsonl
 
 LEARN, SKIP, GAP = "learn", "skip", "gap"

@@ -15,7 +15,7 @@ from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.sources import FrameSource, Position
 from ffstream.sources.preprocess import SuccessorPairs
 from ffstream.workers.base import GaveUp, Worker
-from ffstream.workers.delivery import PASS_KEY
+from ffstream.workers.delivery import GAP_NOTICE, PASS_KEY, REPLAY_KEY
 from ffstream.workers.source_position import PositionStore, SavedPosition
 from ffstream.monitor.stats import Rate
 
@@ -121,7 +121,8 @@ class SourceWorker(Worker):
         self._rewound_after = 0  # incomplete acks of barriers up to this id came before the last rewind: ignored
         self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
         self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
-        self.barriers = self.acks = self.rewinds = 0
+        self.barriers = self.acks = self.rewinds = self.gap_notices = 0
+        self.replay = uuid.uuid4().hex[:8]  # every batch carries it; new at each start and rewind (workers/delivery.py)
         self._streaming = False  # set at the first step: setup (the start-up handshakes) is over
         self._stop_requested: float | None = None  # exactly-once: when a stop came (monotonic); the stop barrier is then taken
         self._stop_barrier: int | None = None  # its id, once sent
@@ -250,7 +251,7 @@ class SourceWorker(Worker):
             for index, pixels, labels, t_src in batches:
                 extra = {"frame": index, "step": step, "iterations": n} if n > 1 else {}
                 if self.exactly_once:
-                    extra[PASS_KEY] = self.pass_id
+                    extra[PASS_KEY], extra[REPLAY_KEY] = self.pass_id, self.replay
                 if labels is not None and self.eval_every and index % self.eval_every == 0 and step < self.eval_steps:
                     self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, mode="eval", extra=extra))
                 self._emit(wire.Message("frames", pixels, seq=index * n + step, t_src=t_src, label=labels, extra=extra))
@@ -295,8 +296,8 @@ class SourceWorker(Worker):
             msg = self.control.recv(POLL_MS)
             if msg is not None and msg.kind == "control" and msg.extra.get("command") == "resume":
                 return
-            if msg is not None and msg.kind == "control" and msg.extra.get("command") == "ack":
-                self._on_ack(msg)
+            if msg is not None and msg.kind == "control" and msg.extra.get("command") in ("ack", GAP_NOTICE):
+                self._on_control(msg)
                 continue
             self.dropped["control"] += msg is not None  # a valid message, but not a resume
         if not self.stopping and self._stop_requested is None:
@@ -371,10 +372,27 @@ class SourceWorker(Worker):
     def _take_acks(self, timeout_ms: int = 0) -> None:
         while self.control is not None and (msg := self.control.recv(timeout_ms)) is not None:
             timeout_ms = 0
-            if msg.kind == "control" and msg.extra.get("command") == "ack":
-                self._on_ack(msg)
+            if msg.kind == "control" and msg.extra.get("command") in ("ack", GAP_NOTICE):
+                self._on_control(msg)
             else:
                 self.dropped["control"] += 1  # a valid message, but no acknowledgement
+
+    def _on_control(self, msg: wire.Message) -> None:
+        self._on_ack(msg) if msg.extra.get("command") == "ack" else self._on_gap(msg)
+
+    def _on_gap(self, msg: wire.Message) -> None:
+        """A layer's notice that a batch sent under the current replay token never reached it (it restarted, or a link
+        dropped what was queued): rewind now rather than at the next barrier's acknowledgement. A notice about batches
+        sent before the last rewind or restart (another token) is answered already."""
+        upto = msg.extra.get("upto")
+        if msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(msg.extra.get(REPLAY_KEY), str) or not isinstance(upto, int):
+            self.dropped["gap_notice"] += 1
+            return
+        self.gap_notices += 1
+        if upto + 1 < self.committed.batches:
+            return  # a replay from the commit cannot fill it (that layer lost its checkpoint): no rewind storm; barriers report it
+        if msg.extra[REPLAY_KEY] == self.replay and self._stop_requested is None and not self.ended:
+            self._rewind(f"{msg.stream or 'a layer'} misses batches after {msg.extra.get('upto')}")
 
     def _on_ack(self, msg: wire.Message) -> None:
         """The sink's word on a barrier: complete (every layer has learned everything before it: commit there) or not
@@ -398,11 +416,12 @@ class SourceWorker(Worker):
         elif self._stop_requested is not None:
             self._outstanding.pop(barrier, None)  # stopping: no rewind; the last commit stands (_stop_with_barrier)
         elif barrier > self._rewound_after:
-            self._rewind(barrier)
+            self._rewind(f"barrier {barrier} is incomplete (a worker lost batches)")
 
-    def _rewind(self, barrier: int) -> None:
+    def _rewind(self, why: str) -> None:
         committed = self.committed
-        self.log.warning("barrier %d is incomplete (a worker lost batches); replaying from batch %d", barrier, committed.batches)
+        self.log.warning("%s; replaying from batch %d", why, committed.batches)
+        self.replay = uuid.uuid4().hex[:8]  # notices about what was sent so far are answered by this rewind
         self.source.seek(committed.position)
         self._iter = iter(self.source)
         self._forget_previous()
@@ -483,6 +502,7 @@ class SourceWorker(Worker):
             barriers=self.barriers,
             acks=self.acks,
             rewinds=self.rewinds,
+            gap_notices=self.gap_notices,
             stop_barrier_acked=self.stop_barrier_acked,
             committed_batches=self.committed.batches if self.committed else None,
         )

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ffstream.net import wire
-from ffstream.workers.delivery import GAP, LEARN, PASS_KEY, LearnLog, SeqGate
+from ffstream.workers.delivery import GAP, GAP_NOTICE, LEARN, PASS_KEY, REPLAY_KEY, LearnLog, SeqGate
 
 
 class LayerDelivery:
@@ -22,6 +22,9 @@ class LayerDelivery:
         self.on = False  # set by the first message that carries a pass id: a file or dataset under exactly-once
         self.replayed_rows = 0  # rows forwarded without learning: learned before (a replay after a rewind or restart)
         self.gap_rows = 0  # rows forwarded without learning: an earlier batch is missing (it comes again after a rewind)
+        self.name = name
+        self.notice: wire.Message | None = None  # a gap notice for the source, to send (take_notice)
+        self._noticed: str | None = None  # the replay token of the last gap notice: one notice per token
         self.log = LearnLog.from_env(name)
         if self.log is not None:
             self.log.resume(self.gate)
@@ -38,9 +41,24 @@ class LayerDelivery:
         rows = len(msg.array) if msg.array.ndim else 0
         if verdict == GAP:
             self.gap_rows += rows
+            self._notice_gap(pass_id, msg)
         else:
             self.replayed_rows += rows
         return False
+
+    def _notice_gap(self, pass_id: str, msg: wire.Message) -> None:
+        """Tell the source of a gap at once (workers/delivery.py), once per replay token: it rewinds without waiting for
+        the next barrier. Without a token (an older source) the barrier alone reports it."""
+        replay = msg.extra.get(REPLAY_KEY)
+        if isinstance(replay, str) and replay != self._noticed:
+            self._noticed = replay
+            self.notice = wire.Message("control", np.zeros(0, np.float32), stream=self.name, seq=msg.seq,
+                                       extra={"command": GAP_NOTICE, PASS_KEY: pass_id, REPLAY_KEY: replay, "upto": self.gate.upto})
+
+    def take_notice(self) -> wire.Message | None:
+        """The gap notice to send, if one is due (then no longer)."""
+        notice, self.notice = self.notice, None
+        return notice
 
     def runs(self, messages: list[wire.Message]) -> list[tuple[bool, list[wire.Message]]]:
         """Learn messages in arrival order, cut into runs of those to learn and those only to forward (`admit`)."""

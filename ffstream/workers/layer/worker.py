@@ -13,7 +13,7 @@ from ffstream.config.plans import Batching, LayerEndpoints
 from ffstream.ff import FFLayer, LayerConfig, checkpoint
 from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.net import wire
-from ffstream.net.transport import POLL_MS, Receiver, send
+from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers import malloc
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import weights
@@ -58,6 +58,7 @@ class LayerWorker(Worker):
         checkpoint_meta: dict | None = None,  # saved with each checkpoint, e.g. the frame shape, for `ffstream eval`
         preview_shape: tuple[int, int, int] | None = None,  # the input frame (C, H, W): send weight previews to the monitor; None: none
         features_layers: tuple[int, ...] | None = None,  # topology.features on: the 1-based layers whose activity learn messages carry up (net/carry.py); None: off
+        rewind_addr: str | None = None,  # PUSH, connected: the source's control socket, where a gap is reported at once (exactly-once); None: at barriers only
         **worker_kwargs: Any,
     ):
         super().__init__(f"layer{index}", **worker_kwargs)
@@ -65,6 +66,7 @@ class LayerWorker(Worker):
         self.num_classes, self.label_scale, self.label_relative = num_classes, label_scale, label_relative
         self.checkpoint_dir, self.checkpoint_every_s = checkpoint_dir, checkpoint_every_s
         self.max_frames, self.exit_on_end = max_frames, exit_on_end
+        self.rewind_addr = rewind_addr
         self.device = torch.device(device)
         self.wire_dtype = wire.float_dtype(wire_dtype)
         self.checkpoint_meta = {"index": index, "num_classes": num_classes, "label_scale": label_scale, "label_relative": label_relative, **(checkpoint_meta or {})}
@@ -110,6 +112,7 @@ class LayerWorker(Worker):
             sock = self.socket(zmq.PUSH, connect=ep.negative_output, hwm=8, output=True)
             self.stepper.chain = NegativeChain(sock, self.wire_dtype, self.name, lambda: self.stopping, self.dropped)
         self.await_peers(self.output)
+        self.rewind = self.socket(zmq.PUSH, connect=self.rewind_addr, hwm=4, watch=False) if self.rewind_addr else None
         self.input = Receiver(self.socket(zmq.PULL, bind=ep.input, hwm=4), name=f"{self.name}.in")
         self.negative = Receiver(self.socket(zmq.PULL, bind=ep.negative, hwm=8), name=f"{self.name}.neg")
         self.snapshot = Receiver(self.socket(zmq.REP, bind=ep.snapshot), name=f"{self.name}.snap")
@@ -171,6 +174,8 @@ class LayerWorker(Worker):
         # In arrival order, runs of messages to learn and of messages only to forward (the layer above gates them too).
         for learns, messages in self.delivery.runs([m for m in data if m.mode == "learn"]):
             self._learn(messages, take) if learns else self._forward_only(messages)
+        if (notice := self.delivery.take_notice()) is not None and (self.rewind is None or not try_send(self.rewind, notice)):
+            self.dropped["gap_notice_not_sent"] += 1  # the next barrier reports the gap instead
         return [m for m in batch if m.kind in ("control", "barrier")]
 
     def _forward_only(self, messages: list[wire.Message]) -> None:
