@@ -154,6 +154,28 @@ def test_a_restarted_source_worker_resumes_with_its_counters_and_loses_nothing(t
     fourth.source.close()
 
 
+def test_a_paced_source_resumed_mid_stream_keeps_its_pace_from_where_it_resumed(tmp_path, zmq_context):
+    """rate_fps paces from the resumed process's first batch: a source resumed at frame F once waited F / rate_fps
+    before its first batch (150 s seen in docker-compose)."""
+    path, addr, batch = tmp_path / "source.json", unique("paced"), 4
+    consumer = zmq_context.socket(zmq.PULL)
+    consumer.setsockopt(zmq.LINGER, 0)
+    consumer.bind(addr)
+    worker = lambda rate: SourceWorker(_video(tmp_path), addr, None, batch=batch, position_path=str(path), position_every_s=0,
+                                       run_id="run-a", rate_fps=rate, context=zmq_context)
+    with running(worker(None)):
+        _learned(consumer, batches=12)
+    resumed = worker(2.0)  # 2 frames/s: the first batch is due in 1.5 s, the next two 2 s apart each
+    assert resumed.resumed_from >= 5 * batch, resumed.resumed_from  # the old rule would wait 11.5 s and more
+    while consumer.poll(100):
+        consumer.recv_multipart()
+    with running(resumed):
+        first = receive(consumer, timeout=6.0)
+        assert first.seq == resumed.resumed_from // batch
+        # still paced: the next batch is not sent at once (4 frames at 2 frames/s)
+        assert not consumer.poll(1000)
+
+
 def test_a_position_that_cannot_be_saved_does_not_stop_the_stream(tmp_path, caplog):
     (tmp_path / "file").write_text("not a directory")
     store = PositionStore(tmp_path / "file" / "source.json", {"kind": "video"})  # its directory cannot be made

@@ -94,7 +94,7 @@ class SourceWorker(Worker):
         self.pairs = SuccessorPairs() if pairs else None  # keeps the last frame sent, so pairs span batch boundaries
         self.pauses = 0
         self.resume_timeouts = 0
-        self._paced_from: float | None = None  # monotonic time of the first paced frame
+        self._paced_from: tuple[float, int] | None = None  # (monotonic time, self.frames) of the first paced batch
         self.ended = False
         self.frames = 0
         self.batches = 0
@@ -312,8 +312,12 @@ class SourceWorker(Worker):
         """
         now = time.monotonic()
         if self._paced_from is None:
-            self._paced_from = now
-        due = self._paced_from + (self.frames + self.batch - 1) / self.rate_fps
+            # From this process's first batch: a restart resumed at frame F must not first wait F / rate_fps (150 s seen
+            # in docker-compose, with nothing sent and no metrics meanwhile). A rewind sets self.frames back, so
+            # the replay goes at full speed until it has caught up, then at the pace again.
+            self._paced_from = (now, self.frames)
+        start, first = self._paced_from
+        due = start + (self.frames - first + self.batch - 1) / self.rate_fps
         if due > now:
             self._stop.wait(due - now)
         return not self.stopping
