@@ -8,7 +8,8 @@ file with every layer's learning log in a mounted folder, reads /metrics and `ff
 restarts each), `docker-compose restart` of a layer, and layer 3 cut off the network for PARTITION_S. The rest of
 the stream then goes unpaced; it must end by the compose file's rule (the sink exits 0 and stays down), and every
 layer must have learned every batch of it exactly once (the learning logs). Then `down` and `up` resume every layer
-from the checkpoint volume. Skips with one line where Docker cannot be had; fails where our stack misbehaves.
+from the checkpoint volume, and a source given a video that does not exist says so in one line and stays down (no
+restart loop). Skips with one line where Docker cannot be had; fails where our stack misbehaves.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ VARIABLES = {
     "FFSTREAM_CHECKPOINT_EVERY_S": "5",
     "FFSTREAM_MONITOR_PORT": "",  # Docker picks free host ports
     "FFSTREAM_MONITOR_HTTP_PORT": "",
+    "FFSTREAM_SOURCE_RESTARTS": "2",  # the source's bad input: restarted twice, then it stays down (the compose file's 5, sooner)
 }
 
 
@@ -85,7 +87,7 @@ def write_clip(path, n: int) -> None:
 
 # What "working again" means for each kind, in the new process's own figures (one metrics message).
 WORKING = {
-    "layer": lambda m: m.get("updates", 0) > 0,  # it learned a batch
+    "layer": lambda m: m.get("frames", 0) > 0,  # it learned a batch of the stream (updates count negative-only steps too)
     "sink": lambda m: m.get("frames", 0) > 0,  # frames reached the end again
     "sleep": lambda m: m.get("negatives", 0) > 0,  # it made negatives from the new snapshots
     "source": lambda m: m.get("frames", 0) > 0,  # it sends frames again
@@ -312,3 +314,20 @@ def exercise(stack: ComposeProject, report: dict) -> None:
     finally:
         metrics.close()
     assert not learned_exactly_once(stack.learn), "the resumed stack learned the ended stream again"
+
+    # Bad input: a video that does not exist. One line and exit 2, restarted FFSTREAM_SOURCE_RESTARTS times, then down.
+    stack.override_doc["services"]["source"]["environment"]["FFSTREAM_STREAM_SOURCE"] = "/videos/missing.mp4"
+    stack.override.write_text(json.dumps(stack.override_doc, indent=1))
+    t_bad = time.monotonic()
+    stack.recreate("source")
+    wait_until("the source with a missing video stays down", lambda: stack.inspect("source")["State"]["Status"] == "exited", 120,
+               lambda: stack.logs("source"))
+    report["bad input: source down after (s)"] = round(time.monotonic() - t_bad, 1)
+    state = stack.inspect("source")
+    threading.Event().wait(STAYS_DOWN_S)  # a length of time: no restart loop, not a wait for something
+    again = stack.inspect("source")
+    restarts = int(VARIABLES["FFSTREAM_SOURCE_RESTARTS"])
+    assert state["State"]["ExitCode"] == 2 and state["RestartCount"] == restarts, (state["State"], state["RestartCount"])
+    assert again["State"]["Status"] == "exited" and again["RestartCount"] == restarts, "the source is in a restart loop"
+    errors = [line for line in stack.logs("source").splitlines() if "error:" in line]
+    assert len(errors) == restarts + 1 and all("video file not found: /videos/missing.mp4" in line for line in errors), errors
