@@ -101,8 +101,10 @@ def test_a_layer_killed_mid_run_still_learns_every_batch_exactly_once(tmp_path):
 def test_a_restarted_layer_has_the_source_rewind_at_once_not_at_the_next_barrier(tmp_path):
     """No barrier but the final one: the restarted layer's first gap is reported to the source straight away (a "gap"
     notice), which rewinds then, not when the end's barrier comes back incomplete; still exactly once."""
-    with watched_run(tmp_path, *PACED, "--set", "stream.barrier_every=100000") as (proc, sub):
-        await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 3)
+    # 10 s of stream, the kill 2 s in: batches still come after the restart (with all sent before it, only the final
+    # barrier, sent again after 10 s, would find the gap)
+    with watched_run(tmp_path, "--set", "stream.rate_fps=400", "--set", "stream.barrier_every=100000") as (proc, sub):
+        await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 5)
         os.kill(await_metrics(proc, sub, "layer2", lambda m: m.get("pid") is not None)["pid"], signal.SIGKILL)
         source = await_metrics(proc, sub, "source", lambda m: m.get("ended"))
         finish(proc)
