@@ -1,6 +1,7 @@
 """SCFF pairs, the past-frame reservoir, moving Fashion-MNIST and the video study's probe: fast checks of the maths."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -142,3 +143,25 @@ def test_recurrent_video_study_learns_and_keeps_stream_order():
     assert not torch.equal(before, stack.layers[0].top_down.detach())  # the top-down weights learned
     on, off = features(stack, video, 4, True), features(stack, video, 4, False)
     assert on.shape == off.shape == (96, 16) and not torch.allclose(on, off)  # the layer above changes what is read
+
+
+class _Recorder:
+    """Stands in for an FFStack: keeps what train_ff hands it."""
+
+    def __init__(self):
+        self.positives: list[torch.Tensor] = []
+
+    def learn_interleaved(self, x_pos, x_neg):
+        self.positives.append(x_pos)
+
+
+def test_gap_pairs_each_frame_with_the_one_gap_frames_later_and_passes_repeat():
+    video = torch.arange(200, dtype=torch.float32).view(200, 1, 1, 1).expand(200, 1, 2, 2).contiguous()  # frame t is all t
+    cfg = StudyConfig(negatives="scff", reservoir=100, gap=3)
+    one = _Recorder()
+    learned = train_ff(one, cfg, video)["frames"]
+    pos = torch.cat(one.positives).view(-1, 2, 2, 2)[:, :, 0, 0]  # (N, 2): the pair's (first, second) frame index
+    assert len(pos) == learned > 0 and torch.equal(pos[:, 1] - pos[:, 0], torch.full((len(pos),), 3.0))
+    two = _Recorder()
+    assert train_ff(two, replace(cfg, passes=2), video)["frames"] > 2 * learned  # the reservoir is warm for pass 2
+    assert torch.equal(torch.cat(two.positives)[: len(pos)], torch.cat(one.positives))  # pass 1 as before

@@ -59,6 +59,8 @@ class StudyConfig:
     block: int = 1  # shuffled: blocks of this many consecutive frames are shuffled, each kept in order (1: every frame)
     cursors: int = 1  # in order: a batch takes frames from this many evenly spaced places of the stream, each read in order
     up: str = "rms"  # what goes up: "rms" (each location's channels RMS-normalised) or "triangle" (minus the channel mean, ReLU, then RMS)
+    gap: int = 1  # scff: the positive's second frame is this many frames later (1: the successor)
+    passes: int = 1  # passes over the training frames, each in the same order (shuffled: a new order each pass)
 
 
 def study_from_recipe(name: str = "video", **overrides) -> StudyConfig:
@@ -165,20 +167,21 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
     """One pass over video (T, C, H, W); in order unless cfg.shuffled. Returns frames and frames/s."""
     gen = torch.Generator().manual_seed(cfg.seed)
     reservoir = Reservoir(cfg.reservoir, seed=cfg.seed + 1, min_age=cfg.min_age)
-    starts = torch.arange(0, len(video) - 1 - cfg.batch, cfg.batch)
-    order = visiting_order(cfg, len(video) - 1, gen)
+    starts = torch.arange(0, len(video) - cfg.gap - cfg.batch, cfg.batch).tolist()
     frames = 0
     started = time.perf_counter()
-    for s in starts.tolist():
-        rows = order[s : s + cfg.batch]
-        x, succ = video[rows], video[rows + 1]
-        if reservoir.ready():
-            if cfg.lr_decay:
-                stack.set_lr_scale(max(0.01, 1 - s / len(video)))
-            pos, neg = step_inputs(cfg, x, succ, reservoir, gen)
-            stack.learn_interleaved(pos.flatten(1), neg.flatten(1))
-            frames += len(x)
-        reservoir.add(x)
+    for p in range(cfg.passes):
+        order = visiting_order(cfg, len(video) - cfg.gap, gen)
+        for s in starts:
+            rows = order[s : s + cfg.batch]
+            x, succ = video[rows], video[rows + cfg.gap]
+            if reservoir.ready():
+                if cfg.lr_decay:  # linearly over all passes
+                    stack.set_lr_scale(max(0.01, 1 - (p * len(video) + s) / (cfg.passes * len(video))))
+                pos, neg = step_inputs(cfg, x, succ, reservoir, gen)
+                stack.learn_interleaved(pos.flatten(1), neg.flatten(1))
+                frames += len(x)
+            reservoir.add(x)
     wall = time.perf_counter() - started
     return {"frames": frames, "wall_s": round(wall, 1), "fps": round(frames / wall, 1)}
 
