@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     throughput = bench_sub.add_parser("throughput", help="pipeline vs in-process frames/s, FLOP/s vs matmul peak, latency at 30 fps, worker memory")
     throughput.add_argument("--layers", type=_layers, default=(2000, 2000, 2000, 2000), help="layer widths (default 2000,2000,2000,2000)")
     throughput.add_argument("--batch", type=_positive, default=64, help="frames per batch, both runs (default 64)")
-    throughput.add_argument("--frames", type=_positive, default=5000, help="frames for each frames/s run (default 5000)")
+    throughput.add_argument("--frames", type=_positive, help="frames for each frames/s run (default 5000; with --delivery-overhead 20000, "
+                            "so that a run spans several barriers at stream.barrier_min_s apart)")
     throughput.add_argument("--memory-seconds", type=float, default=600.0, help="length of the memory run, seconds (default 600)")
     throughput.add_argument("--memory-only", action="store_true", help="run only the memory part (layer-worker RSS over --memory-seconds)")
     throughput.add_argument("--delivery-overhead", action="store_true",

@@ -461,7 +461,7 @@ def summarise(cfg: RunConfig, stats: dict[str, dict], wall_s: float, exit_codes:
             }
         )
     keep = ("frames", "fps", "accuracy", "evaluated", "latency_p50_ms", "latency_p99_ms", "dropped", "bad_frames", "total", "negatives",
-            "novelty_alerts", "features_sent",
+            "novelty_alerts", "features_sent", "barriers", "acks", "rewinds", "gap_notices",  # the source's exactly-once figures
             "negatives_per_s", "refreshes", "staleness", "sleep_every", "negative_kind", "snapshot_timeouts", "busy_s")
     pick = lambda name: {k: v for k, v in stats.get(name, {}).items() if k in keep}  # noqa: E731
     return {

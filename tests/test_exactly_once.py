@@ -54,7 +54,7 @@ def watched_run(tmp_path: Path, *extra: str):
     """`ffstream run` of synthetic:FRAMES on 32,32 layers with barriers every 5 batches, checkpoints in tmp_path/ck and
     learning logs in tmp_path/learn; yields (process, SUB on its monitor). Killed on the way out if still running."""
     return monitored_run(tmp_path, "--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(tmp_path / "ck"),
-                         "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", *extra,
+                         "--set", "model.layers=32,32", "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", "--set", "stream.barrier_min_s=0", *extra,
                          extra_env={"FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")})
 
 

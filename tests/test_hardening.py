@@ -198,7 +198,7 @@ def test_an_exactly_once_run_whose_sink_freezes_at_the_end_fails_in_one_line_wit
     """SIGSTOP of the sink early in a short, slow stream (16 s): the rest of it and the final barrier fit in the queues, the source's
     end is never acknowledged; the supervisor's end deadline (30 s) ends the run in one line, non-zero, nothing restarted."""
     with monitored_run(tmp_path, "--source", "synthetic:320", "--checkpoint-dir", str(tmp_path / "ck"), "--set", "model.layers=32,32",
-                       "--set", "stream.batch=32", "--set", "stream.barrier_every=2", "--set", "stream.rate_fps=20") as (proc, sub):
+                       "--set", "stream.batch=32", "--set", "stream.barrier_every=2", "--set", "stream.barrier_min_s=0", "--set", "stream.rate_fps=20") as (proc, sub):
         sink = await_metrics(proc, sub, "sink", lambda m: (m.get("frames") or 0) >= 32)
         os.kill(sink["pid"], signal.SIGSTOP)
         try:

@@ -3,8 +3,9 @@
 `ffstream bench throughput --delivery-overhead` runs the throughput bench's pipeline (same layers, synthetic frames,
 batch and task) with a checkpoint directory, so that a file stream is exactly-once, in two settings:
 
-- on: barriers every `barrier_every` batches (each one a checkpoint of every layer and the sink, and an
-  acknowledgement back to the source), ZMTP heartbeats and TCP keepalive on every socket: what `ffstream run` does;
+- on: barriers every `barrier_every` batches and at least stream.barrier_min_s apart, as `ffstream run` takes them
+  (each one a checkpoint of every layer, written on a thread, and of the sink, and an acknowledgement back to the
+  source); 20,000 frames, so that a run spans several of them, ZMTP heartbeats and TCP keepalive on every socket: what `ffstream run` does;
 - off: stream.barrier_every=0 (at-most-once: periodic checkpoints only) and FFSTREAM_HEARTBEATS=off.
 
 The runs alternate, on, off, on, off, ..., so that a machine whose load drifts weighs on both alike; the figure is
@@ -39,10 +40,10 @@ def one_run(layers: tuple[int, ...], batch: int, frames: int, on: bool, barrier_
         else:
             os.environ[HEARTBEATS_ENV] = previous
     return {"on": on, "fps": pipe["fps"], "frames": pipe["frames"], "wall_s": round(time.monotonic() - started, 1),
-            "layer_fps": pipe["layer_fps"], "load_1m": round(os.getloadavg()[0], 1)}
+            "layer_fps": pipe["layer_fps"], "barriers": pipe["barriers"], "load_1m": round(os.getloadavg()[0], 1)}
 
 
-def delivery_overhead(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, frames: int = 5000, pairs: int = 2,
+def delivery_overhead(layers: tuple[int, ...] = (2000, 2000, 2000, 2000), batch: int = 64, frames: int = 20_000, pairs: int = 2,
                       barrier_every: int = 50, seed: int = 0) -> dict:
     runs = []
     for _ in range(pairs):
@@ -64,6 +65,7 @@ def format_overhead(r: dict) -> str:
     lines = [f"pipeline frames/s, layers {','.join(map(str, r['layers']))}, batch {r['batch']}, {r['frames']} frames, runs alternating:"]
     for run in r["runs"]:
         what = f"barriers every {r['barrier_every']} + heartbeats" if run["on"] else "no barriers, no heartbeats"
-        lines.append(f"  {what:<34} {run['fps'] or 0:8.1f} frames/s  ({run['wall_s']} s, load {run['load_1m']})")
+        barriers = f", {run['barriers']} barriers" if run["on"] else ""
+        lines.append(f"  {what:<34} {run['fps'] or 0:8.1f} frames/s  ({run['wall_s']} s{barriers}, load {run['load_1m']})")
     lines.append(f"on / off (medians): {r['ratio']}  (pairs: {', '.join(map(str, r['pair_ratios']))}; target >= {r['target']})")
     return "\n".join(lines)

@@ -139,6 +139,7 @@ def pipeline_fps(cfg: RunConfig) -> dict:
     sink = summary["sink"]
     return {"frames": sink.get("frames"), "wall_s": summary["wall_s"], "fps": sink.get("fps"),
             "layer_fps": [layer["fps"] for layer in summary["layers"]],
+            "barriers": (summary.get("source_stats") or {}).get("barriers"),  # exactly-once: barriers taken, the final one included
             "steps": [layer["updates"] for layer in summary["layers"]],  # optimiser steps per layer: the reference takes one per batch
             "busy_s": {**{f"layer{layer['layer']}": layer.get("busy_s") for layer in summary["layers"]},
                        "sleep": (summary.get("sleep") or {}).get("busy_s")}}

@@ -53,7 +53,7 @@ def bench_command(args) -> int:
         if args.delivery_overhead:
             from ffstream.bench.overhead import delivery_overhead, format_overhead
 
-            result = delivery_overhead(args.layers, args.batch, args.frames, args.pairs)
+            result = delivery_overhead(args.layers, args.batch, args.frames or 20_000, args.pairs)
             print(json.dumps(result) if args.json else format_overhead(result), flush=True)
             return 0
         if args.memory_only:
@@ -63,7 +63,7 @@ def bench_command(args) -> int:
             print(json.dumps(result) if args.json else format_memory(result), flush=True)
             return 0
         every = LATENCY_LEARN_EVERY_ROWS if args.latency_learn_every_rows is None else args.latency_learn_every_rows
-        result = throughput_benchmark(args.layers, args.batch, args.frames, args.memory_seconds, latency_frames=args.latency_frames,
+        result = throughput_benchmark(args.layers, args.batch, args.frames or 5000, args.memory_seconds, latency_frames=args.latency_frames,
                                       latency_learn_every_rows=every, memory_every_s=args.memory_every)
         print(json.dumps(result) if args.json else format_throughput(result), flush=True)
         return 0

@@ -39,6 +39,8 @@ def check_stream(s: StreamConfig) -> None:
         raise ConfigError(f"stream.size must be HxW with positive numbers, got {s.size}")
     if not isinstance(s.barrier_every, int) or isinstance(s.barrier_every, bool) or s.barrier_every < 0:
         raise ConfigError(f"stream.barrier_every must be a whole number of batches, 0 for off, got {s.barrier_every!r}")
+    if isinstance(s.barrier_min_s, bool) or not isinstance(s.barrier_min_s, (int, float)) or not 0 <= s.barrier_min_s < float("inf"):
+        raise ConfigError(f"stream.barrier_min_s must be a number of seconds >= 0, got {s.barrier_min_s!r}")
     if s.labels is not None and not os.path.isfile(s.labels):
         raise ConfigError(f"stream.labels: no such label file: {s.labels}")
 

@@ -48,6 +48,10 @@ class StreamConfig:
     # many batches, at which every worker checkpoints and the source commits its position once the sink acknowledges it.
     # 0: off. Live sources never take barriers (at most once, drops counted); nor do recurrent static images (steps per batch).
     barrier_every: int = 50
+    # ... and at least this many seconds after the last one (Flink's minimum pause between checkpoints): each barrier
+    # writes every layer's weights and optimiser state (48 MB for a 2000-wide layer), which a fast stream would pay
+    # every few seconds. A restart replays at most max(barrier_every batches, barrier_min_s) of the stream.
+    barrier_min_s: float = 10.0
     center: bool = False  # subtract each frame's own mean after scaling: a clip's background level is then no cue (SCFF on video)
     # Self-contrastive pairs (SCFF): layer 1 sees each frame stacked with the one before it along channels, (2C, H, W),
     # the previous frame kept across batches; the sleep worker pairs each frame with an old one (sleep.negatives "scff").

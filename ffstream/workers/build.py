@@ -68,7 +68,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             iterations=cfg.steps_per_batch,
             eval_steps=cfg.model.window[1] if cfg.steps_per_batch > 1 else None,
             interleave=INTERLEAVED_BATCHES,  # used only with more than one step per batch
-            barrier_every=stream.barrier_every,  # exactly-once: the source turns it off for live streams and without position_path
+            barrier_every=stream.barrier_every,
+            barrier_min_s=stream.barrier_min_s,  # exactly-once: the source turns it off for live streams and without position_path
             pairs=stream.pairs,
             **common,
         )

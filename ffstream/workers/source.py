@@ -68,6 +68,7 @@ class SourceWorker(Worker):
         eval_steps: int | None = None,  # with iterations > 1: eval copies of the first this many steps only; None: all
         interleave: int = 1,  # with iterations > 1: send the steps of this many batches in turn (A1 B1 A2 B2 ...)
         barrier_every: int = 0,  # exactly-once (a file or dataset with position_path, one step per batch): a barrier every this many batches; 0 off
+        barrier_min_s: float = 0.0,  # ... and at least this many seconds after the last barrier (stream.barrier_min_s)
         end_ack_deadline_s: float = END_ACK_DEADLINE_S,  # exactly-once: the longest the end of the stream waits for its acknowledgement
         pairs: bool = False,  # SCFF (stream.pairs): layer 1 gets each frame after the one before it, (B, 2C, H, W); the sleep worker single frames
         **worker_kwargs: Any,
@@ -118,6 +119,8 @@ class SourceWorker(Worker):
         self.committed: SavedPosition | None = None  # the last acknowledged barrier's position: where a restart or rewind resumes
         self._outstanding: dict[int, SavedPosition] = {}  # barrier id -> the position after the batches before it
         self._barrier_at = 0  # self.batches when the last barrier went
+        self.barrier_min_s = barrier_min_s
+        self._barrier_sent_s = float("-inf")  # time.monotonic() of the last barrier sent: the first one waits for batches only
         self._rewound_after = 0  # incomplete acks of barriers up to this id came before the last rewind: ignored
         self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
         self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
@@ -261,7 +264,8 @@ class SourceWorker(Worker):
             self.frames += len(frames)
             self.fps.add(len(frames))
             self._sent.append(SavedPosition(position, self.frames, self.batches))
-        if self.exactly_once and self.batches - self._barrier_at >= self.barrier_every:
+        if (self.exactly_once and self.batches - self._barrier_at >= self.barrier_every
+                and time.monotonic() - self._barrier_sent_s >= self.barrier_min_s):
             self._barrier()
         elif not self.exactly_once and self.positions is not None and time.monotonic() - self._position_saved_at >= self.position_every_s:
             self._save_position()
@@ -370,6 +374,7 @@ class SourceWorker(Worker):
         self._outstanding[self.barrier_id] = SavedPosition(self.source.position, self.frames, self.batches, ended=final,
                                                            barrier=self.barrier_id, pass_id=self.pass_id)
         self._barrier_at = self.batches
+        self._barrier_sent_s = time.monotonic()
         if final:
             self._final = (self.barrier_id, time.monotonic())
 

@@ -40,7 +40,7 @@ def soak_run(directory: Path, victim: str, kills_wanted: int, rng: random.Random
     """One `ffstream run`, killing `victim` at random moments until kills_wanted kills or the stream's end; (kills, its log)."""
     directory.mkdir(parents=True)
     argv = ("--source", f"synthetic:{FRAMES}", "--checkpoint-dir", str(directory / "ck"), "--set", "model.layers=32,32",
-            "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", "--set", f"stream.rate_fps={RATE_FPS}",
+            "--set", f"stream.batch={BATCH}", "--set", "stream.barrier_every=5", "--set", "stream.barrier_min_s=0", "--set", f"stream.rate_fps={RATE_FPS}",
             "--set", "restart_budget=1000")
     killed: set[int] = set()
     with monitored_run(directory, *argv, extra_env={"FFSTREAM_LEARN_LOG_DIR": str(directory / "learn")}) as (proc, sub):
