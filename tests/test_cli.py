@@ -39,6 +39,7 @@ ERROR_CASES = {
     "layers not numbers": (["run", "--set", "model.layers=10,x"], ["model.layers", "'x'"], 2),
     "batch zero": (["run", "--set", "stream.batch=0"], ["stream.batch", "positive integer", "got 0"], 2),
     "size without x": (["run", "--set", "stream.size=28"], ["stream.size", "HxW"], 2),
+    "negative barrier pause": (["run", "--set", "stream.barrier_min_s=-1"], ["stream.barrier_min_s", "seconds >= 0", "-1"], 2),
     "set unknown key": (["run", "--set", "model.bogus=1"], ["unknown config key model.bogus;", "(in --set)"], 2),  # the rest: test_recipes
     "unknown recipe": (["run", "--recipe", "no-such-recipe"], ["unknown recipe 'no-such-recipe'", "images-dense"], 2),
     "config unknown key": (["worker", "layer", "--config", "unknown_key.json"], ["unknown config key stream.bogus;"], 2),
