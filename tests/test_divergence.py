@@ -40,7 +40,7 @@ def test_rollback_goes_to_the_last_checkpoint(start_layer, tmp_path):
     send(rig.input, frames(seq=1))
     receive(rig.output)
     eventually(lambda: rig.worker.updates == 1, what="one step")
-    rig.worker.save()  # the checkpoint now holds version 1
+    rig.worker.checkpoints.save()  # the checkpoint now holds version 1
     saved = weights_of(rig.worker.layer)
     with __import__("torch").no_grad():
         rig.worker.layer.bias[0] = math.inf

@@ -77,7 +77,7 @@ class BackgroundCheckpoint:
         def write() -> None:
             try:
                 checkpoint.save_layer_state(path, cfg, weights, optimizer, version, extra)
-            except BaseException as exc:  # re-raised in the worker's loop by finished() or wait()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the worker's loop by finished() or wait()
                 self._error = exc
 
         self._thread = threading.Thread(target=write, name="checkpoint", daemon=True)

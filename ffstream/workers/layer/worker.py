@@ -10,13 +10,14 @@ import torch
 import zmq
 
 from ffstream.config.plans import Batching, LayerEndpoints
-from ffstream.ff import FFLayer, LayerConfig, checkpoint
+from ffstream.ff import FFLayer, LayerConfig
 from ffstream.ff.spec import make_layer as layer_of_kind
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers import malloc
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import weights
+from ffstream.workers.layer.checkpoints import LayerCheckpoints
 from ffstream.workers.layer.delivery import LayerDelivery
 from ffstream.workers.layer.figures import LayerFigures
 from ffstream.workers.layer.intake import LabelSlots, gather
@@ -76,11 +77,11 @@ class LayerWorker(Worker):
         self.preview = WeightPreview(self.layer, preview_shape, index, self.log) if preview_shape else None
         self.figures = LayerFigures()
         self.last_good = weights.LastGood(self.layer, lr_decay_frames, self.log)  # what a divergent step rolls back to
-        self.writer = weights.BackgroundCheckpoint()  # writes the last good copy; a barrier waits in _held_barrier meanwhile
-        self._held_barrier: wire.Message | None = None
         self._last_trim = self._last_wake_step = time.monotonic()
         # Exactly-once (layer/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
         self.delivery = LayerDelivery(self.name, weights.resume(checkpoint_dir, index, self.layer, self.log))
+        self.checkpoints = LayerCheckpoints(checkpoint_dir, index, self.layer, self.last_good, self.delivery, self.checkpoint_meta,
+                                            lambda out: send(self.output, out, self.waiting), self.dropped)
         self._sent_ok = True  # whether the last micro-batch's activity was finite and went on
         self._deferred: list[wire.Message] = []  # controls that came while a step forwarded arrivals: handled after it
         self.phases = Phases()  # seconds per phase of the loop, published as busy_s
@@ -139,13 +140,10 @@ class LayerWorker(Worker):
             if self.layer.pending_count:
                 self.stepper.negatives_only()  # the wake path is idle (a paused or phased source): sleep alone
         self.policy.tick()
-        if self._held_barrier is not None and self.writer.finished():
-            self._pass_barrier()
+        self.checkpoints.poll()
         while self._deferred:
             self._control(self._deferred.pop(0))
-        if time.monotonic() - self.last_good.at > self.checkpoint_every_s:
-            # exactly-once: checkpoints at barriers only (and at close), each a cut the source knows of
-            self.save() if self.checkpoint_dir and not self.delivery.on else self._remember()
+        self.checkpoints.periodic(self.checkpoint_every_s)
         if time.monotonic() - self._last_trim > TRIM_EVERY_S:
             # The steps' freed weight-sized buffers leave holes that glibc keeps resident; given back, only what the
             # next steps touch comes back (about 1 ms of page faults per 2 MB, so not every step).
@@ -234,36 +232,18 @@ class LayerWorker(Worker):
             with self.phases("barrier"):  # busy_s: what barriers cost this layer (waiting for negatives, the copy)
                 self._barrier(msg)
         elif msg.extra.get("command") == "end":
-            self._settle()
+            self.checkpoints.settle()
             self.policy.before_end()
             send(self.output, msg, lambda: self.stopping, timeout_ms=5000)
             if self.exit_on_end:
                 self.finished = True
 
     def _barrier(self, msg: wire.Message) -> None:
-        """Step everything held, checkpoint (weights, optimiser, what was learned), then pass the barrier on, saying
-        whether this layer has learned every batch before it (if not, the source rewinds and replays)."""
+        """Step everything held, checkpoint (weights, optimiser, what was learned; checkpoints.py), then pass the barrier
+        on, saying whether this layer has learned every batch before it (if not, the source rewinds and replays)."""
         self.policy.before_end()
         self.policy.drain()  # held rows step now: the checkpoint holds every batch the gate counts as learned
-        self._settle()  # the previous barrier's checkpoint on disk and that barrier on first: barriers keep their order
-        self._held_barrier = self.delivery.barrier_reply(msg, self.index)
-        if self.checkpoint_dir:
-            # Written on a thread while frames after the barrier go on being learned and forwarded; the barrier goes on
-            # (and the sink acknowledges it to the source) only once the checkpoint is on disk. Layers above may then
-            # checkpoint a few batches past the barrier: their gates skip those if the source ever rewinds to it.
-            self.save(background=True)
-        else:
-            self._pass_barrier()
-
-    def _pass_barrier(self) -> None:
-        out, self._held_barrier = self._held_barrier, None
-        if out is not None and not send(self.output, out, self.waiting):
-            self.dropped["barrier_not_sent"] += 1
-
-    def _settle(self) -> None:
-        """The checkpoint being written on disk (raising what the write raised), then its barrier passed on."""
-        self.writer.wait()
-        self._pass_barrier()
+        self.checkpoints.barrier(self.delivery.barrier_reply(msg, self.index))
 
     # ending, checkpoints -----------------------------------------------------------------
     def drain(self) -> None:
@@ -273,21 +253,9 @@ class LayerWorker(Worker):
 
     def on_close(self) -> None:
         if self.checkpoint_dir:
-            self.save()
+            self.checkpoints.save()
         self.delivery.close()
 
-    def save(self, background: bool = False) -> None:
-        """Checkpoint the layer (weights, optimiser, the batches learned): now, or on a thread (see _barrier)."""
-        self._settle()
-        meta = {**self.checkpoint_meta, "delivery": self.delivery.saved()}
-        self.last_good.remember()  # in memory, what the checkpoint holds (or would hold without a checkpoint dir)
-        self.writer.start(checkpoint.layer_path(self.checkpoint_dir, self.index), self.layer, self.last_good.good, meta)
-        if not background:
-            self.writer.wait()
-
-    def _remember(self) -> None:
-        self._settle()  # a write under way reads the last good copy: it is not overwritten meanwhile
-        self.last_good.remember()
 
     # figures -----------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any]:

@@ -1,0 +1,76 @@
+"""A layer worker's checkpoints, and the barriers that wait for them (exactly-once, workers/delivery.py).
+
+At a barrier the worker's policy has stepped everything held; the layer's state is copied (weights.LastGood) and
+written on a thread (weights.BackgroundCheckpoint), as Flink's asynchronous snapshots, while frames after the barrier
+go on being learned and forwarded. The barrier goes on (and the sink acknowledges it to the source) only once the
+checkpoint is on disk. Layers above may then checkpoint a few batches past it: their gates skip those if the source
+ever rewinds to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ffstream.ff import FFLayer, checkpoint
+from ffstream.net import wire
+from ffstream.workers.layer.delivery import LayerDelivery
+from ffstream.workers.layer.weights import BackgroundCheckpoint, LastGood
+
+
+class LayerCheckpoints:
+    """Checkpoints of one layer in `directory` (None: none, the last good copy only), and the barrier held for one."""
+
+    def __init__(self, directory: str | None, index: int, layer: FFLayer, last_good: LastGood, delivery: LayerDelivery,
+                 meta: dict[str, Any], send_up: Callable[[wire.Message], bool], dropped: Counter):
+        self.directory, self.index, self.layer = directory, index, layer
+        self.last_good, self.delivery, self.meta = last_good, delivery, meta
+        self.send_up, self.dropped = send_up, dropped  # the worker's output (False: not sent, stopping) and its drop counts
+        self.writer = BackgroundCheckpoint()
+        self.held: wire.Message | None = None  # the barrier whose checkpoint is being written
+
+    def barrier(self, reply: wire.Message) -> None:
+        """Checkpoint for a barrier (the policy has stepped what it held), then pass `reply` on: once on disk."""
+        self.settle()  # the previous barrier's checkpoint on disk and that barrier on first: barriers keep their order
+        self.held = reply
+        if self.directory:
+            self.save(background=True)
+        else:
+            self._pass_held()
+
+    def poll(self) -> None:
+        """In the worker's loop: the held barrier goes on once its checkpoint is written (raising what the write raised)."""
+        if self.held is not None and self.writer.finished():
+            self._pass_held()
+
+    def periodic(self, every_s: float) -> None:
+        """In the worker's loop: a checkpoint (at most once) or a last good copy (exactly-once, whose checkpoints are
+        taken at barriers only, each a cut the source knows of) every `every_s` seconds."""
+        if time.monotonic() - self.last_good.at > every_s:
+            self.save() if self.directory and not self.delivery.on else self.remember()
+
+    def settle(self) -> None:
+        """The checkpoint being written on disk (raising what the write raised), then its barrier passed on."""
+        self.writer.wait()
+        self._pass_held()
+
+    def save(self, background: bool = False) -> None:
+        """Checkpoint the layer (weights, optimiser, the batches learned): now, or on a thread."""
+        self.settle()
+        meta = {**self.meta, "delivery": self.delivery.saved()}
+        self.last_good.remember()  # in memory, what the checkpoint holds
+        self.writer.start(checkpoint.layer_path(self.directory, self.index), self.layer, self.last_good.good, meta)
+        if not background:
+            self.writer.wait()
+
+    def remember(self) -> None:
+        """A new last good copy, without a checkpoint (a write under way reads the old one: it finishes first)."""
+        self.settle()
+        self.last_good.remember()
+
+    def _pass_held(self) -> None:
+        out, self.held = self.held, None
+        if out is not None and not self.send_up(out):
+            self.dropped["barrier_not_sent"] += 1
