@@ -6,14 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import zmq
 
 from ffstream.net import wire
 from tests.media import write_video
-from tests.processes import ROOT, env
+from tests.processes import ROOT, await_metrics, env, monitored_run
 
 FRAMES = 48
 BATCH = 4
@@ -37,14 +36,8 @@ def test_a_subscriber_gets_every_frame_of_the_chosen_layers_in_order(tmp_path, z
          "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
     )
-    got: list[wire.Message] = []
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and sum(len(m.array) for m in got) < FRAMES:
-            if sub.poll(200):
-                got.append(wire.decode(sub.recv_multipart()))
-            elif run.poll() is not None and not sub.poll(2000):
-                break  # the run ended and nothing more is coming
+        got = receive_features(sub, run)
         out, err = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
@@ -64,36 +57,31 @@ def test_a_subscriber_gets_every_frame_of_the_chosen_layers_in_order(tmp_path, z
 
 
 def test_a_subscriber_that_connects_after_the_run_started_still_gets_the_first_frame(tmp_path, zmq_context):
-    """On a file source the sink's first frame waits for the first subscription: the subscriber here connects only
-    once the sink's log says it waits, and must still get seq 0 and every frame after it."""
+    """On a file source the sink's first frame waits for the first subscriber: the subscriber here connects only once
+    the sink reports frames in and none published (it waits), and must still get seq 0 and every frame after it."""
     write_video(tmp_path / "clip.mp4", n=FRAMES)
     addr = f"ipc://{tmp_path}/features"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "ffstream", "run", "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=20,10",
-         "--set", f"stream.batch={BATCH}", "--set", f"topology.features={addr}", "--monitor", f"ipc://{tmp_path}/mon",
-         "--http", "none", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT,
-    )
-    got: list[wire.Message] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not any("waiting for a subscriber" in p.read_text() for p in Path(tmp_path).glob("*/logs/sink*")):
-            assert run.poll() is None, run.communicate()[1][-3000:]
-            time.sleep(0.5)
+    with monitored_run(tmp_path, "--source", str(tmp_path / "clip.mp4"), "--set", "model.layers=20,10", "--set", f"stream.batch={BATCH}",
+                       "--set", f"topology.features={addr}", "--http", "none") as (run, monitor):
+        await_metrics(run, monitor, "sink", lambda m: m.get("frames", 0) > 0 and m.get("features_sent") == 0)
         sub = zmq_context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.RCVHWM, 0)
         sub.connect(addr)
-        while time.monotonic() < deadline and sum(len(m.array) for m in got) < FRAMES:
-            if sub.poll(200):
-                got.append(wire.decode(sub.recv_multipart()))
-            elif run.poll() is not None and not sub.poll(2000):
-                break
-        out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        got = receive_features(sub, run)
+        _, err = run.communicate(timeout=120)
     assert run.returncode == 0, err[-3000:]
     assert [m.seq for m in got] == list(range(len(got))) and sum(len(m.array) for m in got) == FRAMES
+
+
+def receive_features(sub: zmq.Socket, run: subprocess.Popen, timeout_s: float = 240) -> list[wire.Message]:
+    """What the subscriber gets until FRAMES frames have come, or the run has ended and nothing more is coming."""
+    got: list[wire.Message] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and sum(len(m.array) for m in got) < FRAMES:
+        if sub.poll(200):
+            got.append(wire.decode(sub.recv_multipart()))
+        elif run.poll() is not None and not sub.poll(2000):
+            break
+    return got

@@ -266,7 +266,7 @@ class SinkWorker(Worker):
         """Whether a subscriber has subscribed. A file source waits for one (a warning every 10 s; a stop ends the
         wait), so that a consumer started after the run still gets the first frame; a live source does not wait."""
         waited_since = time.monotonic()
-        while not self.stopping:
+        while not self.waiting():  # it reports and beats meanwhile: a sink waiting for a consumer is not a stalled one
             if self.features.poll(POLL_MS if self.features_wait_ms is None else 0, zmq.POLLIN):
                 subscription = self.features.recv()
                 self._subscribed = self._subscribed or subscription[:1] == b"\x01"  # 1: subscribe, 0: unsubscribe
