@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -79,7 +81,8 @@ def test_a_background_checkpoint_that_fails_raises_in_the_worker_not_in_its_thre
     (tmp_path / "file").write_text("a file, not a directory")
     writer = BackgroundCheckpoint()
     writer.start(tmp_path / "file" / "layer1.safetensors", layer, remember(layer, None), {})
+    deadline = time.monotonic() + 30
     with pytest.raises(OSError):
         while not writer.finished():  # the worker's loop asks this before passing the barrier on
-            pass
+            assert time.monotonic() < deadline, "the failing write never finished"
     assert writer.finished()  # the error is raised once

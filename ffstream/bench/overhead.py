@@ -3,9 +3,9 @@
 `ffstream bench throughput --delivery-overhead` runs the throughput bench's pipeline (same layers, synthetic frames,
 batch and task) with a checkpoint directory, so that a file stream is exactly-once, in two settings:
 
-- on: barriers every `barrier_every` batches and at least stream.barrier_min_s apart, as `ffstream run` takes them
-  (each one a checkpoint of every layer, written on a thread, and of the sink, and an acknowledgement back to the
-  source); 20,000 frames, so that a run spans several of them, ZMTP heartbeats and TCP keepalive on every socket: what `ffstream run` does;
+- on: what `ffstream run` does: barriers every `barrier_every` batches and at least stream.barrier_min_s apart (each
+  a checkpoint of every layer, written on a thread, and of the sink, and an acknowledgement back to the source),
+  ZMTP heartbeats and TCP keepalive on every socket; 20,000 frames by default, so that a run spans several barriers;
 - off: stream.barrier_every=0 (at-most-once: periodic checkpoints only) and FFSTREAM_HEARTBEATS=off.
 
 The runs alternate, on, off, on, off, ..., so that a machine whose load drifts weighs on both alike; the figure is
