@@ -322,6 +322,7 @@ def test_fuzz_source_control(zmq_context, socket, monkeypatch):
     assert n >= FUZZ_EXAMPLES * BATCH
 
 
+ACK_REPLAY = "fuzzrply"  # its replay token (set on it): a gap notice under it, read right, would rewind the source
 ACK_PASS = "fuzz-pass"  # the pass id of the source under test (set on it), which the bad acks must not carry right
 # Built without filters: 200 filtered draws per example would make whole examples invalid, and hypothesis stop early.
 _prefixed = lambda p: st.text(max_size=6).map(lambda t: p + t)  # noqa: E731 - never "ack", "resume" nor ACK_PASS
@@ -335,12 +336,16 @@ NOT_BOOL = st.none() | st.integers() | st.floats() | st.text(max_size=6) | _list
 @st.composite
 def bad_ack(draw) -> list[bytes]:
     """What an exactly-once source's control socket must drop and count: broken messages, other commands, and
-    acknowledgements it cannot use (another pass, or a barrier or verdict of the wrong type)."""
-    how = draw(st.sampled_from(["broken", "command", "pass", "barrier", "complete"]))
+    acknowledgements it cannot use (another pass, or a barrier or verdict of the wrong type), and gap notices under the
+    source's own pass and replay token whose `upto` is no integer (`true` once read as 1 and rewound the source)."""
+    how = draw(st.sampled_from(["broken", "command", "pass", "barrier", "complete", "gap"]))
     if how == "broken":
         return draw(BROKEN["control"])
     if how == "command":
         return wire_valid("control", np.zeros(0, np.float32), command=draw(NOT_ACK_COMMAND))
+    if how == "gap":
+        return wire_valid("control", np.zeros(0, np.float32), command="gap", upto=draw(NOT_INT), pass_id=ACK_PASS,
+                          replay=ACK_REPLAY)
     ack = {"command": "ack", "barrier": 1, "complete": True, "pass_id": ACK_PASS}
     if how == "barrier":
         ack["barrier"] = draw(NOT_INT)
@@ -362,7 +367,7 @@ def test_fuzz_exactly_once_source_acknowledgements(zmq_context, socket, tmp_path
     worker = SourceWorker(SyntheticSource(Preprocess(), 16, seed=1), out_addr, None, batch=8, eval_every=0, barrier_every=1,
                           position_path=str(tmp_path / "source.json"), control_addr=control_addr, end_ack_deadline_s=24 * 3600.0,
                           context=zmq_context)
-    worker.pass_id = ACK_PASS  # a fresh pass: nothing sent yet under another id
+    worker.pass_id, worker.replay = ACK_PASS, ACK_REPLAY  # a fresh pass: nothing sent yet under another id
     push = socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 5000)
     push.connect(control_addr)

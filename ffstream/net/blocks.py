@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ffstream.net import wire
+
 KEY = "blocks"  # the header field (msg.extra) that lists the widths
 
 
 def _widths(blocks: object, smallest: int) -> bool:
-    return isinstance(blocks, list) and all(isinstance(b, int) and not isinstance(b, bool) and b >= smallest for b in blocks)
+    return isinstance(blocks, list) and all(wire.is_int(b) and b >= smallest for b in blocks)
 
 
 def layer_input(array: np.ndarray, blocks: object, in_features: int) -> np.ndarray | None:

@@ -29,6 +29,7 @@ from collections.abc import Collection
 
 import numpy as np
 
+from ffstream.net import wire
 from ffstream.net.blocks import KEY as BLOCKS
 
 LAYERS = "block_layers"  # the header field naming each block's layer, 1-based
@@ -37,7 +38,7 @@ LAYERS = "block_layers"  # the header field naming each block's layer, 1-based
 def _layout(array: np.ndarray, extra: dict) -> tuple[list[int], list[int]] | None:
     """(widths, layers) when the header describes the array as carried blocks; None otherwise (e.g. frames)."""
     widths, layers = extra.get(BLOCKS), extra.get(LAYERS)
-    ints = lambda v: isinstance(v, list) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in v)  # noqa: E731
+    ints = lambda v: isinstance(v, list) and all(wire.is_int(b) and b >= 1 for b in v)  # noqa: E731
     if not (ints(widths) and ints(layers) and len(widths) == len(layers) and array.ndim == 2 and sum(widths) == array.shape[1]):
         return None
     return widths, layers

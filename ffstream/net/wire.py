@@ -149,7 +149,7 @@ def _decode(parts: list, max_payload: int, check_finite: bool) -> Message:
     if header["dtype"] not in DTYPES:
         raise WireError("dtype", f"unknown dtype {header['dtype']!r}")
     shape = header["shape"]
-    if len(shape) > MAX_DIMS or not all(_is_count(n) and n <= MAX_DIM for n in shape):
+    if len(shape) > MAX_DIMS or not all(is_count(n) and n <= MAX_DIM for n in shape):
         raise WireError("shape", f"bad shape {str(shape)[:100]}")
     dtype = np.dtype(DTYPES[header["dtype"]])
     # A zero-size dimension makes the product 0 whatever sits beside it, but numpy still refuses to reshape
@@ -170,7 +170,7 @@ def _decode(parts: list, max_payload: int, check_finite: bool) -> Message:
     rows = shape[0] if shape else 0
     label = header.get("label")
     if label is not None:
-        if not isinstance(label, list) or len(label) != rows or not all(_is_count(v) for v in label):
+        if not isinstance(label, list) or len(label) != rows or not all(is_count(v) for v in label):
             raise WireError("label", "label must be one non-negative int per row")
     trace = header.get("trace")
     if trace is not None and not (_is_trace(trace) and all(len(layer) == rows for layer in trace)):
@@ -201,9 +201,14 @@ def _parse_int(text: str) -> int:
     return value
 
 
-def _is_count(v: Any) -> bool:
-    """A non-negative JSON integer (bool is an int subclass in Python, and is not one)."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+def is_int(v: Any) -> bool:
+    """A JSON integer: bool is an int subclass in Python, and `"barrier": true` must not read as barrier 1."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_count(v: Any) -> bool:
+    """A non-negative JSON integer."""
+    return is_int(v) and v >= 0
 
 
 def _finite_number(v: Any) -> bool:
@@ -248,7 +253,7 @@ def unpack_tensors(flat: np.ndarray, layout: Any) -> dict[str, np.ndarray]:
     for entry in layout:
         name, shape = entry.get("name"), entry.get("shape")
         if not isinstance(name, str) or not isinstance(shape, list) or len(shape) > MAX_DIMS \
-                or not all(_is_count(n) and n <= MAX_DIM for n in shape):
+                or not all(is_count(n) and n <= MAX_DIM for n in shape):
             raise WireError("tensors", f"bad tensor entry {entry!r}")
         size = math.prod(shape)
         if offset + size > flat.size:  # checked before reshape, which would raise a plain ValueError

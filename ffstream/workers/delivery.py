@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ffstream.net import wire
+
 PASS_KEY = "pass_id"  # header field of a data message or barrier under exactly-once delivery
 REPLAY_KEY = "replay"  # header field of a data message: the source's replay token (new at each start and rewind)
 GAP_NOTICE = "gap"  # the command of a layer's notice to the source: a batch is missing, rewind now
@@ -59,7 +61,7 @@ class SeqGate:
 
     def has_all(self, pass_id: Any, upto: Any) -> bool:
         """Whether everything of the pass up to seq `upto` has been learned (a barrier's question)."""
-        return pass_id == self.pass_id and isinstance(upto, int) and upto <= self.upto
+        return pass_id == self.pass_id and wire.is_int(upto) and upto <= self.upto
 
     def to_dict(self) -> dict[str, Any]:
         return {"pass_id": self.pass_id, "upto": self.upto, "barrier": self.barrier}
@@ -70,13 +72,9 @@ class SeqGate:
         if not isinstance(saved, dict):
             return cls()
         pass_id, upto, barrier = saved.get("pass_id"), saved.get("upto"), saved.get("barrier", 0)
-        if not (pass_id is None or isinstance(pass_id, str)) or not _is_int(upto) or not _is_int(barrier) or upto < -1:
+        if not (pass_id is None or isinstance(pass_id, str)) or not wire.is_int(upto) or not wire.is_int(barrier) or upto < -1:
             return cls()
         return cls(pass_id, upto, barrier)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class LearnLog:

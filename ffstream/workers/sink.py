@@ -188,7 +188,7 @@ class SinkWorker(Worker):
     def _barrier(self, msg: wire.Message) -> None:
         """Checkpoint the head and counters, then tell the source whether every layer had learned all before it."""
         barrier = msg.extra.get("barrier")
-        if not isinstance(barrier, int) or isinstance(barrier, bool):
+        if not wire.is_int(barrier):
             self.dropped["barrier"] += 1
             return
         self.barrier = barrier
@@ -365,7 +365,7 @@ class SinkWorker(Worker):
             return
         for key in ("frames", "evaluated", "correct", "counted_upto", "scored_upto", "barrier"):
             value = state.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= -1:
+            if wire.is_int(value) and value >= -1:
                 setattr(self, key, value)
         self.pass_id = state.get(PASS_KEY) if isinstance(state.get(PASS_KEY), str) else None
         self.log.info("resumed the sink from %s: %d frames, %d evaluated", self.checkpoint_dir, self.frames, self.evaluated)

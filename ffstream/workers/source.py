@@ -394,7 +394,7 @@ class SourceWorker(Worker):
         dropped what was queued): rewind now rather than at the next barrier's acknowledgement. A notice about batches
         sent before the last rewind or restart (another token) is answered already."""
         upto = msg.extra.get("upto")
-        if msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(msg.extra.get(REPLAY_KEY), str) or not isinstance(upto, int):
+        if msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(msg.extra.get(REPLAY_KEY), str) or not wire.is_int(upto):
             self.dropped["gap_notice"] += 1
             return
         self.gap_notices += 1
@@ -407,8 +407,7 @@ class SourceWorker(Worker):
         """The sink's word on a barrier: complete (every layer has learned everything before it: commit there) or not
         (a layer misses batches, lost with a worker that restarted: rewind to the last commit and replay)."""
         barrier, complete = msg.extra.get("barrier"), msg.extra.get("complete")
-        if (msg.extra.get(PASS_KEY) != self.pass_id or not isinstance(barrier, int) or isinstance(barrier, bool)
-                or not isinstance(complete, bool)):  # a bool is an int to Python: `"barrier": true` would read as barrier 1
+        if (msg.extra.get(PASS_KEY) != self.pass_id or not wire.is_int(barrier) or not isinstance(complete, bool)):
             self.dropped["ack"] += 1
             return
         self.acks += 1

@@ -81,9 +81,9 @@ class LayerDelivery:
         """The barrier to pass on, after the checkpoint: it adds this layer to `behind` when a batch before it is missing."""
         self.on = True
         barrier = msg.extra.get("barrier")
-        self.gate.barrier = barrier if isinstance(barrier, int) and not isinstance(barrier, bool) else self.gate.barrier
+        self.gate.barrier = barrier if wire.is_int(barrier) else self.gate.barrier
         behind = msg.extra.get("behind")
-        behind = [i for i in behind if isinstance(i, int)] if isinstance(behind, list) else []
+        behind = [i for i in behind if wire.is_int(i)] if isinstance(behind, list) else []
         if not self.gate.has_all(msg.extra.get(PASS_KEY), msg.seq):
             behind.append(index)
         return wire.Message("barrier", np.zeros(0, np.float32), stream=msg.stream, seq=msg.seq, t_src=msg.t_src,

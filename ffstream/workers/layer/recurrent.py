@@ -204,5 +204,5 @@ def _remember(held: dict, key: tuple, value: Any) -> None:
 def _position(msg: wire.Message) -> tuple[int, int]:
     """(frame, step) of a message: the source batch and the iteration of it; plain frames are step 0 of their seq."""
     frame, step = msg.extra.get("frame", msg.seq), msg.extra.get("step", 0)
-    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (frame, step))
+    ok = all(wire.is_int(v) for v in (frame, step))
     return (frame, step) if ok else (msg.seq, 0)
