@@ -46,15 +46,30 @@ def test_the_folded_head_reads_raw_features_as_the_probe_does_and_unfolds_exactl
     scaled = (x - probe.mean) / (probe.var.sqrt() + 1e-6)
     with torch.no_grad():
         assert torch.allclose(folded(x), probe.head(scaled), atol=1e-4)
-    save_readout(tmp_path, folded, [0, 1], 4, probe.scaler_state())
+    save_readout(tmp_path, folded, [0, 1], 4, probe.saved_state())
     readout, layers = load_readout(tmp_path)  # a reader that knows nothing of the statistics gets the folded head
     assert layers == [0, 1] and torch.equal(readout.linear.weight, folded.linear.weight)
-    _, _, scaler = load_readout(tmp_path, with_scaler=True)
+    _, _, probe_state = load_readout(tmp_path, with_probe_state=True)
     resumed = OnlineProbe(16, 4, seed=5)
-    resumed.unfold(readout, scaler)
+    resumed.unfold(readout, probe_state)
     with torch.no_grad():
         assert torch.allclose(resumed.head(scaled), probe.head(scaled), atol=1e-4)
     assert torch.equal(resumed.predict(x), probe.predict(x))
+    # the reservoir comes back too: a resumed probe's steps mix in the clips seen before the restart
+    assert resumed.held == probe.held > 0 and resumed.seen == probe.seen
+    assert torch.equal(resumed.rows[:resumed.held], probe.rows[:probe.held])
+    assert torch.equal(resumed.labels[:resumed.held], probe.labels[:probe.held])
+
+
+def test_a_saved_reservoir_of_another_width_is_not_loaded(tmp_path):
+    x, y = video_like_stream(256)
+    probe = OnlineProbe(16, 4)
+    progressive(probe, x, y)
+    state = probe.saved_state()
+    state["replay.rows"] = state["replay.rows"][:, :8]  # features of another width: the statistics alone are used
+    resumed = OnlineProbe(16, 4)
+    resumed.unfold(probe.folded(), state)
+    assert resumed.held == 0 and torch.equal(resumed.mean, probe.mean)
 
 
 def test_online_probe_does_not_change_the_features_it_is_given():

@@ -19,16 +19,17 @@ def readout_path(directory: str | os.PathLike) -> Path:
 
 
 def save_readout(directory: str | os.PathLike, readout: LinearReadout, layers: list[int], num_classes: int,
-                 scaler: dict[str, torch.Tensor] | None = None) -> None:
-    """scaler: an online probe's feature statistics (workers/online_probe.py), saved beside the head that folds them in."""
-    tensors = {k: v.detach().contiguous() for k, v in {**readout.state_dict(), **(scaler or {})}.items()}
+                 probe_state: dict[str, torch.Tensor] | None = None) -> None:
+    """probe_state: an online probe's feature statistics and reservoir (workers/online_probe.py), saved beside the head
+    that folds the statistics in."""
+    tensors = {k: v.detach().contiguous() for k, v in {**readout.state_dict(), **(probe_state or {})}.items()}
     metadata = {"format": FORMAT, "layers": json.dumps(layers), "num_classes": str(num_classes)}
     write_atomic(readout_path(directory), tensors, metadata)
 
 
-def load_readout(directory: str | os.PathLike, with_scaler: bool = False) -> tuple:
-    """The saved readout and the 0-based layers it reads (and with_scaler: the statistics saved beside it, or None);
-    CheckpointError when there is none or it is broken."""
+def load_readout(directory: str | os.PathLike, with_probe_state: bool = False) -> tuple:
+    """The saved readout and the 0-based layers it reads (and with_probe_state: the online probe's statistics and
+    reservoir saved beside it, or None); CheckpointError when there is none or it is broken."""
     path = readout_path(directory)
     if not path.exists():
         raise CheckpointError(f"no softmax head or probe at {path}; did the run see a labelled stream?")
@@ -37,8 +38,8 @@ def load_readout(directory: str | os.PathLike, with_scaler: bool = False) -> tup
         weight = tensors["linear.weight"]
         readout = LinearReadout(weight.shape[1], weight.shape[0])
         readout.load_state_dict({k: v for k, v in tensors.items() if k.startswith("linear.")})
-        scaler = {k: v for k, v in tensors.items() if k.startswith("scaler.")} or None
+        probe_state = {k: v for k, v in tensors.items() if k.startswith(("scaler.", "replay."))} or None
         layers = json.loads(metadata["layers"])
-        return (readout, layers, scaler) if with_scaler else (readout, layers)
+        return (readout, layers, probe_state) if with_probe_state else (readout, layers)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a usable readout: {str(exc).splitlines()[0]}") from None

@@ -10,7 +10,8 @@ measured by replaying one checkpoint's features of that stream through the head 
   Each step also on a sample of recent rows (a reservoir of 4096): 76.0 % with standardising (48.6 % without).
 
 What is saved and what a snapshot sends is the folded head, logits = (A/σ)·f + (c − A·μ/σ), which reads raw features
-as any `LinearReadout` does; the statistics are saved beside it (`scaler.*`) so that a resumed run unfolds it exactly.
+as any `LinearReadout` does; the statistics are saved beside it (`scaler.*`) so that a resumed run unfolds it exactly,
+and so is the reservoir (`replay.*`): a restarted sink's steps mix in the clips seen before, not only the latest one.
 
     >>> probe = OnlineProbe(192, 4)
     >>> probe.predict(features); probe.learn(features, labels)       # doctest: +SKIP
@@ -22,7 +23,6 @@ import torch
 
 from ffstream.ff import LinearReadout
 
-SCALER_KEYS = ("scaler.mean", "scaler.var")  # beside the folded head in its checkpoint
 REPLAY_VALUES = 16 * 1024 * 1024  # the reservoir's size at most, float32 values (64 MiB): wide features keep fewer rows
 
 
@@ -84,12 +84,21 @@ class OnlineProbe:
             out.linear.bias.copy_(self.head.linear.bias - (self.head.linear.weight * (self.mean / scale)).sum(dim=1))
         return out
 
-    def scaler_state(self) -> dict[str, torch.Tensor]:
-        return {"scaler.mean": self.mean.clone(), "scaler.var": self.var.clone()}
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What is saved beside the folded head: the statistics and the reservoir's rows (copies)."""
+        return {"scaler.mean": self.mean.clone(), "scaler.var": self.var.clone(), "replay.rows": self.rows[:self.held].clone(),
+                "replay.labels": self.labels[:self.held].clone(), "replay.seen": torch.tensor(self.seen)}
 
-    def unfold(self, folded: LinearReadout, scaler: dict[str, torch.Tensor]) -> None:
-        """Resume from a saved folded head and its statistics: the same logits as when it was saved."""
-        self.mean, self.var = scaler["scaler.mean"].clone().float(), scaler["scaler.var"].clone().float()
+    def unfold(self, folded: LinearReadout, saved: dict[str, torch.Tensor]) -> None:
+        """Resume from a saved folded head and its statistics: the same logits as when it was saved; and its reservoir,
+        where one was saved for features of this width (files from before it was saved have none: it refills)."""
+        self.mean, self.var = saved["scaler.mean"].clone().float(), saved["scaler.var"].clone().float()
+        rows, labels = saved.get("replay.rows"), saved.get("replay.labels")
+        if rows is not None and labels is not None and rows.ndim == 2 and rows.shape[1] == self.rows.shape[1] \
+                and labels.shape == rows.shape[:1]:
+            self.held = min(len(rows), len(self.rows))
+            self.rows[:self.held], self.labels[:self.held] = rows[:self.held].float(), labels[:self.held].long()
+            self.seen = max(self.held, int(saved.get("replay.seen", torch.tensor(self.held))))
         self.batches = int(1 / self.momentum)  # the statistics are settled: they move at `momentum` from here
         scale = self.var.sqrt() + 1e-6
         with torch.no_grad():

@@ -351,14 +351,14 @@ class SinkWorker(Worker):
         blocks = state.get("blocks")
         if isinstance(blocks, list):
             try:
-                readout, layers, scaler = load_readout(self.checkpoint_dir, with_scaler=True)
+                readout, layers, probe_state = load_readout(self.checkpoint_dir, with_probe_state=True)
             except CheckpointError as exc:
                 self.log.warning("not resuming the head: %s", exc)
                 return
             if layers != self.readout_layers or readout.linear.out_features != self.num_classes:
                 self.log.warning("the head in %s does not fit this readout; starting afresh", self.checkpoint_dir)
                 return
-            self._saved_head = (readout, blocks, scaler)
+            self._saved_head = (readout, blocks, probe_state)
         if self.frozen:
             # Frame numbers (alerts, scores) count this stream's frames, not the training run's
             self.log.info("frozen: the head from %s, counting this stream's frames from 0", self.checkpoint_dir)
@@ -394,8 +394,8 @@ class SinkWorker(Worker):
         self._last_checkpoint = time.monotonic()
         blocks = self._blocks
         if self.readout is not None:
-            scaler = self.readout.scaler_state() if isinstance(self.readout, OnlineProbe) else None
-            save_readout(self.checkpoint_dir, self._linear(), self.readout_layers, self.num_classes, scaler)
+            probe_state = self.readout.saved_state() if isinstance(self.readout, OnlineProbe) else None
+            save_readout(self.checkpoint_dir, self._linear(), self.readout_layers, self.num_classes, probe_state)
         elif self._saved_head is not None:
             blocks = self._saved_head[1]  # not used yet this run: the saved head stays, and stays described
         state = {"readout_layers": self.readout_layers, "num_classes": self.num_classes, "blocks": blocks,
