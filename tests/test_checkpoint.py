@@ -86,3 +86,26 @@ def test_a_background_checkpoint_that_fails_raises_in_the_worker_not_in_its_thre
         while not writer.finished():  # the worker's loop asks this before passing the barrier on
             assert time.monotonic() < deadline, "the failing write never finished"
     assert writer.finished()  # the error is raised once
+
+
+def test_rows_held_unstepped_at_a_barrier_come_back_due_and_are_no_weights(tmp_path):
+    """A barrier's checkpoint holds the positives still waiting for their negatives instead of stepping them first
+    (workers/layer/checkpoints.py): they load back into a new pairing, due at once, and load_layer ignores them."""
+    from ffstream.ff.checkpoint import held_tensors, save_layer_state
+    from ffstream.workers.pairing import Pairing
+
+    layer, path = trained_layer(), tmp_path / "layer1.safetensors"
+    pairing = Pairing()
+    first, second = torch.randn(4, 12), torch.randn(2, 12)
+    pairing.add_positive([7], first, torch.tensor([1, 2, 3, 0]))
+    pairing.add_positive([8, 9], second)
+    held, seqs = pairing.held_state()
+    save_layer_state(path, layer.cfg, *remember(layer, None), layer.version, {"held": seqs}, held)
+    assert load_layer(path, FFLayer(LayerConfig(12, 6))) == layer.version  # strict load: the held rows are no weights
+    back = Pairing()
+    assert back.restore_held(held_tensors(path), checkpoint_config(path)[1]["held"], torch.device("cpu")) == 2
+    assert [sorted(h.seqs) for h in back.held] == [[7], [8, 9]]
+    assert torch.equal(back.held[0].inputs, first) and torch.equal(back.held[0].labels, torch.tensor([1, 2, 3, 0]))
+    assert torch.equal(back.held[1].inputs, second) and back.held[1].labels is None
+    late, _ = back.expired()  # their negatives went to the process that held them: they step alone at once
+    assert len(late) == 2 and not back.held

@@ -19,6 +19,7 @@ from ffstream.ff import FFLayer, LayerConfig
 from ffstream.ff.spec import config_from_dict
 
 FORMAT = "ffstream-layer-1"
+HELD_PREFIX = "held."  # tensors of rows a barrier's checkpoint holds unstepped (save_layer_state); not weights
 
 
 class CheckpointError(Exception):
@@ -61,10 +62,12 @@ def save_layer(path: str | os.PathLike, layer: FFLayer, extra: dict | None = Non
 
 
 def save_layer_state(path: str | os.PathLike, cfg: LayerConfig, weights: dict[str, torch.Tensor], optimizer: dict,
-                     version: int, extra: dict | None = None) -> None:
+                     version: int, extra: dict | None = None, held: dict[str, torch.Tensor] | None = None) -> None:
     """save_layer from a copy of the layer's state (weights, optimiser state_dict): a thread can write a snapshot
-    while the layer steps on (workers/layer/weights.BackgroundCheckpoint)."""
+    while the layer steps on (workers/layer/weights.BackgroundCheckpoint). held: rows admitted but not yet stepped (a
+    barrier's positives waiting for their negatives, workers/pairing.py), saved under HELD_PREFIX."""
     tensors = {name: t.detach().contiguous() for name, t in weights.items()}
+    tensors.update({HELD_PREFIX + name: t.detach().contiguous() for name, t in (held or {}).items()})
     for index, state in optimizer["state"].items():
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().contiguous()
@@ -98,6 +101,15 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
     return read_safetensors(path, FORMAT)
 
 
+def held_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The rows a checkpoint holds unstepped (HELD_PREFIX stripped), read without the weights; {} for none."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name[len(HELD_PREFIX):]: f.get_tensor(name) for name in f.keys() if name.startswith(HELD_PREFIX)}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable ffstream checkpoint: {str(exc).splitlines()[0]}") from None
+
+
 def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:
     """The config a checkpoint was saved with, and its extra metadata."""
     _, metadata = read_metadata(path)
@@ -114,7 +126,7 @@ def load_layer(path: str | os.PathLike, layer: FFLayer) -> int:
             f"goodness={saved.get('goodness')}/{saved.get('variant')}, not "
             f"{layer.cfg.in_features}->{layer.cfg.width} goodness={layer.cfg.goodness}/{layer.cfg.variant}"
         )
-    own = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    own = {k: v for k, v in tensors.items() if not k.startswith(("optimizer.", HELD_PREFIX))}
     for name, expected in layer.state_dict().items():
         if name not in own or own[name].shape != expected.shape:
             raise CheckpointError(f"{path}: tensor {name!r} is missing or has the wrong shape")

@@ -51,6 +51,26 @@ class Pairing:
     def add_positive(self, seqs: list[int], inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         self.held.append(HeldPositive(frozenset(seqs), inputs, self.clock(), labels))
 
+    def held_state(self) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+        """The held positives for a barrier's checkpoint, which then needs not step them first: their inputs and labels
+        by position (copies), and each one's source seqs."""
+        tensors = {}
+        for i, held in enumerate(self.held):
+            tensors[f"{i}.inputs"] = held.inputs.detach().cpu().clone()
+            if held.labels is not None:
+                tensors[f"{i}.labels"] = held.labels.detach().cpu().clone()
+        return tensors, [sorted(held.seqs) for held in self.held]
+
+    def restore_held(self, tensors: dict[str, torch.Tensor], seqs: list[list[int]], device: torch.device) -> int:
+        """Held positives from a checkpoint (held_state), due at once: the negatives made for them went to the process
+        that held them, and a rewind replays only what came after the barrier. Returns how many."""
+        due = self.clock() - self.hold_s - 1.0
+        for i, held_seqs in enumerate(seqs):
+            inputs, labels = tensors.get(f"{i}.inputs"), tensors.get(f"{i}.labels")
+            if inputs is not None:
+                self.held.append(HeldPositive(frozenset(held_seqs), inputs.to(device), due, None if labels is None else labels.to(device)))
+        return len(self.held)
+
     def add_negative(self, seq: int, inputs: torch.Tensor) -> None:
         self.negatives[seq] = (inputs, self.clock())
 

@@ -68,15 +68,15 @@ class BackgroundCheckpoint:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def start(self, path: Path, layer: FFLayer, good: Good, extra: dict) -> None:
-        """Write `good` (not the live layer: it changes) to `path`; one write at a time (`wait` first)."""
+    def start(self, path: Path, layer: FFLayer, good: Good, extra: dict, held: dict[str, torch.Tensor] | None = None) -> None:
+        """Write `good` (not the live layer: it changes), and `held` rows, to `path`; one write at a time (`wait` first)."""
         self.wait()
         weights, optimizer = good
         cfg, version = layer.cfg, layer.version  # the copy's version: LastGood.remember copies the step counter too
 
         def write() -> None:
             try:
-                checkpoint.save_layer_state(path, cfg, weights, optimizer, version, extra)
+                checkpoint.save_layer_state(path, cfg, weights, optimizer, version, extra, held)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the worker's loop by finished() or wait()
                 self._error = exc
 

@@ -87,6 +87,8 @@ class LayerWorker(Worker):
         self.phases = Phases()  # seconds per phase of the loop, published as busy_s
         self.stepper = Stepper(self.layer, self.phases, self.figures.record, lambda: self.last_good.roll_back(self.figures.frames))
         self.policy = policy(self)
+        if held := self.checkpoints.restore_held(self.policy.pairing, self.device):
+            self.log.info("resumed %d positive micro-batches held unstepped at the last barrier", held)
         self.last_good.remember()
 
     def make_layer(self, layer_config: LayerConfig) -> FFLayer:
@@ -239,11 +241,9 @@ class LayerWorker(Worker):
                 self.finished = True
 
     def _barrier(self, msg: wire.Message) -> None:
-        """Step everything held, checkpoint (weights, optimiser, what was learned; checkpoints.py), then pass the barrier
-        on, saying whether this layer has learned every batch before it (if not, the source rewinds and replays)."""
-        self.policy.before_end()
-        self.policy.drain()  # held rows step now: the checkpoint holds every batch the gate counts as learned
-        self.checkpoints.barrier(self.delivery.barrier_reply(msg, self.index))
+        """Checkpoint (weights, optimiser, what was learned, the rows held for their negatives; checkpoints.py), then pass
+        the barrier on, saying whether this layer has learned every batch before it (if not, the source rewinds and replays)."""
+        self.checkpoints.barrier(self.delivery.barrier_reply(msg, self.index), self.policy.pairing)
 
     # ending, checkpoints -----------------------------------------------------------------
     def drain(self) -> None:
