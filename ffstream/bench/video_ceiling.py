@@ -130,6 +130,20 @@ def pixel_crops(video: torch.Tensor) -> torch.Tensor:
                       for i in range(0, len(video), 1024)])
 
 
+def static_pixels(sizes: list[int]) -> None:
+    """The probe on still, aligned 28×28 Fashion-MNIST pixels (what a perfectly centred pixel readout can give), fitted
+    on the first n images of a seeded order of the train split, scored on the whole test split; one JSON line per n."""
+    from ffstream.sources.idx import FASHION_MNIST_DIR, load_split
+
+    (xa, ya), (xb, yb) = load_split(FASHION_MNIST_DIR, "train"), load_split(FASHION_MNIST_DIR, "test")
+    order = np.random.default_rng(0).permutation(len(xa))
+    flat = lambda x: torch.from_numpy(x.reshape(len(x), -1)).float() / 255
+    for n in sizes:
+        rows = order[:n]
+        acc = probe(flat(xa[rows]), torch.from_numpy(ya[rows]).long(), flat(xb), torch.from_numpy(yb).long())
+        emit({"row": "still aligned pixels", "garments": n, "accuracy": round(acc * 100, 2)})
+
+
 def emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
@@ -150,7 +164,8 @@ def readouts(name: str, stack: FFStack, cfg: StudyConfig, data, grids: list[int]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("ceiling", "centred", "pixels"))
+    p.add_argument("what", choices=("ceiling", "centred", "pixels", "static"))
+    p.add_argument("--garments", default="334,1012,60000", help="static: train set sizes (distinct images)")
     p.add_argument("--frames", type=int, default=10_000)
     p.add_argument("--test-frames", type=int, default=4_000)
     p.add_argument("--probe-every", type=int, default=2)
@@ -159,12 +174,18 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="ceiling: Adam's learning rate")
     p.add_argument("--grids", default="", help="centred readouts to add, e.g. 1,2,3")
     p.add_argument("--cache", default="/tmp/vcache")
+    p.add_argument("--distinct", type=int, default=0,
+                   help="ceiling: train on this many frames of a stream whose every frame is a new garment (segment 1), "
+                        "not on the probe's stream; the probe still reads the usual streams")
     p.add_argument("--negatives", default="", help="override the recipe's (hybrid: a single-frame layer 1)")
     args = p.parse_args()
     torch.set_num_threads(1)
     import os
 
     os.makedirs(args.cache, exist_ok=True)
+    if args.what == "static":
+        static_pixels([int(n) for n in args.garments.split(",")])
+        return
     (a, b), (c, d) = cached_video(args.cache, "fashion", args.frames, args.test_frames)
     base = study_from_recipe("video", **({"negatives": args.negatives} if args.negatives else {}))
     video, labels = as_input(a, base.center), torch.from_numpy(b).long()
@@ -191,10 +212,17 @@ def main() -> None:
                         feats = torch.cat([ff_features_head(stack, cfg, test_video[i : i + 512]) for i in range(0, len(test_video), 512)])
                         head_acc = float((head(feats).argmax(1) == test_labels).float().mean())
                     readouts("backprop ceiling", stack, cfg, data, grids,
-                             {"seed": seed, "passes": p, "head": round(head_acc * 100, 2), "stacked": stacked(cfg), **size})
+                             {"seed": seed, "passes": p, "head": round(head_acc * 100, 2), "stacked": stacked(cfg),
+                              "distinct": args.distinct, **size})
                     head.train()
 
-            info = train_supervised(stack, cfg, video, labels, max(passes), lr=args.lr, on_pass=on_pass)
+            learn = (video, labels)
+            if args.distinct:
+                from ffstream.sources.moving_fashion import moving_fashion
+
+                frames, classes = moving_fashion(args.distinct, "train", seed + 7, segment=(1, 1))
+                learn = (as_input(frames, base.center), torch.from_numpy(classes).long())
+            info = train_supervised(stack, cfg, *learn, max(passes), lr=args.lr, on_pass=on_pass)
             emit({"row": "backprop ceiling, done", "seed": seed, **info})
         else:
             readouts("untrained", make_stack(cfg, tuple(video.shape[1:])), cfg, data, grids, {"seed": seed, **size})
