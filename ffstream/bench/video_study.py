@@ -74,7 +74,7 @@ def study_from_recipe(name: str = "video", **overrides) -> StudyConfig:
     fields = {"layers": layers if isinstance(layers, str) else ",".join(str(v) for v in layers), "lr": model.get("lr"),
               "threshold": model.get("threshold"), "peer_weight": model.get("peer_weight"), "center": stream.get("center"),
               "negatives": sleep.get("negatives"), "reservoir": sleep.get("reservoir")}
-    return replace(StudyConfig(), **{k: v for k, v in fields.items() if v is not None}, **overrides)
+    return replace(StudyConfig(), **{**{k: v for k, v in fields.items() if v is not None}, **overrides})
 
 
 def shapes_video(frames: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
