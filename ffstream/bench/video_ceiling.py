@@ -144,6 +144,31 @@ def static_pixels(sizes: list[int]) -> None:
         emit({"row": "still aligned pixels", "garments": n, "accuracy": round(acc * 100, 2)})
 
 
+def successor_features(stack: FFStack, video: torch.Tensor, grid: int = 0, chunk: int = 512) -> torch.Tensor:
+    """As the pipeline reads a stacked layer 1: each frame beside the one before it (the first beside itself), not
+    beside itself; globally pooled (grid 0) or centred on the later frame's centroid with grid×grid cells."""
+    out = []
+    for i in range(0, len(video), chunk):
+        x = video[i : i + chunk]
+        before = video[max(i - 1, 0) : i - 1 + len(x)] if i > 0 else torch.cat([video[:1], video[: len(x) - 1]])
+        hs = stack.activities(torch.cat([before, x], dim=1).flatten(1))
+        if grid:
+            out.append(centred_features(hs, centroids(x), tuple(video.shape[2:]), grid))
+        else:
+            out.append(torch.cat([pooled_features(h, "norm") for h in hs], dim=1))
+    return torch.cat(out)
+
+
+def pair_weights(stack: FFStack) -> dict:
+    """Layer 1's two halves (the earlier frame's weights W_a, the later's W_b): the mean cosine of W_a and W_b per
+    filter, and |W_a + W_b| / (|W_a| + |W_b|), what a frame beside itself still drives."""
+    w = stack.layers[0].weight.detach()
+    c = w.shape[1] // 2
+    a, b = w[:, :c].flatten(1), w[:, c:].flatten(1)
+    return {"cos_ab": round(float(F.cosine_similarity(a, b).mean()), 3),
+            "self_gain": round(float(((a + b).norm(dim=1) / (a.norm(dim=1) + b.norm(dim=1))).mean()), 3)}
+
+
 def emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
 
@@ -164,7 +189,7 @@ def readouts(name: str, stack: FFStack, cfg: StudyConfig, data, grids: list[int]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("ceiling", "centred", "pixels", "static"))
+    p.add_argument("what", choices=("ceiling", "centred", "pixels", "static", "pairread"))
     p.add_argument("--garments", default="334,1012,60000", help="static: train set sizes (distinct images)")
     p.add_argument("--frames", type=int, default=10_000)
     p.add_argument("--test-frames", type=int, default=4_000)
@@ -201,6 +226,17 @@ def main() -> None:
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
         cfg = replace(base, seed=seed)
+        if args.what == "pairread":
+            for name in ("untrained", "FF in order"):
+                stack = make_stack(cfg, tuple(video.shape[1:]))
+                if name != "untrained":
+                    train_ff(stack, cfg, video)
+                for g in [0] + grids:
+                    acc = probe(successor_features(stack, video, g)[sub], labels[sub], successor_features(stack, test_video, g),
+                                test_labels)
+                    emit({"row": name, "readout": f"successor pairs, {'global' if not g else f'centred g{g}'}",
+                          "accuracy": round(acc * 100, 2), "seed": seed, **pair_weights(stack), **size})
+            continue
         if args.what == "ceiling":
             passes = sorted(int(v) for v in args.passes.split(","))
             stack = make_stack(cfg, tuple(video.shape[1:]))
