@@ -175,7 +175,10 @@ def emit(row: dict) -> None:
 
 def readouts(name: str, stack: FFStack, cfg: StudyConfig, data, grids: list[int], extra: dict) -> None:
     """Probe the stack with the global readout and the centred one at each grid; one JSON line each."""
-    (video, labels), (test_video, test_labels), sub = data
+    (video, labels), (test_video, test_labels), sub = data[:3]
+    if len(data) > 3:  # a probe set of its own
+        (video, labels), sub = data[3], slice(None)
+    extra = {**extra, "probe_frames": len(video[sub])}
     started = time.perf_counter()
     acc = probe(ff_features(stack, cfg, video[sub]), labels[sub], ff_features(stack, cfg, test_video), test_labels)
     emit({"row": name, "readout": "global", "accuracy": round(acc * 100, 2), "s": round(time.perf_counter() - started), **extra})
@@ -202,6 +205,8 @@ def main() -> None:
     p.add_argument("--distinct", type=int, default=0,
                    help="ceiling: train on this many frames of a stream whose every frame is a new garment (segment 1), "
                         "not on the probe's stream; the probe still reads the usual streams")
+    p.add_argument("--probe-distinct", type=int, default=0,
+                   help="fit the probe on this many frames of new garments (one a frame) instead of the training stream")
     p.add_argument("--negatives", default="", help="override the recipe's (hybrid: a single-frame layer 1)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -217,12 +222,21 @@ def main() -> None:
     test_video, test_labels = as_input(c, base.center), torch.from_numpy(d).long()
     sub = slice(0, None, args.probe_every)
     data = ((video, labels), (test_video, test_labels), sub)
+    if args.probe_distinct:  # the probe fitted on frames of new garments, one a frame, not on the training stream
+        from ffstream.sources.moving_fashion import moving_fashion
+
+        frames, classes = moving_fashion(args.probe_distinct, "train", 11, segment=(1, 1))
+        data = ((video, labels), (test_video, test_labels), sub,
+                (as_input(frames, base.center), torch.from_numpy(classes).long()))
     grids = [int(g) for g in args.grids.split(",") if g]
     size = {"frames": args.frames, "test_frames": args.test_frames}
     if args.what == "pixels":
+        if len(data) > 3:
+            video, labels = data[3]
+            sub = slice(None)
         for name, tr, te in (("pixels", video[sub].flatten(1), test_video.flatten(1)),
                              ("pixels cropped", pixel_crops(video[sub]), pixel_crops(test_video))):
-            emit({"row": name, "accuracy": round(probe(tr, labels[sub], te, test_labels) * 100, 2), **size})
+            emit({"row": name, "accuracy": round(probe(tr, labels[sub], te, test_labels) * 100, 2), "probe_frames": len(tr), **size})
         return
     for seed in [int(s) for s in args.seeds.split(",")]:
         cfg = replace(base, seed=seed)
