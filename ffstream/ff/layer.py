@@ -8,6 +8,7 @@ from torch import nn
 from ffstream.ff.config import LayerConfig
 from ffstream.ff.goodness import ff_loss, goodness, logit_positive, probability_positive
 from ffstream.ff.norm import rms_normalize
+from ffstream.ff.optim import SGD, Adam, FusedOptimizer
 
 Gradients = list[torch.Tensor]  # one tensor per parameter, in `parameters()` order: [weight (N, D), bias (N,)]
 MIN_LR_SCALE = 0.01  # the decay stops here, so that a stream running past its expected end still learns a little
@@ -59,14 +60,15 @@ class FFLayer(nn.Module):
         """Units that peer normalisation balances: the width here; a spatial layer's channels."""
         return self.cfg.width
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self) -> FusedOptimizer:
         # fused: one kernel per step instead of a dozen passes over the (N, D) weight and its two moments.
         # On a 2000x2000 layer (CPU, torch 2.13) an Adam step takes 1.5-4 ms fused and 40-55 ms with the
-        # default foreach kernels, as long as the matrix products of a batch-64 step.
+        # default foreach kernels, as long as the matrix products of a batch-64 step. Ours, not torch.optim's
+        # (ff/optim.py): the same kernels, without torch._dynamo's import at the first optimiser (~1 s of CPU).
         c = self.cfg
         if c.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, fused=True)
-        return torch.optim.Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay, fused=True)
+            return SGD(self.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return Adam(self.parameters(), lr=c.lr, betas=(c.momentum, 0.999), weight_decay=c.weight_decay)
 
     @property
     def needs_labels(self) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ffstream.ff.optim import Adam
+
 
 class LinearReadout(nn.Module):
     """logits = A·f + c on features f: (B, F), learnt online by cross-entropy (predict, then learn)."""
@@ -15,7 +17,7 @@ class LinearReadout(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.linear = nn.Linear(in_features, num_classes)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer = Adam(self.parameters(), lr=lr)  # fused: torch.optim's unfused Adam differs in the last bits
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features)
