@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    from ffstream.ff.checkpoint import CheckpointError
+    from ffstream.ff.errors import CheckpointError  # not ff.checkpoint: the source and monitor workers import no torch
     from ffstream.monitor.tensorboard_log import TensorBoardMissing
     from ffstream.sources import SourceError
 

@@ -8,18 +8,14 @@ crashed worker is replaced in a fraction of a second instead of a fresh process'
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
-import torch
-
 from ffstream import config
-from ffstream.ff import FFLayer, LayerConfig
 from ffstream.net import security
 from ffstream.workers import lifeline, malloc
 from ffstream.workers.base import EXIT_GAVE_UP, GaveUp
-from ffstream.workers.build import KINDS, build_worker, thread_budget
+from ffstream.workers.build import KINDS, TORCH_KINDS, build_worker, thread_budget
 
 STANDBY = "standby"
 
@@ -28,11 +24,14 @@ def worker_command(args) -> int:
     malloc.tune_for_workers()  # before the sockets and the model allocate: RSS levels off (see ffstream/malloc.py)
     lifeline.die_with_parent(lifeline.parent_from_env())  # under `ffstream run`: never outlive the supervisor
     if args.kind == STANDBY:
-        warm_up(config.load(args.config))
+        preload()
         if not take_assignment(args):
             return 0  # the supervisor closed our stdin without an assignment: it is shutting down
     cfg = config.load(args.config)
-    torch.set_num_threads(thread_budget(cfg))
+    if args.kind in TORCH_KINDS:  # the source and monitor workers never import torch (a second of start-up)
+        import torch
+
+        torch.set_num_threads(thread_budget(cfg))
     worker = build_worker(args.kind, cfg, index=args.index, final_stats_dir=args.stats_dir)
     if cfg.security.curve_dir:
         # its role's pair (one per role: the shared "worker" pair of old key directories is refused in one line)
@@ -50,17 +49,14 @@ def worker_command(args) -> int:
     return 0
 
 
-def warm_up(cfg: config.RunConfig) -> None:
-    """Pay torch's first-use costs now rather than when taking over: building the first optimiser imports
-    torch._dynamo (over 2 s, measured). One step of a tiny dense layer with the run's optimiser covers it.
-    Best effort: a failure here costs only the time it would have saved."""
-    try:
-        first = cfg.layer_configs()[0]
-        layer = FFLayer(LayerConfig(in_features=8, width=8, optimizer=first.optimizer))
-        grads, _, _ = layer.wake(torch.rand(4, 8))
-        layer.apply_gradients(grads)
-    except Exception as exc:  # noqa: BLE001 - nothing here may stop the spare from taking over
-        logging.getLogger("ffstream.standby").warning("warm-up failed (%s); the spare is slower to take over", exc)
+def preload() -> None:
+    """The spare's head start: what the torch kinds import (torch above all, 1-2 s of CPU), imported now rather than
+    when it takes over. Their first optimiser no longer imports torch._dynamo (ff/optim.py), and a first step after
+    these imports takes about 10 ms (measured): nothing else is worth paying ahead."""
+    import torch  # noqa: F401
+
+    from ffstream.workers import layer, recurrent_sleep, sink, sleep  # noqa: F401
+    from ffstream.workers.layer import recurrent  # noqa: F401
 
 
 def take_assignment(args) -> bool:

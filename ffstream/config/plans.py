@@ -63,7 +63,7 @@ class SleepPlan:
     route: str = "snapshot"
 
     def __post_init__(self) -> None:
-        from ffstream.ff.dreamer import NEGATIVE_KINDS  # torch: a plan is made when a run starts, not for --help
+        from ffstream.ff.negative_kinds import NEGATIVE_KINDS  # torch-free
 
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")

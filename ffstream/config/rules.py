@@ -47,7 +47,7 @@ def check_stream(s: StreamConfig) -> None:
 
 def check_model(m: ModelConfig) -> None:
     """The model section on its own; it also normalises `layers` to one entry per layer ("conv" is three)."""
-    from ffstream.ff.spatial import check_norms  # torch: only when a config is checked, never for --help
+    from ffstream.ff.spatial_config import check_norms  # ff's torch-free modules: read when a config is checked
     from ffstream.ff.spec import parse_layers
 
     if not m.layers:
@@ -92,7 +92,7 @@ def check_novelty(n: NoveltyConfig) -> None:
 
 def check_run(cfg: RunConfig) -> None:
     """Every section, then the rules that join them."""
-    from ffstream.ff.dreamer import check_labelled  # torch: only when a config is checked
+    from ffstream.ff.negative_kinds import check_labelled  # torch-free, as the checks above
     check_stream(cfg.stream)
     check_model(cfg.model)
     check_novelty(cfg.novelty)
@@ -130,7 +130,7 @@ def check_run(cfg: RunConfig) -> None:
 def check_pairs(cfg: RunConfig) -> None:
     """SCFF's one rule: stream.pairs (layer 1 sees two frames stacked) and sleep.negatives "scff" (a frame beside an old
     one) go together, since a paired layer needs paired negatives and scff negatives need a paired layer."""
-    from ffstream.ff.spec import parse_layers  # torch: only when a config is checked
+    from ffstream.ff.spec import parse_layers  # torch-free, as the checks above
 
     pairs = cfg.stream.pairs
     scff = cfg.sleep.enabled and cfg.sleep_plan().negatives == "scff"

@@ -18,7 +18,7 @@ from ffstream.config.rules import ConfigError
 
 if TYPE_CHECKING:
     from ffstream.ff.config import LayerConfig
-    from ffstream.ff.recurrent import RecurrentConfig
+    from ffstream.ff.recurrent_config import RecurrentConfig
 
 DEFAULT_MONITOR = "tcp://127.0.0.1:5570"
 DEFAULT_MONITOR_HTTP = "http://127.0.0.1:5572"
@@ -124,7 +124,7 @@ class ModelConfig:
     freeze: bool = False
 
     def recurrent_config(self) -> RecurrentConfig:
-        from ffstream.ff.recurrent import RecurrentConfig  # torch: imported when a stack is built, not for --help
+        from ffstream.ff.recurrent_config import RecurrentConfig  # torch-free
 
         try:
             return RecurrentConfig(iterations=self.iterations, window=tuple(self.window))
@@ -136,7 +136,7 @@ class ModelConfig:
 
     def layer_configs(self, input_shape: tuple[int, int, int], seed: int, num_classes: int | None, lr: float) -> list[LayerConfig]:
         """input_shape: (C, H, W) of layer 1's input; num_classes: the label groups of channel-wise competition; lr: the layers' rate."""
-        from ffstream.ff.spec import build_configs, parse_layers  # torch: imported when a stack is built, not for --help
+        from ffstream.ff.spec import build_configs, parse_layers  # torch-free
 
         competition = (num_classes or 0) if self.competition else 0  # the labels' classes are known once the source is
         try:

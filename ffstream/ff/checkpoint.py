@@ -16,14 +16,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ffstream.ff import FFLayer, LayerConfig
+from ffstream.ff.errors import CheckpointError  # noqa: F401 - re-exported
 from ffstream.ff.spec import config_from_dict
 
 FORMAT = "ffstream-layer-1"
 HELD_PREFIX = "held."  # tensors of rows a barrier's checkpoint holds unstepped (save_layer_state); not weights
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message is one line for the user."""
 
 
 def layer_path(directory: str | os.PathLike, index: int) -> Path:

@@ -8,23 +8,15 @@ import numpy as np
 import torch
 
 from ffstream.ff.labels import embed_label
+from ffstream.ff.negative_kinds import NEGATIVE_KINDS, UNLABELLED_KINDS, check_labelled  # noqa: F401 - re-exported
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
 from ffstream.ff.pairs import Reservoir as RecentFrames
 from ffstream.ff.pairs import cross_pairs
 from ffstream.ff.readout import LinearReadout
 from ffstream.ff.stack import FFStack
 
-NEGATIVE_KINDS = ("random", "hard", "hybrid", "scff")
-UNLABELLED_KINDS = ("hybrid", "scff")  # made from frames alone
 SCFF_MIN_AGE = 64  # frames: an scff partner is never one of the newest this many (most likely the current clip)
 Head = tuple[LinearReadout, Sequence[int]]  # a softmax head and the 0-based layers whose activity it reads
-
-
-def check_labelled(kind: str, labelled: bool, prefix: str = "") -> None:
-    """Wrong-label negatives need labels, stated once: the Dreamer checks its stream with it, config/rules.py the run's
-    (prefix "sleep."). ValueError names the field as its reader spells it."""
-    if kind not in UNLABELLED_KINDS and not labelled:
-        raise ValueError(f"{prefix}negatives {kind!r} needs labels; an unlabelled stream uses 'hybrid' or 'scff'")
 
 
 class Reservoir:

@@ -21,7 +21,6 @@ layer: the old state and the top-down input are just more of the input.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,30 +29,7 @@ from ffstream.ff.config import LayerConfig
 from ffstream.ff.layer import FFLayer
 from ffstream.ff.negatives import hard_wrong_labels, random_wrong_labels
 from ffstream.ff.norm import rms_normalize
-
-DAMPING = 0.3  # the paper: new = 0.3·old + 0.7·computed
-
-
-@dataclass(frozen=True)
-class RecurrentConfig:
-    iterations: int = 8  # static images: how many times each image goes through the network (the paper: 8)
-    window: tuple[int, int] = (3, 5)  # 1-based iterations, inclusive, whose goodness is summed to classify (the paper: 3–5)
-    damping: float = DAMPING  # share of the old state kept at each step
-
-    def __post_init__(self) -> None:
-        first, last = self.window
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
-        if not 1 <= first <= last <= self.iterations:
-            raise ValueError(f"window must be 1 <= first <= last <= iterations ({self.iterations}), got {self.window}")
-        if not 0.0 <= self.damping < 1.0:
-            raise ValueError(f"damping must be in [0, 1), got {self.damping}")
-
-    @property
-    def steps(self) -> range:
-        """The 0-based steps of the window."""
-        return range(self.window[0] - 1, self.window[1])
-
+from ffstream.ff.recurrent_config import DAMPING, RecurrentConfig  # noqa: F401 - re-exported
 
 class RecurrentFFLayer(FFLayer):
     """A dense FF layer with a second weight matrix for the top-down input, and a damped state.

@@ -10,13 +10,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ffstream.ff.config import LayerConfig
-from ffstream.ff.conv import ConvFFLayer
-from ffstream.ff.layer import FFLayer
-from ffstream.ff.local import LocalFFLayer
-from ffstream.ff.spatial import SPATIAL_KINDS, SpatialConfig
+from typing import TYPE_CHECKING
 
-LAYER_CLASSES = {"conv": ConvFFLayer, "local": LocalFFLayer}
+from ffstream.ff.config import LayerConfig
+from ffstream.ff.spatial_config import SPATIAL_KINDS, SpatialConfig
+
+if TYPE_CHECKING:
+    from ffstream.ff.layer import FFLayer
+
 SPEC_HELP = ("dense:N (or N), conv:CxKHxKW[/S][+pool[P]] or local:CxKHxKW[/S][+pool[P]] (+pool: max over PxP blocks, "
              "P 2 unless given), e.g. conv:32x3x3,conv:64x3x3/2,dense:1000")
 _SPATIAL = re.compile(r"^(conv|local):(\d+)x(\d+)x(\d+)(?:/(\d+))?(\+pool(\d+)?)?$")
@@ -121,8 +122,13 @@ class Field:
 
 def make_layer(cfg: LayerConfig) -> FFLayer:
     """The layer class that a config describes."""
+    # torch, here only: the specs and configs above are read without it (config checks, source and monitor workers)
+    from ffstream.ff.conv import ConvFFLayer
+    from ffstream.ff.layer import FFLayer
+    from ffstream.ff.local import LocalFFLayer
+
     if isinstance(cfg, SpatialConfig):
-        return LAYER_CLASSES[cfg.kind](cfg)
+        return {"conv": ConvFFLayer, "local": LocalFFLayer}[cfg.kind](cfg)
     return FFLayer(cfg)
 
 

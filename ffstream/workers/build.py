@@ -1,4 +1,8 @@
-"""Build any worker from a RunConfig, handing each constructor only the fields it needs."""
+"""Build any worker from a RunConfig, handing each constructor only the fields it needs.
+
+Each kind's module is imported when that kind is built: the source and monitor workers need no torch, and a
+process that imports none starts about a second sooner (a restarted worker is back that much earlier).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,12 @@ import os
 from pathlib import Path
 
 from ffstream.config import ConfigError, RunConfig
-from ffstream.ff.stack import readout_layers
+from ffstream.ff.recurrent_config import INTERLEAVED_BATCHES
 from ffstream.sources import Preprocess, is_live, open_source
 from ffstream.workers.base import Worker
-from ffstream.workers.layer import LayerWorker, choose
-from ffstream.workers.layer.recurrent import INTERLEAVED_BATCHES, RecurrentLayerWorker
-from ffstream.workers.monitor import MonitorWorker
-from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
-from ffstream.monitor.novelty import NoveltyMeter
-from ffstream.workers.sink import FEATURES_WAIT_MS, SinkWorker
-from ffstream.workers.sleep import SleepWorker
-from ffstream.workers.source import SourceWorker
 
 KINDS = ("source", "layer", "sleep", "sink", "monitor")
+TORCH_KINDS = ("layer", "sleep", "sink")  # the kinds that import torch (source and monitor: none)
 SOURCE_POSITION_FILE = "source.json"  # in the checkpoint directory: where a file stream had got to
 
 
@@ -48,6 +45,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     }
     num_classes = stream.num_classes if stream.supervised else None
     if kind == "source":
+        from ffstream.workers.source import SourceWorker
+
         preprocess = Preprocess(size=stream.size, color=stream.color, center=stream.center)
         source = open_source(stream.source, preprocess, seed=stream.seed, epochs=stream.epochs, labels=stream.labels)
         return SourceWorker(
@@ -74,6 +73,9 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             **common,
         )
     if kind == "layer":
+        from ffstream.workers.layer import LayerWorker, choose
+        from ffstream.workers.layer.recurrent import RecurrentLayerWorker
+
         if index is None or not 1 <= index <= len(cfg.model.layers):
             raise ConfigError(f"--index must be between 1 and {len(cfg.model.layers)} for a layer worker, got {index}")
         layer_kwargs = {}
@@ -116,6 +118,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
         )
     if kind == "sleep":
         if cfg.model.recurrent:
+            from ffstream.workers.recurrent_sleep import RecurrentSleepWorker
+
             return RecurrentSleepWorker(
                 topo.source_publish,
                 list(topo.layer_snapshots),
@@ -130,6 +134,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
                 seed=stream.seed,
                 **common,
             )
+        from ffstream.workers.sleep import SleepWorker
+
         return SleepWorker(
             topo.source_publish,
             list(topo.layer_snapshots),
@@ -145,6 +151,10 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             **common,
         )
     if kind == "sink":
+        from ffstream.ff.stack import readout_layers
+        from ffstream.monitor.novelty import NoveltyMeter
+        from ffstream.workers.sink import FEATURES_WAIT_MS, SinkWorker
+
         return SinkWorker(
             topo.bind(topo.sink_input),
             snapshot_addr=topo.bind(topo.sink_snapshot),
@@ -167,6 +177,8 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             ack_addr=topo.source_control,  # barrier acknowledgements (exactly-once), connect form
             **common,
         )
+    from ffstream.workers.monitor import MonitorWorker
+
     http = topo.bind(topo.monitor_http) if topo.monitor_http else None
     return MonitorWorker(topo.bind(topo.monitor_collect), topo.bind(topo.monitor_publish), http, http_token=cfg.security.http_token,
                          **common)

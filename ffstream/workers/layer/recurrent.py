@@ -39,14 +39,12 @@ import zmq
 from ffstream.config.plans import Batching
 from ffstream.ff import LayerConfig
 from ffstream.ff.recurrent import DAMPING, RecurrentFFLayer, top_down_label
+from ffstream.ff.recurrent_config import INTERLEAVED_BATCHES
 from ffstream.net import wire
 from ffstream.net.transport import Receiver, try_send
 from ffstream.workers.layer.worker import LayerWorker
 from ffstream.monitor.stats import Ema
 
-# Static images: the source interleaves this many batches' steps (A1 B1 A2 B2 ...), so that while a layer works on
-# one batch's step the layer above works on the other's, and each layer hears the one above one step late.
-INTERLEAVED_BATCHES = 2
 HELD_KEYS = 4 * INTERLEAVED_BATCHES  # states and feedback kept: the interleaved batches, learn and eval, with room to spare
 
 
