@@ -28,9 +28,12 @@ KINDS = {  # ours, torch's fused twin, on the same parameters' copies
 }
 
 
-def parameters(seed: int = 0) -> list[torch.nn.Parameter]:
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def parameters(seed: int = 0, device: str = "cpu") -> list[torch.nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(7, 5, generator=gen)), torch.nn.Parameter(torch.randn(7, generator=gen))]
+    return [torch.nn.Parameter(torch.randn(7, 5, generator=gen).to(device)), torch.nn.Parameter(torch.randn(7, generator=gen).to(device))]
 
 
 def step_both(ours, theirs, mine: list, twins: list, gen: torch.Generator, steps: int = STEPS) -> None:
@@ -40,7 +43,7 @@ def step_both(ours, theirs, mine: list, twins: list, gen: torch.Generator, steps
             for opt in (ours, theirs):
                 opt.param_groups[0]["lr"] *= 0.5
         for p, q in zip(mine, twins):
-            grad = torch.randn(p.shape, generator=gen)
+            grad = torch.randn(p.shape, generator=gen).to(p.device)
             p.grad, q.grad = grad.clone(), grad.clone()
         ours.step()
         theirs.step()
@@ -63,10 +66,11 @@ def assert_same(ours, theirs, mine: list, twins: list) -> None:
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] and a["param_groups"][0]["params"] == [0, 1]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_steps_equal_torch_fused_optimisers(kind):
+def test_steps_equal_torch_fused_optimisers(kind, device):
     make_ours, make_theirs = KINDS[kind]
-    mine, twins = parameters(), parameters()
+    mine, twins = parameters(device=device), parameters(device=device)
     ours, theirs = make_ours(mine), make_theirs(twins)
     step_both(ours, theirs, mine, twins, torch.Generator().manual_seed(1))
     assert_same(ours, theirs, mine, twins)

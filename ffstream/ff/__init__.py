@@ -10,6 +10,8 @@ configs and layer specs (config checks, the source and monitor workers) never im
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {  # name -> the module that defines it
@@ -56,6 +58,25 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE))
+
+
+class _Package(types.ModuleType):
+    """`goodness` is both a function here and the module that defines it: importing the module (as layer.py does)
+    sets the package's attribute to the module, and __getattr__ would never be asked. The function wins, as it did
+    when this package imported it eagerly."""
+
+    @property
+    def goodness(self) -> Any:
+        from ffstream.ff.goodness import goodness
+
+        return goodness
+
+    @goodness.setter
+    def goodness(self, value: Any) -> None:
+        pass  # the import system's setattr for the submodule: the name stays the function's
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
