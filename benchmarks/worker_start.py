@@ -59,8 +59,9 @@ def one_start(kind: str, code: str, directory: Path, ctx: zmq.Context) -> tuple[
         frames = np.random.default_rng(0).random((BATCH, 1, 28, 28), dtype=np.float32)
         feed.send_multipart(wire.encode(wire.Message("frames", frames, seq=0)), copy=False)
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, cwd=directory,  # not here: `-m` puts the working directory first on the path
-                            stdout=subprocess.DEVNULL, stderr=open(directory / f"{kind}.log", "wb"))
+    with open(directory / f"{kind}.log", "wb") as log:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(argv, env=env, cwd=directory,  # not here: `-m` puts the working directory first on the path
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         while True:
             if out.poll(5):

@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ffstream.ff import FFLayer, LayerConfig
-from ffstream.ff.errors import CheckpointError  # noqa: F401 - re-exported
+from ffstream.ff.errors import CheckpointError
 from ffstream.ff.spec import config_from_dict
 
 FORMAT = "ffstream-layer-1"

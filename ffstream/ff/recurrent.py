@@ -29,7 +29,8 @@ from ffstream.ff.config import LayerConfig
 from ffstream.ff.layer import FFLayer
 from ffstream.ff.negatives import hard_wrong_labels, random_wrong_labels
 from ffstream.ff.norm import rms_normalize
-from ffstream.ff.recurrent_config import DAMPING, RecurrentConfig  # noqa: F401 - re-exported
+from ffstream.ff.recurrent_config import DAMPING, RecurrentConfig
+
 
 class RecurrentFFLayer(FFLayer):
     """A dense FF layer with a second weight matrix for the top-down input, and a damped state.

@@ -35,7 +35,7 @@ from torch import nn
 from ffstream.ff.goodness import ff_loss
 from ffstream.ff.layer import FFLayer
 from ffstream.ff.norm import EPS, rms_normalize
-from ffstream.ff.spatial_config import READOUT_POOLS, SPATIAL_KINDS, SpatialConfig, check_norms, out_size  # noqa: F401 - re-exported
+from ffstream.ff.spatial_config import READOUT_POOLS, SPATIAL_KINDS, SpatialConfig, check_norms, out_size
 
 BATCH_NORM_EPS = 1e-5  # added to a channel's running variance (torch's BatchNorm default)
 

@@ -57,7 +57,7 @@ class SpatialConfig(LayerConfig):
 
     @classmethod
     def build(cls, kind: str, in_shape: tuple[int, int, int], channels: int, kernel: tuple[int, int], stride: int = 1,
-              padding: int | None = None, pool: int = 1, **learning) -> "SpatialConfig":
+              padding: int | None = None, pool: int = 1, **learning) -> SpatialConfig:
         """Compute in_features and width from the shapes; padding defaults to kernel // 2 ("same" at stride 1)."""
         c, h, w = in_shape
         pad = kernel[0] // 2 if padding is None else padding

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from ffstream.ff.config import LayerConfig
@@ -109,7 +108,7 @@ class Field:
     size: int = 1
     jump: int = 1
 
-    def through(self, spec: LayerSpec) -> "Field":
+    def through(self, spec: LayerSpec) -> Field:
         size = self.size + (max(spec.kernel) - 1) * self.jump
         jump = self.jump * spec.stride
         return Field(size + (spec.pool - 1) * jump, jump * spec.pool)
