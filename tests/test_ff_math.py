@@ -23,12 +23,11 @@ from ffstream.ff import (
     LayerConfig,
     LinearReadout,
     embed_label,
-    goodness,
     neutral_label,
     probability_positive,
     rms_normalize,
 )
-from ffstream.ff.goodness import ff_loss
+from ffstream.ff.goodness import ff_loss, goodness
 from ffstream.ff.negatives import (
     BLUR_KERNEL,
     blur_matrix,

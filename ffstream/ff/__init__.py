@@ -4,19 +4,17 @@ Workers import from here; the in-process reference (`FFStack`) uses the very
 same layer code, so the pipeline and the reference cannot drift apart.
 
 The names below are imported when first used (PEP 562), not with the package: a process that reads only
-configs and layer specs (config checks, the source and monitor workers) never imports torch.
+configs and layer specs (config checks, the source and monitor workers) never imports torch. (The goodness function
+lives in `ffstream.ff.goodness`, a module of the same name: import it from there.)
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {  # name -> the module that defines it
     "LayerConfig": "ffstream.ff.config",
-    "goodness": "ffstream.ff.goodness",
     "probability_positive": "ffstream.ff.goodness",
     "embed_label": "ffstream.ff.labels",
     "neutral_label": "ffstream.ff.labels",
@@ -37,7 +35,6 @@ __all__ = [
     "LinearReadout",
     "SpatialConfig",
     "embed_label",
-    "goodness",
     "linear_decay",
     "make_layer",
     "neutral_label",
@@ -60,28 +57,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_WHERE))
 
 
-class _Package(types.ModuleType):
-    """`goodness` is both a function here and the module that defines it: importing the module (as layer.py does)
-    sets the package's attribute to the module, and __getattr__ would never be asked. The function wins, as it did
-    when this package imported it eagerly."""
-
-    @property
-    def goodness(self) -> Any:
-        from ffstream.ff.goodness import goodness
-
-        return goodness
-
-    @goodness.setter
-    def goodness(self, value: Any) -> None:
-        pass  # the import system's setattr for the submodule: the name stays the function's
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
     from ffstream.ff.config import LayerConfig
-    from ffstream.ff.goodness import goodness, probability_positive
+    from ffstream.ff.goodness import probability_positive
     from ffstream.ff.labels import embed_label, neutral_label
     from ffstream.ff.layer import FFLayer, linear_decay
     from ffstream.ff.norm import rms_normalize
