@@ -118,6 +118,12 @@ def pods(docs: list[dict], scratch: Path) -> list[Pod]:
             volume = volumes.get(mount["name"], {})
             if "secret" in volume:
                 write_secret(secrets[volume["secret"]["secretName"]], volume["secret"], host, fs_group)
+            elif "projected" in volume:  # several Secrets in one folder (one per CURVE role), defaultMode for all
+                projected = volume["projected"]
+                for source in projected["sources"]:
+                    assert set(source) == {"secret"}, f"{name}: projected source {source} is not reproduced here"
+                    write_secret(secrets[source["secret"]["name"]], {**source["secret"], "defaultMode": projected.get("defaultMode", 0o644)},
+                                 host, fs_group)
             elif "emptyDir" in volume:
                 host.chmod(0o777)  # the kubelet's emptyDir
             else:

@@ -1,6 +1,6 @@
 """deploy/k8s's configuration run, not only validated: the rendered cpu overlay's workloads as Docker containers.
 
-    pytest -m k8s tests/deploy/test_k8s_under_docker.py -s     (on demand: deselected from the default run)
+    pytest tests/deploy/test_k8s_under_docker.py -s     (in the default run beside the compose test: about 40 s)
 
 The overlay is rendered as tests/test_deploy.py renders it (kubectl kustomize, or its small renderer), with CURVE
 keys made for its Secret as the k8s README says. Each workload then runs as a container of the same image, with
@@ -25,7 +25,7 @@ from k8sdocker import by_kind, pods
 from ffstream.net import security
 from tests.manifests import K8S, kustomize
 
-pytestmark = [pytest.mark.compose, pytest.mark.k8s]
+pytestmark = pytest.mark.compose
 
 IMAGE = os.environ.get("FFSTREAM_IMAGE", "ffstream:cpu")
 FRAMES = 3000  # a short synthetic stream
