@@ -34,6 +34,10 @@ SOURCE_STOP_GRACE_S = 20.0
 RESTART_BACKOFF_S = (0.1, 2.0, 5.0)  # wait before a restart, by crashes in the window: the first at once, repeats slower
 END_DEADLINE_S = 30.0  # after the source ended: how long the sink may go without progress before the run fails
 WATCH_POLL_MS = 100  # the supervisor's loop: how soon a dead worker is noticed, at most
+# When the sink has finished, the workers' last metrics (the layers' final figures) may still be on their way through
+# the monitor: they are taken until the feed is quiet this long, or this long at most (a 640-frame run's TensorBoard
+# log lacked every layer's goodness without it).
+FINAL_METRICS_QUIET_MS, FINAL_METRICS_MAX_S = 200, 1.0
 # A warm spare (`ffstream worker standby`, torch already imported) takes a crashed worker's place at once:
 # a fresh process spends 2-3 s importing torch on an idle machine, far more on a loaded one. It costs one
 # idle process (about 350 MB). The spare is started this long after the run starts, and after the last one
@@ -245,6 +249,9 @@ class Supervisor:
                 if sub.poll(WATCH_POLL_MS):
                     self._take_metrics(sub, on_metrics)
                 if self._check_children():
+                    deadline = time.monotonic() + FINAL_METRICS_MAX_S
+                    while time.monotonic() < deadline and sub.poll(FINAL_METRICS_QUIET_MS):
+                        self._take_metrics(sub, on_metrics)
                     break
         finally:
             for sig, handler in previous.items():
