@@ -28,7 +28,8 @@ from ffstream.monitor.dashboard import (
 from tests.processes import ROOT, env
 
 FIRST_RUN_FRAMES = 320
-SECOND_RUN_FRAMES = 640  # more than the first run: a layer1 row above FIRST_RUN_FRAMES can only come from the second
+SECOND_RUN_FRAMES = 4000  # more than the first run (a layer1 row above FIRST_RUN_FRAMES can only come from the second), and long
+# enough that the layers publish their goodness while it streams, not only in their last metrics as it ends
 RUN_TIMEOUT_S = 180
 TAGS = ("layer1/goodness_pos", "layer1/goodness_neg", "layer1/p_pos", "layer1/p_neg", "layer1/fps", "layer2/goodness_pos", "sink/accuracy", "sleep/negatives_per_s")
 
