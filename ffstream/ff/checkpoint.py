@@ -78,13 +78,13 @@ def save_layer_state(path: str | os.PathLike, cfg: LayerConfig, weights: dict[st
     write_atomic(path, tensors, metadata)
 
 
-def read_safetensors(path: str | os.PathLike, expected_format: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and string metadata of a safetensors file of ours; CheckpointError for anything else."""
+def read_safetensors(path: str | os.PathLike, expected_format: str, with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (none unless with_tensors) and string metadata of a safetensors file of ours; CheckpointError for anything else."""
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as f:  # checks the header against the file before anything is read
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if with_tensors else {}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except (SafetensorError, OSError) as exc:
@@ -108,8 +108,9 @@ def held_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:
-    """The config a checkpoint was saved with, and its extra metadata."""
-    _, metadata = read_metadata(path)
+    """The config a checkpoint was saved with, and its extra metadata (the header only: no tensor is read, so a layer's
+    start, which asks for it beside load_layer, does not read its weights again)."""
+    _, metadata = read_safetensors(path, FORMAT, with_tensors=False)
     return config_from_dict(json.loads(metadata["config"])), json.loads(metadata.get("extra", "{}"))
 
 
