@@ -118,6 +118,16 @@ def monitored_run(tmp_path: Path, *argv: str, extra_env: dict[str, str] | None =
         ctx.term()
 
 
+def worker_log_tails(tmp_path: Path, lines: int = 25) -> str:
+    """The last lines of every worker log of the runs under tmp_path (their TMPDIR: ffstream-*/logs, kept when a run
+    fails or is killed): what a test that found a run hung or failed shows."""
+    parts = []
+    for path in sorted(tmp_path.glob("ffstream-*/logs/*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {path.name} ---\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no worker logs under {tmp_path})"
+
+
 def await_metrics(proc: subprocess.Popen, sub: zmq.Socket, worker: str, wanted, timeout_s: float = 180.0) -> dict:
     """The first metrics of `worker` (read from sub, a run's monitor feed) for which wanted(metrics) holds; fails,
     naming the last seen, if the run ends or the deadline passes."""

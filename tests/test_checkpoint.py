@@ -109,3 +109,36 @@ def test_rows_held_unstepped_at_a_barrier_come_back_due_and_are_no_weights(tmp_p
     assert torch.equal(back.held[1].inputs, second) and back.held[1].labels is None
     late, _ = back.expired()  # their negatives went to the process that held them: they step alone at once
     assert len(late) == 2 and not back.held
+
+
+def test_a_barrier_goes_on_only_once_its_checkpoint_is_on_disk(tmp_path):
+    """The sink acknowledges a barrier once every layer passed it, and the source then commits there: a layer that
+    passed it before its checkpoint was written, then was killed, resumed behind the commit, and the source rewound to
+    that commit for ever (seen in CI). Each barrier reply must find its own checkpoint's gate already on disk."""
+    import logging
+    from collections import Counter
+
+    import numpy as np
+
+    from ffstream.net import wire
+    from ffstream.workers.layer.checkpoints import LayerCheckpoints
+    from ffstream.workers.layer.delivery import LayerDelivery
+    from ffstream.workers.layer.weights import LastGood
+
+    layer = trained_layer()
+    delivery = LayerDelivery("layer1")
+    path = tmp_path / "layer1.safetensors"
+    found_on_disk = []  # at each barrier's send: the gate's upto in the checkpoint on disk
+
+    def send_up(msg: wire.Message) -> bool:
+        found_on_disk.append(checkpoint_config(path)[1]["delivery"]["upto"] if path.exists() else None)
+        return True
+
+    checkpoints = LayerCheckpoints(str(tmp_path), 1, layer, LastGood(layer, None, logging.getLogger("test")), delivery,
+                                   {}, send_up, Counter())
+    for seq in range(3):
+        delivery.admit(wire.Message("learn", np.zeros((2, 12), np.float32), seq=seq, extra={"pass_id": "p"}))
+        barrier = wire.Message("barrier", np.zeros(0, np.float32), seq=seq, extra={"barrier": seq + 1, "pass_id": "p"})
+        checkpoints.barrier(delivery.barrier_reply(barrier, 1), None)
+    checkpoints.settle()
+    assert found_on_disk == [0, 1, 2]

@@ -14,9 +14,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-
 from ffstream.workers.delivery import GAP, LEARN, SKIP, LearnLog, SeqGate
-from tests.processes import await_metrics, monitored_run
+from tests.processes import await_metrics, monitored_run, worker_log_tails
 
 FRAMES = 4000  # frames of the synthetic stream
 BATCH = 32
@@ -58,9 +57,16 @@ def watched_run(tmp_path: Path, *extra: str):
                          extra_env={"FFSTREAM_LEARN_LOG_DIR": str(tmp_path / "learn")})
 
 
-def finish(proc: subprocess.Popen, timeout_s: float = 240.0) -> str:
-    """Wait for the run to end well; its stderr (the supervisor's log lines)."""
-    out, err = proc.communicate(timeout=timeout_s)
+def finish(proc: subprocess.Popen, timeout_s: float = 240.0, tmp_path: Path | None = None) -> str:
+    """Wait for the run to end well; its stderr (the supervisor's log lines). A run still going at timeout_s fails
+    with the tail of every worker's log under tmp_path (the run's TMPDIR), so that a hang says where it hung."""
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        tails = worker_log_tails(tmp_path) if tmp_path else ""
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"ffstream run still ran after {timeout_s:.0f} s:\n{err[-2000:]}\n{tails}") from None
     assert proc.returncode == 0, f"ffstream run exited {proc.returncode}:\n{err[-3000:]}"
     return err  # the supervisor's log
 
@@ -85,7 +91,7 @@ def kill_mid_run(tmp_path: Path, victim: str, after_frames: int) -> dict:
         await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= after_frames)
         figures = await_metrics(proc, sub, victim, lambda m: m.get("pid") is not None)
         os.kill(figures["pid"], signal.SIGKILL)
-        log = finish(proc)
+        log = finish(proc, tmp_path=tmp_path)
     assert f"restarting {victim}" in log, "the kill went unnoticed: the test proves nothing"
     return json.loads((tmp_path / "ck" / "source.json").read_text())
 
@@ -107,7 +113,7 @@ def test_a_restarted_layer_has_the_source_rewind_at_once_not_at_the_next_barrier
         await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 5)
         os.kill(await_metrics(proc, sub, "layer2", lambda m: m.get("pid") is not None)["pid"], signal.SIGKILL)
         source = await_metrics(proc, sub, "source", lambda m: m.get("ended"))
-        finish(proc)
+        finish(proc, tmp_path=tmp_path)
     assert source["gap_notices"] >= 1 and source["rewinds"] >= 1, source
     assert source["barriers"] == 1, f"only the final barrier: the rewind came from the notice, {source}"
     assert_learned_exactly_once(tmp_path)
@@ -156,12 +162,12 @@ def test_ctrl_c_takes_a_stop_barrier_and_the_resumed_run_goes_on_exactly_where_i
     for layer in LAYERS:  # the commit is where every layer stopped, not the barrier before it
         assert len(first[layer]) == committed["batches"], f"{layer} learned {len(first[layer])} batches, the source committed {committed['batches']}"
     with watched_run(stopped, "--summary-json", str(stopped / "summary.json")) as (proc, _):
-        finish(proc)
+        finish(proc, tmp_path=stopped)
     resumed = json.loads((stopped / "summary.json").read_text())
     assert [layer["replayed_rows"] for layer in resumed["layers"]] == [0] * len(LAYERS), "the resumed run forwarded batches it had learned"
     assert [layer["gap_rows"] for layer in resumed["layers"]] == [0] * len(LAYERS)
     assert_learned_exactly_once(stopped)
     with watched_run(whole) as (proc, _):
-        finish(proc)
+        finish(proc, tmp_path=whole)
     for layer in LAYERS:
         assert learned(stopped, layer) == learned(whole, layer), f"{layer}: the stopped and resumed run learned otherwise than an uninterrupted one"

@@ -37,11 +37,13 @@ class LayerCheckpoints:
 
     def barrier(self, reply: wire.Message, pairing: Pairing | None) -> None:
         """Checkpoint for a barrier, with the rows `pairing` holds unstepped, then pass `reply` on: once on disk."""
-        self.settle()  # the previous barrier's checkpoint on disk and that barrier on first: barriers keep their order
-        self.held = reply
         if self.directory:
-            self.save(background=True, pairing=pairing)
+            self.save(background=True, pairing=pairing)  # the previous barrier's checkpoint on disk and that barrier on first
+            self.held = reply  # only now: save() passes on what is held before it starts the write (a barrier held
+            # before it went on ahead of its own checkpoint, and a kill then left the source committed past this layer)
         else:
+            self.settle()  # barriers keep their order
+            self.held = reply
             self._pass_held()
 
     def poll(self) -> None:
