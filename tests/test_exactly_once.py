@@ -171,3 +171,22 @@ def test_ctrl_c_takes_a_stop_barrier_and_the_resumed_run_goes_on_exactly_where_i
         finish(proc, tmp_path=whole)
     for layer in LAYERS:
         assert learned(stopped, layer) == learned(whole, layer), f"{layer}: the stopped and resumed run learned otherwise than an uninterrupted one"
+
+
+def test_a_layer_checkpoint_older_than_the_commit_ends_the_run_in_one_line_not_a_rewind_loop(tmp_path):
+    """A layer checkpoint lost (or replaced by an older one) after the source committed: a replay from the commit can
+    never fill what the layer lacks. The source gives up after MAX_FRUITLESS_REWINDS replays, and the run exits
+    non-zero in one line, instead of rewinding for ever (what a barrier passed on before its checkpoint once caused)."""
+    from ffstream.workers.source import MAX_FRUITLESS_REWINDS
+
+    with watched_run(tmp_path, *PACED) as (proc, sub):
+        await_metrics(proc, sub, "layer2", lambda m: (m.get("frames") or 0) >= FRAMES // 3)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert json.loads((tmp_path / "ck" / "source.json").read_text())["batches"] > 0, "nothing committed: the test proves nothing"
+    (tmp_path / "ck" / "layer2.safetensors").unlink()
+    with watched_run(tmp_path) as (proc, _):
+        _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, f"ffstream run exited {proc.returncode}:\n{err[-3000:]}"
+    line = next((x for x in err.splitlines() if x.startswith("ffstream run: error: source:")), err[-3000:])
+    assert f"after {MAX_FRUITLESS_REWINDS} replays" in line and "layers [2]" in line, line

@@ -198,7 +198,8 @@ class SinkWorker(Worker):
         if not complete:
             self.log.info("barrier %d: layers %s miss batches; the source replays", barrier, msg.extra.get("behind"))
         ack = wire.Message("control", np.zeros(0, np.float32), stream=self.name, seq=msg.seq,
-                           extra={"command": "ack", "barrier": barrier, "complete": complete, PASS_KEY: msg.extra.get(PASS_KEY)})
+                           extra={"command": "ack", "barrier": barrier, "complete": complete, PASS_KEY: msg.extra.get(PASS_KEY),
+                                  "behind": msg.extra.get("behind") or []})
         if self.ack is None or not try_send(self.ack, ack):
             self.dropped["ack_not_sent"] += 1  # the source sends barriers on; the final one again until acknowledged
 

@@ -32,6 +32,10 @@ END_ACK_DEADLINE_S = 300.0
 # acknowledgement, so that the position it commits is where it stopped and a resumed run replays nothing.
 STOP_ACK_WAIT_S = 10.0
 MAX_OUTSTANDING_BARRIERS = 1000  # barriers sent and not yet acknowledged that the source remembers (a dead sink)
+# Exactly-once: rewinds to one commit that never led to another. A replay from the commit fills what a restarted
+# worker lost after it; a layer whose checkpoint is older than the commit (replaced, or lost) it never fills, and the
+# source would rewind for ever. Past this many the run gives up in one line instead.
+MAX_FRUITLESS_REWINDS = 20
 
 
 class SourceWorker(Worker):
@@ -125,6 +129,7 @@ class SourceWorker(Worker):
         self._final: tuple[int, float] | None = None  # the final barrier in wait: (id, when sent)
         self._end_started: float | None = None  # when the stream first ran out (the end's acknowledgement deadline counts from it)
         self.barriers = self.acks = self.rewinds = self.gap_notices = 0
+        self._rewinds_since_commit = 0  # MAX_FRUITLESS_REWINDS
         self.replay = uuid.uuid4().hex[:8]  # every batch carries it; new at each start and rewind (workers/delivery.py)
         self._streaming = False  # set at the first step: setup (the start-up handshakes) is over
         self._stop_requested: float | None = None  # exactly-once: when a stop came (monotonic); the stop barrier is then taken
@@ -418,16 +423,23 @@ class SourceWorker(Worker):
             for done in [b for b in self._outstanding if b <= barrier]:
                 del self._outstanding[done]
             self.committed = saved
+            self._rewinds_since_commit = 0
             self.positions.save(saved)
             if saved.ended:
                 self._end()
         elif self._stop_requested is not None:
             self._outstanding.pop(barrier, None)  # stopping: no rewind; the last commit stands (_stop_with_barrier)
         elif barrier > self._rewound_after:
-            self._rewind(f"barrier {barrier} is incomplete (a worker lost batches)")
+            behind = msg.extra.get("behind")
+            layers = f"layers {behind[:8]}" if isinstance(behind, list) and behind and all(wire.is_int(i) for i in behind) else "a layer"
+            self._rewind(f"barrier {barrier} is incomplete ({layers} lost batches)")
 
     def _rewind(self, why: str) -> None:
         committed = self.committed
+        self._rewinds_since_commit += 1
+        if self._rewinds_since_commit > MAX_FRUITLESS_REWINDS:
+            raise GaveUp(f"{why}, after {MAX_FRUITLESS_REWINDS} replays from batch {committed.batches}: a layer's checkpoint is "
+                         "older than the source's commit (replaced or lost?); restore the checkpoints, or start afresh without them")
         self.log.warning("%s; replaying from batch %d", why, committed.batches)
         self.replay = uuid.uuid4().hex[:8]  # notices about what was sent so far are answered by this rewind
         self.source.seek(committed.position)
