@@ -75,6 +75,8 @@ def test_sink_saves_on_a_period_and_a_restarted_sink_resumes_its_head(zmq_contex
         send(feeder, msg)
         eventually(lambda: resumed.evaluated == (batches + 1) * ROWS, what="the resumed sink to score a batch")
     assert resumed.correct - first.correct == expected_hits >= 0.9 * ROWS  # a fresh head would be at chance
+    # Adam's state came back with the head: its step count goes on from the first sink's (a fresh Adam would be at 1)
+    assert adam_steps(resumed.readout) == adam_steps(first.readout) + 1 > 1
     for key, value in trained.items():  # the head it started from is the trained one (one Adam step since)
         assert torch.allclose(resumed.readout.state_dict()[key], value, atol=0.1), key
 
@@ -114,3 +116,9 @@ def test_an_online_probe_sink_saves_its_head_folded_and_resumes_it_exactly(zmq_c
         send(feeder, msg)
         eventually(lambda: resumed.evaluated == (batches + 1) * ROWS, what="the resumed sink to score a batch")
     assert resumed.correct - first.correct == int((expected == torch.from_numpy(labels)).sum()) >= 0.9 * ROWS
+    assert adam_steps(resumed.readout.head) == adam_steps(first.readout.head) + 1 > 1  # Adam's state came back too
+
+
+def adam_steps(head) -> int:
+    """The Adam step count of a LinearReadout's weight."""
+    return int(head.optimizer.state[head.linear.weight]["step"])

@@ -7,6 +7,8 @@ from torch import nn
 
 from ffstream.ff.optim import Adam
 
+MOMENTS_PREFIX = "adam."  # the optimiser's state, saved beside a head's weights (readout_store.py)
+
 
 class LinearReadout(nn.Module):
     """logits = A·f + c on features f: (B, F), learnt online by cross-entropy (predict, then learn)."""
@@ -25,6 +27,25 @@ class LinearReadout(nn.Module):
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self(features).argmax(dim=1)
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """Adam's state per parameter (step, first and second moments), as tensors to save beside the weights."""
+        names = dict(self.named_parameters())
+        return {f"{MOMENTS_PREFIX}{name}.{key}": torch.as_tensor(value).detach().clone()
+                for name, param in names.items() for key, value in self.optimizer.state.get(param, {}).items()}
+
+    def restore_moments(self, saved: dict[str, torch.Tensor]) -> bool:
+        """Adam's state from `moments()` (a resumed head goes on where it was instead of taking Adam's large first
+        steps again); False, and nothing changed, when it does not fit these parameters."""
+        state = {}
+        for index, (name, param) in enumerate(self.named_parameters()):
+            entry = {key: saved.get(f"{MOMENTS_PREFIX}{name}.{key}") for key in ("step", "exp_avg", "exp_avg_sq")}
+            if any(v is None for v in entry.values()) or entry["exp_avg"].shape != param.shape or entry["exp_avg_sq"].shape != param.shape:
+                return False
+            state[index] = entry
+        groups = self.optimizer.state_dict()["param_groups"]  # this head's hyperparameters (its lr), not the saved ones
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        return True
 
     def learn(self, features: torch.Tensor, labels: torch.Tensor) -> float:
         with torch.enable_grad():

@@ -87,7 +87,7 @@ class OnlineProbe:
     def saved_state(self) -> dict[str, torch.Tensor]:
         """What is saved beside the folded head: the statistics and the reservoir's rows (copies)."""
         return {"scaler.mean": self.mean.clone(), "scaler.var": self.var.clone(), "replay.rows": self.rows[:self.held].clone(),
-                "replay.labels": self.labels[:self.held].clone(), "replay.seen": torch.tensor(self.seen)}
+                "replay.labels": self.labels[:self.held].clone(), "replay.seen": torch.tensor(self.seen), **self.head.moments()}
 
     def unfold(self, folded: LinearReadout, saved: dict[str, torch.Tensor]) -> None:
         """Resume from a saved folded head and its statistics: the same logits as when it was saved; and its reservoir,
@@ -104,3 +104,4 @@ class OnlineProbe:
         with torch.no_grad():
             self.head.linear.weight.copy_(folded.linear.weight * scale)
             self.head.linear.bias.copy_(folded.linear.bias + (folded.linear.weight * self.mean).sum(dim=1))
+        self.head.restore_moments(saved)  # of the head on standardised features, as saved (none in older files: Adam starts again)

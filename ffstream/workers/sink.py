@@ -15,16 +15,16 @@ import torch
 import zmq
 
 from ffstream.ff import LinearReadout
+from ffstream.ff.checkpoint import CheckpointError
+from ffstream.monitor.novelty import Alert, NoveltyMeter
+from ffstream.monitor.stats import Ema, Histogram, Rate
 from ffstream.net import blocks as eval_blocks
 from ffstream.net import carry, wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
-from ffstream.ff.checkpoint import CheckpointError
 from ffstream.offline.readout_store import load_readout, save_readout
 from ffstream.workers.base import Worker, write_json_atomic
 from ffstream.workers.delivery import PASS_KEY
-from ffstream.monitor.novelty import Alert, NoveltyMeter
 from ffstream.workers.online_probe import OnlineProbe
-from ffstream.monitor.stats import Ema, Histogram, Rate
 
 # Bucket bounds of the source-to-sink latency histogram, seconds (Prometheus' defaults, and longer: a backlog shows).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -382,7 +382,8 @@ class SinkWorker(Worker):
             if isinstance(head, OnlineProbe):  # the folded head, unfolded by its statistics (none saved: mean 0, variance 1)
                 head.unfold(saved[0], saved[2] or {"scaler.mean": torch.zeros(in_features), "scaler.var": torch.ones(in_features)})
             else:
-                head.load_state_dict(saved[0].state_dict())  # the weights; Adam's moments start again
+                head.load_state_dict(saved[0].state_dict())
+                head.restore_moments(saved[2] or {})  # Adam's state too, where saved (older files: it starts again)
             self.log.info("using the saved head (%d features)", in_features)
         elif saved is not None:
             self.log.warning("the saved head was trained on layers of widths %s, this stack has %s: a new head", saved[1], blocks)
@@ -395,7 +396,7 @@ class SinkWorker(Worker):
         self._last_checkpoint = time.monotonic()
         blocks = self._blocks
         if self.readout is not None:
-            probe_state = self.readout.saved_state() if isinstance(self.readout, OnlineProbe) else None
+            probe_state = self.readout.saved_state() if isinstance(self.readout, OnlineProbe) else self.readout.moments()
             save_readout(self.checkpoint_dir, self._linear(), self.readout_layers, self.num_classes, probe_state)
         elif self._saved_head is not None:
             blocks = self._saved_head[1]  # not used yet this run: the saved head stays, and stays described
