@@ -62,3 +62,30 @@ def test_source_and_monitor_workers_run_without_torch(tmp_path, socket):
         assert "zmq" in modules and "ffstream.workers.build" in modules, f"{kind}: -X importtime listed no imports"
         assert not {m for m in modules if m == "torch" or m.startswith("torch.")}, f"the {kind} worker imported torch"
     assert frames == FRAMES and all(np.isfinite(a).all() for a in arrays)
+
+
+def test_a_layer_worker_imports_neither_opencv_nor_pyav(tmp_path, socket):
+    """Only the source decodes video: a layer (what a crash restarts most) starts without cv2 and av, 0.15-0.3 s of
+    imports, which `ffstream.sources`' package brings in. A real layer 1, up to its first metrics from its loop."""
+    from ffstream.config import ModelConfig
+
+    cfg = RunConfig(stream=StreamConfig(source=f"synthetic:{FRAMES}", size=(8, 8), batch=BATCH), model=ModelConfig(layers=[8, 8]),
+                    sleep=SleepConfig(enabled=False), topology=ipc_topology(tmp_path, 2))
+    config_path = write_config(cfg, tmp_path / "run.json")
+    above = socket(zmq.PULL)  # plays layer 2, so that layer 1's start-up handshake finds its peer
+    above.bind(cfg.topology.layer_inputs[1])
+    metrics = socket(zmq.SUB)  # plays the monitor: layer 1's metrics come once its loop turns
+    metrics.setsockopt(zmq.SUBSCRIBE, b"")
+    metrics.bind(cfg.topology.monitor_collect)
+    argv = [sys.executable, "-X", "importtime", "-m", "ffstream", "worker", "layer", "--index", "1", "--config", str(config_path)]
+    log = tmp_path / "layer1.log"
+    layer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env(), cwd=ROOT)
+    try:
+        while wire.decode(recv_multipart(metrics, timeout=120), max_payload=0).stream != "layer1":
+            pass
+    finally:
+        codes = stop_all([layer])
+    assert codes == [0], log.read_text()[-2000:]
+    modules = imported(log)
+    assert "torch" in modules and "ffstream.workers.layer.worker" in modules, "-X importtime listed no imports"
+    assert not {m for m in modules if m.split(".")[0] in ("cv2", "av")}, "the layer worker imported OpenCV or PyAV"

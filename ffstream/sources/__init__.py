@@ -8,20 +8,38 @@ behind one `open_source`.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ffstream.sources.base import Frame, FrameSource, Position, SourceError
-from ffstream.sources.camera import CameraSource
-from ffstream.sources.idx import FASHION_MNIST_DIR, IdxSource, load_idx, load_split, open_idx
-from ffstream.sources.labelled_video import LabelledVideoSource
 from ffstream.sources.preflight import missing_webcam
-from ffstream.sources.preprocess import Preprocess
-from ffstream.sources.synthetic import DEFAULT_FRAMES, SyntheticSource
 from ffstream.sources.sidecar import read_sidecar, sidecar_for
-from ffstream.sources.video import VideoFileSource
+
+if TYPE_CHECKING:
+    from ffstream.sources.preprocess import Preprocess
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+# The sources themselves are imported when first named (PEP 562): they bring in OpenCV and PyAV (0.15-0.3 s), which
+# only the source worker needs, and every worker imports this package (SourceError, by `ffstream.cli`).
+_LAZY = {
+    "CameraSource": "camera", "IdxSource": "idx", "FASHION_MNIST_DIR": "idx", "load_idx": "idx", "load_split": "idx",
+    "open_idx": "idx", "LabelledVideoSource": "labelled_video", "Preprocess": "preprocess", "SyntheticSource": "synthetic",
+    "DEFAULT_FRAMES": "synthetic", "VideoFileSource": "video",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CameraSource",
@@ -33,10 +51,10 @@ __all__ = [
     "Preprocess",
     "SourceError",
     "SyntheticSource",
-    "check_live",
-    "is_live",
     "VideoFileSource",
+    "check_live",
     "dataset_arrays",
+    "is_live",
     "load_idx",
     "open_source",
     "read_sidecar",
@@ -48,7 +66,6 @@ SPEC_HELP = (
     "idx:DIR[:train|test], fashion-mnist[:train|test]"
 )
 SYNTHETIC_SPEC = re.compile(r"synthetic(?::(?P<frames>\d+))?(?::seed=(?P<seed>\d+))?")
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 
 def open_source(
@@ -60,6 +77,12 @@ def open_source(
     live sources); shuffle: datasets only, videos keep their order; labels: a video file's label CSV, instead of
     the same-stem sidecar found beside it (`clip.mp4` + `clip.csv`).
     """
+    from ffstream.sources.camera import CameraSource
+    from ffstream.sources.idx import open_idx
+    from ffstream.sources.labelled_video import LabelledVideoSource
+    from ffstream.sources.synthetic import SyntheticSource
+    from ffstream.sources.video import VideoFileSource
+
     if epochs <= 0:
         raise SourceError(f"epochs must be positive, got {epochs}")
     if labels is not None and not _is_video_file(spec):
@@ -107,6 +130,10 @@ def dataset_arrays(spec: str, preprocess: Preprocess, labels: str | None = None)
     For idx:/fashion-mnist specs (vectorised when the size is native), synthetic[:N][:seed=S] (seed 0 unless
     named) and a labelled video file (its sidecar, or `labels`).
     """
+    from ffstream.sources.idx import load_split
+    from ffstream.sources.labelled_video import LabelledVideoSource
+    from ffstream.sources.synthetic import SyntheticSource
+
     dataset = _dataset(spec)
     if dataset is not None and labels is None:
         images, labels = load_split(dataset[0], dataset[1])
@@ -141,6 +168,8 @@ def _synthetic(spec: str) -> tuple[int, int | None]:
     match = SYNTHETIC_SPEC.fullmatch(spec)
     if match is None or int(match["frames"] or 1) == 0:
         raise SourceError(f"bad synthetic spec {spec!r}: expected synthetic[:N][:seed=S], N a positive integer, S a non-negative integer")
+    from ffstream.sources.synthetic import DEFAULT_FRAMES
+
     frames = int(match["frames"]) if match["frames"] else DEFAULT_FRAMES
     return frames, int(match["seed"]) if match["seed"] else None
 
@@ -159,6 +188,8 @@ def _count(spec: str, default: int, allow_zero: bool = False) -> int:
 def _dataset(spec: str) -> tuple[str, str, str, bool] | None:
     """idx:DIR[:split] / fashion-mnist[:split] -> (directory, split, name, is_fashion); None for other specs."""
     if spec == "fashion-mnist" or spec.startswith("fashion-mnist:"):
+        from ffstream.sources.idx import FASHION_MNIST_DIR
+
         split = spec.partition(":")[2] or "train"
         return FASHION_MNIST_DIR, split, f"fashion-mnist:{split}", True
     if spec.startswith("idx:"):

@@ -6,10 +6,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ffstream.sources.preprocess import Preprocess
+if TYPE_CHECKING:
+    from ffstream.sources.preprocess import Preprocess
 
 
 class SourceError(Exception):

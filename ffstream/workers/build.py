@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ffstream.config import ConfigError, RunConfig
 from ffstream.ff.recurrent_config import INTERLEAVED_BATCHES
-from ffstream.sources import Preprocess, is_live, open_source
+from ffstream.sources import is_live  # the package alone: the sources themselves (cv2, PyAV) load when named
 from ffstream.workers.base import Worker
 
 KINDS = ("source", "layer", "sleep", "sink", "monitor")
@@ -45,6 +45,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
     }
     num_classes = stream.num_classes if stream.supervised else None
     if kind == "source":
+        from ffstream.sources import Preprocess, open_source  # cv2 and PyAV (0.15-0.3 s): imported by the source alone
         from ffstream.workers.source import SourceWorker
 
         preprocess = Preprocess(size=stream.size, color=stream.color, center=stream.center)
