@@ -47,9 +47,13 @@ def test_json_has_every_stream_row_and_seed(tiny_run):
     for name, stream in out["streams"].items():
         assert stream["train_frames"] == 400 and stream["test_frames"] == 200, name
         assert set(stream["rows"]) == ROWS, name
-        assert set(stream["rows"]["ff_in_order"]["per_seed"]) == {"0", "1"}, name  # FF in order at every seed
-        for row in ROWS - {"ff_in_order"}:
+        for row in ("ff_in_order", "ff_shuffled"):  # FF at every seed
+            assert set(stream["rows"][row]["per_seed"]) == {"0", "1"}, (name, row)
+        for row in ROWS - {"ff_in_order", "ff_shuffled"}:
             assert set(stream["rows"][row]["per_seed"]) == {"0"}, (name, row)  # the others at the first seed
+        # the i.i.d. pass at its rate: decaying over the pass; in order, the recipe's constant rate
+        assert stream["shuffled_config"]["shuffled"] and stream["shuffled_config"]["lr_decay"], stream["shuffled_config"]
+        assert not stream["study_config"]["shuffled"] and not stream["study_config"]["lr_decay"], stream["study_config"]
 
 
 def test_every_accuracy_is_a_fraction_and_every_rate_positive(tiny_run):
