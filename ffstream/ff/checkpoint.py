@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,13 +79,15 @@ def save_layer_state(path: str | os.PathLike, cfg: LayerConfig, weights: dict[st
     write_atomic(path, tensors, metadata)
 
 
-def read_safetensors(path: str | os.PathLike, expected_format: str, with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors (none unless with_tensors) and string metadata of a safetensors file of ours; CheckpointError for anything else."""
+def read_safetensors(path: str | os.PathLike, expected_format: str,
+                     keep: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and string metadata of a safetensors file of ours; CheckpointError for anything else. keep: the names of
+    the tensors to read (the others stay on disk); None: all."""
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as f:  # checks the header against the file before anything is read
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()} if with_tensors else {}
+            tensors = {name: f.get_tensor(name) for name in f.keys() if keep is None or keep(name)}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except (SafetensorError, OSError) as exc:
@@ -100,23 +103,20 @@ def read_metadata(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
 
 def held_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The rows a checkpoint holds unstepped (HELD_PREFIX stripped), read without the weights; {} for none."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {name[len(HELD_PREFIX):]: f.get_tensor(name) for name in f.keys() if name.startswith(HELD_PREFIX)}
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable ffstream checkpoint: {str(exc).splitlines()[0]}") from None
+    tensors, _ = read_safetensors(path, FORMAT, keep=lambda name: name.startswith(HELD_PREFIX))
+    return {name[len(HELD_PREFIX):]: t for name, t in tensors.items()}
 
 
 def checkpoint_config(path: str | os.PathLike) -> tuple[LayerConfig, dict]:
     """The config a checkpoint was saved with, and its extra metadata (the header only: no tensor is read, so a layer's
     start, which asks for it beside load_layer, does not read its weights again)."""
-    _, metadata = read_safetensors(path, FORMAT, with_tensors=False)
+    _, metadata = read_safetensors(path, FORMAT, keep=lambda name: False)
     return config_from_dict(json.loads(metadata["config"])), json.loads(metadata.get("extra", "{}"))
 
 
 def load_layer(path: str | os.PathLike, layer: FFLayer) -> int:
     """Restore `layer` in place from `path`; returns the weights' version. Refuses a mismatched shape or config."""
-    tensors, metadata = read_metadata(path)
+    tensors, metadata = read_safetensors(path, FORMAT, keep=lambda name: not name.startswith(HELD_PREFIX))  # held: held_tensors
     if metadata.get("digest") != layer.cfg.digest():
         saved = json.loads(metadata.get("config", "{}"))
         raise CheckpointError(
@@ -124,7 +124,7 @@ def load_layer(path: str | os.PathLike, layer: FFLayer) -> int:
             f"goodness={saved.get('goodness')}/{saved.get('variant')}, not "
             f"{layer.cfg.in_features}->{layer.cfg.width} goodness={layer.cfg.goodness}/{layer.cfg.variant}"
         )
-    own = {k: v for k, v in tensors.items() if not k.startswith(("optimizer.", HELD_PREFIX))}
+    own = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
     for name, expected in layer.state_dict().items():
         if name not in own or own[name].shape != expected.shape:
             raise CheckpointError(f"{path}: tensor {name!r} is missing or has the wrong shape")

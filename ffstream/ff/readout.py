@@ -30,9 +30,8 @@ class LinearReadout(nn.Module):
 
     def moments(self) -> dict[str, torch.Tensor]:
         """Adam's state per parameter (step, first and second moments), as tensors to save beside the weights."""
-        names = dict(self.named_parameters())
         return {f"{MOMENTS_PREFIX}{name}.{key}": torch.as_tensor(value).detach().clone()
-                for name, param in names.items() for key, value in self.optimizer.state.get(param, {}).items()}
+                for name, param in self.named_parameters() for key, value in self.optimizer.state.get(param, {}).items()}
 
     def restore_moments(self, saved: dict[str, torch.Tensor]) -> bool:
         """Adam's state from `moments()` (a resumed head goes on where it was instead of taking Adam's large first
