@@ -123,6 +123,7 @@ def test_a_barrier_goes_on_only_once_its_checkpoint_is_on_disk(tmp_path):
     from ffstream.net import wire
     from ffstream.workers.layer.checkpoints import LayerCheckpoints
     from ffstream.workers.layer.delivery import LayerDelivery
+    from ffstream.ff import RateSchedule
     from ffstream.workers.layer.weights import LastGood
 
     layer = trained_layer()
@@ -134,7 +135,7 @@ def test_a_barrier_goes_on_only_once_its_checkpoint_is_on_disk(tmp_path):
         found_on_disk.append(checkpoint_config(path)[1]["delivery"]["upto"] if path.exists() else None)
         return True
 
-    checkpoints = LayerCheckpoints(str(tmp_path), 1, layer, LastGood(layer, None, logging.getLogger("test")), delivery,
+    checkpoints = LayerCheckpoints(str(tmp_path), 1, layer, LastGood(layer, RateSchedule(), logging.getLogger("test")), delivery,
                                    {}, send_up, Counter())
     for seq in range(3):
         delivery.admit(wire.Message("learn", np.zeros((2, 12), np.float32), seq=seq, extra={"pass_id": "p"}))

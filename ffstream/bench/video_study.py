@@ -26,6 +26,7 @@ from torch import nn
 
 from ffstream.ff.negatives import hybrid, temporal_negatives
 from ffstream.ff.pairs import Reservoir, cross_pairs, self_pairs, successor_pairs
+from ffstream.ff.schedule import RateSchedule
 from ffstream.ff.spatial import SpatialConfig, channel_normalize
 from ffstream.ff.spec import build_configs, parse_layers
 from ffstream.ff.stack import FFStack
@@ -55,6 +56,8 @@ class StudyConfig:
     align: bool = False  # scff: each negative's partner is shifted so that its centroid falls on the frame's (no position cue)
     min_age: int = 64  # a negative's partner is at least this many frames older
     lr_decay: bool = False  # the learning rate falls linearly to 1 % over the pass
+    lr_half_life: int = 0  # frames over which the learning rate halves, down to lr_floor (a stream with no end); 0: off
+    lr_floor: float = 0.1  # the lowest scale lr_half_life takes the learning rate to
     probe_grid: int = 1  # probe features: 1, each layer's map globally mean- and max-pooled; g > 1, its g×g cell means too
     block: int = 1  # shuffled: blocks of this many consecutive frames are shuffled, each kept in order (1: every frame)
     cursors: int = 1  # in order: a batch takes frames from this many evenly spaced places of the stream, each read in order
@@ -64,7 +67,7 @@ class StudyConfig:
 
 
 def study_from_recipe(name: str = "video", **overrides) -> StudyConfig:
-    """The study's config for a recipe's learning (layers, lr, θ, peer λ, centring, negatives, reservoir), so that the
+    """The study's config for a recipe's learning (layers, lr and its schedule, θ, peer λ, centring, negatives, reservoir), so that the
     bench measures what `ffstream run --recipe NAME` ships; the rest, and overrides, from StudyConfig."""
     from ffstream.config.recipes import read
 
@@ -73,7 +76,8 @@ def study_from_recipe(name: str = "video", **overrides) -> StudyConfig:
     layers = model.get("layers", StudyConfig.layers)
     fields = {"layers": layers if isinstance(layers, str) else ",".join(str(v) for v in layers), "lr": model.get("lr"),
               "threshold": model.get("threshold"), "peer_weight": model.get("peer_weight"), "center": stream.get("center"),
-              "negatives": sleep.get("negatives"), "reservoir": sleep.get("reservoir")}
+              "negatives": sleep.get("negatives"), "reservoir": sleep.get("reservoir"), "lr_half_life": model.get("lr_half_life"),
+              "lr_floor": model.get("lr_floor")}
     return replace(StudyConfig(), **{**{k: v for k, v in fields.items() if v is not None}, **overrides})
 
 
@@ -178,6 +182,8 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
             if reservoir.ready():
                 if cfg.lr_decay:  # linearly over all passes
                     stack.set_lr_scale(max(0.01, 1 - (p * len(video) + s) / (cfg.passes * len(video))))
+                elif cfg.lr_half_life:
+                    stack.set_lr_scale(RateSchedule(half_life=cfg.lr_half_life, floor=cfg.lr_floor).scale(frames))
                 pos, neg = step_inputs(cfg, x, succ, reservoir, gen)
                 stack.learn_interleaved(pos.flatten(1), neg.flatten(1))
                 frames += len(x)

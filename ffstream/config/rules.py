@@ -74,6 +74,10 @@ def check_model(m: ModelConfig) -> None:
     positive("model.region", m.region)
     if not isinstance(m.learn_every_rows, int) or m.learn_every_rows < 0:
         raise ConfigError(f"model.learn_every_rows must be a whole number of rows >= 0, got {m.learn_every_rows!r}")
+    if not isinstance(m.lr_half_life, int) or m.lr_half_life < 0:
+        raise ConfigError(f"model.lr_half_life must be a whole number of frames >= 0 (0: a constant rate), got {m.lr_half_life!r}")
+    if not 0 < m.lr_floor <= 1:
+        raise ConfigError(f"model.lr_floor is a scale of the learning rate, in (0, 1], got {m.lr_floor!r}")
     if not m.learn_every_ms >= 0:
         raise ConfigError(f"model.learn_every_ms must be >= 0, got {m.learn_every_ms!r}")
     if m.recurrent:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ffstream.config import rules
 from ffstream.config.plans import Batching, LayerEndpoints, SleepPlan
 from ffstream.config.rules import ConfigError
+from ffstream.ff.schedule import RateSchedule
 
 if TYPE_CHECKING:
     from ffstream.ff.config import LayerConfig
@@ -95,6 +96,8 @@ class ModelConfig:
     label_scale: float = 4.0  # value of the one-hot label slot written into the frame (pixels are 0..1)
     label_relative: bool = False  # the slot value is label_scale × the frame's RMS, so the label weighs the same in every frame
     lr_decay: bool = True  # decay the layers' learning rate linearly over a stream of known length
+    lr_half_life: int = 0  # frames per halving of the layers' learning rate where it does not decay linearly (ff/schedule.py); 0: constant
+    lr_floor: float = 0.1  # the lowest scale lr_half_life takes the learning rate to
     readout_lr: float = 3e-3  # the sink's softmax head / probe, Adam
     max_batch: int = 64  # micro-batch rows per layer update
     max_wait_ms: float = 0.0  # how long a layer waits to fill a micro-batch
@@ -320,6 +323,12 @@ class RunConfig:
 
     def layer_configs(self) -> list[LayerConfig]:
         return self.model.layer_configs(self.stream.input_shape, self.stream.seed, self.stream.num_classes, self.layer_lr)
+
+    def rate_schedule(self) -> RateSchedule:
+        """How the layers' learning rate falls: linearly over a stream of known length (lr_decay; every step of a
+        recurrent image is a learned row, so it spans them all), else halving every lr_half_life frames, else constant."""
+        known = self.stream.total_frames * self.steps_per_batch if self.model.lr_decay and self.stream.total_frames else None
+        return RateSchedule(decay_frames=known, half_life=self.model.lr_half_life or None, floor=self.model.lr_floor)
 
     @property
     def layer_lr(self) -> float:

@@ -19,7 +19,8 @@ _WHERE = {  # name -> the module that defines it
     "embed_label": "ffstream.ff.labels",
     "neutral_label": "ffstream.ff.labels",
     "FFLayer": "ffstream.ff.layer",
-    "linear_decay": "ffstream.ff.layer",
+    "RateSchedule": "ffstream.ff.schedule",
+    "linear_decay": "ffstream.ff.schedule",
     "rms_normalize": "ffstream.ff.norm",
     "LinearReadout": "ffstream.ff.readout",
     "SpatialConfig": "ffstream.ff.spatial_config",
@@ -33,6 +34,7 @@ __all__ = [
     "FFStack",
     "LayerConfig",
     "LinearReadout",
+    "RateSchedule",
     "SpatialConfig",
     "embed_label",
     "linear_decay",
@@ -61,9 +63,10 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from ffstream.ff.config import LayerConfig
     from ffstream.ff.goodness import probability_positive
     from ffstream.ff.labels import embed_label, neutral_label
-    from ffstream.ff.layer import FFLayer, linear_decay
+    from ffstream.ff.layer import FFLayer
     from ffstream.ff.norm import rms_normalize
     from ffstream.ff.readout import LinearReadout
+    from ffstream.ff.schedule import RateSchedule, linear_decay
     from ffstream.ff.spatial_config import SpatialConfig
     from ffstream.ff.spec import make_layer, parse_layers
     from ffstream.ff.stack import FFStack

@@ -11,12 +11,6 @@ from ffstream.ff.norm import rms_normalize
 from ffstream.ff.optim import SGD, Adam, FusedOptimizer
 
 Gradients = list[torch.Tensor]  # one tensor per parameter, in `parameters()` order: [weight (N, D), bias (N,)]
-MIN_LR_SCALE = 0.01  # the decay stops here, so that a stream running past its expected end still learns a little
-
-
-def linear_decay(frames_seen: int, decay_frames: int) -> float:
-    """The learning-rate scale after frames_seen of decay_frames: 1 at the start, falling linearly."""
-    return max(MIN_LR_SCALE, 1.0 - frames_seen / decay_frames)
 
 
 class FFLayer(nn.Module):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ffstream.config import RunConfig
-from ffstream.ff import FFStack, LinearReadout, embed_label, linear_decay
+from ffstream.ff import FFStack, LinearReadout, embed_label
 from ffstream.ff.checkpoint import layer_path, save_layer
 from ffstream.ff.dreamer import Dreamer
 from ffstream.ff.stack import readout_layers
@@ -51,10 +51,9 @@ def train_reference(cfg: RunConfig, checkpoint_dir: str | Path, with_negatives: 
     frames = correct = evaluated = 0
     started = time.time()
     with open_source(s.source, Preprocess(size=s.size, color=s.color), seed=s.seed, epochs=s.epochs, labels=s.labels) as source:
-        decay_frames = s.total_frames if cfg.model.lr_decay else None
+        schedule = cfg.rate_schedule()
         for index, (pixels, labels) in enumerate(batches(source, s.batch, s.max_frames)):
-            if decay_frames:
-                stack.set_lr_scale(linear_decay(frames, decay_frames))
+            stack.set_lr_scale(schedule.scale(frames))
             flat = torch.from_numpy(pixels).flatten(1)
             y = torch.tensor(labels) if labels is not None else None
             if y is not None and s.eval_every and index % s.eval_every == 0:

@@ -97,8 +97,7 @@ def build_worker(kind: str, cfg: RunConfig, index: int | None = None, final_stat
             **layer_kwargs,
             label_scale=cfg.model.label_scale,
             label_relative=cfg.model.label_relative,
-            # every step of a recurrent image is a learned row, so the decay spans them all
-            lr_decay_frames=stream.total_frames * cfg.steps_per_batch if cfg.model.lr_decay and stream.total_frames else None,
+            lr_schedule=cfg.rate_schedule(),
             # when the layer steps, and on which negatives: chosen here, once (workers/layer/policies.py)
             policy=choose(cfg.model.batching, paired=takes_negatives and cfg.sleep.update == "inputs" and not cfg.sleep.phased,
                           phased=takes_negatives and cfg.sleep.phased, frozen=cfg.model.freeze),

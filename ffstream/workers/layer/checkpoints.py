@@ -22,6 +22,7 @@ from ffstream.workers.layer.weights import BackgroundCheckpoint, LastGood
 from ffstream.workers.pairing import Pairing
 
 HELD_KEY = "held"  # the checkpoint's metadata entry: the source seqs of each held positive saved with it
+FRAMES_KEY = "frames_learned"  # and the frames learned before its last step: where its learning-rate schedule goes on from
 
 
 class LayerCheckpoints:
@@ -66,7 +67,7 @@ class LayerCheckpoints:
         """Checkpoint the layer (weights, optimiser, the batches learned, the rows `pairing` holds): now, or on a thread."""
         self.settle()
         held, seqs = pairing.held_state() if pairing is not None else ({}, [])
-        meta = {**self.meta, "delivery": self.delivery.saved(), HELD_KEY: seqs}
+        meta = {**self.meta, "delivery": self.delivery.saved(), HELD_KEY: seqs, FRAMES_KEY: self.last_good.frames}
         self.last_good.remember()  # in memory, what the checkpoint holds
         self.writer.start(checkpoint.layer_path(self.directory, self.index), self.layer, self.last_good.good, meta, held)
         if not background:

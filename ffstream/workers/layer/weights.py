@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffstream.ff import FFLayer, checkpoint, linear_decay
+from ffstream.ff import FFLayer, RateSchedule, checkpoint
 from ffstream.net import wire
 from ffstream.net.transport import Receiver, send
 
@@ -47,15 +47,15 @@ def remember(layer: FFLayer, old: Good | None) -> Good:
     return _copy_into(old[0], layer.state_dict()), _copy_into(old[1], layer.optimizer.state_dict())
 
 
-def resume(checkpoint_dir: str | None, index: int, layer: FFLayer, log: logging.Logger) -> Any:
-    """Load layer `index`'s checkpoint from `checkpoint_dir` into `layer`, when there is one; its "delivery" entry
-    (the batches learned, for exactly-once), or None for a fresh layer."""
+def resume(checkpoint_dir: str | None, index: int, layer: FFLayer, log: logging.Logger) -> dict[str, Any]:
+    """Load layer `index`'s checkpoint from `checkpoint_dir` into `layer`, when there is one; its metadata (e.g.
+    "delivery", the batches learned, for exactly-once), or {} for a fresh layer."""
     path = checkpoint.layer_path(checkpoint_dir, index) if checkpoint_dir else None
     if path is None or not Path(path).exists():
-        return None
+        return {}
     version = checkpoint.load_layer(path, layer)
     log.info("resumed from %s at version %d", path, version)
-    return checkpoint.checkpoint_config(path)[1].get("delivery")
+    return checkpoint.checkpoint_config(path)[1]
 
 
 class BackgroundCheckpoint:
@@ -101,11 +101,14 @@ class BackgroundCheckpoint:
 
 
 class LastGood:
-    """The last good state of a worker's layer, and the learning-rate factor that each roll back to it halves."""
+    """The last good state of a worker's layer, and its learning rate: the schedule's, times a factor that each roll
+    back to that state halves."""
 
-    def __init__(self, layer: FFLayer, lr_decay_frames: int | None, log: logging.Logger):
+    def __init__(self, layer: FFLayer, schedule: RateSchedule, log: logging.Logger):
         self.layer = layer
-        self.lr_decay_frames = lr_decay_frames  # decay the learning rate linearly to 0 over this many frames; None: constant
+        self.schedule = schedule
+        self.frames_before = 0  # frames learned before this run, by the checkpoint it resumed: the schedule goes on from there
+        self.frames = 0  # frames learned in all before the last step (where the schedule stands)
         self.log = log  # the worker's
         self.good: Good | None = None  # copies of the weights and optimiser state
         self.at = time.monotonic()  # when they were taken
@@ -117,16 +120,16 @@ class LastGood:
         self.at = time.monotonic()
 
     def decay_lr(self, frames: int) -> None:
-        """Before a step after `frames` learned rows: the decayed learning rate, times the rollbacks' factor (no decay: as set)."""
-        if self.lr_decay_frames:
-            self.layer.set_lr_scale(self.lr_factor * linear_decay(frames, self.lr_decay_frames))
+        """Before a step after `frames` rows learned in this run: the schedule's learning rate, times the rollbacks' factor."""
+        self.frames = self.frames_before + frames
+        self.layer.set_lr_scale(self.lr_factor * self.schedule.scale(self.frames))
 
     def roll_back(self, frames: int) -> None:
         """Divergence: weights went non-finite. Back to the last good state, at half the learning rate."""
         restore(self.layer, self.good)
         self.rollbacks += 1
         self.lr_factor *= 0.5
-        self.layer.set_lr_scale(self.lr_factor * (linear_decay(frames, self.lr_decay_frames) if self.lr_decay_frames else 1.0))
+        self.decay_lr(frames)
         self.log.warning("non-finite weights: rolled back to version %d, learning rate x%g (rollback %d)",
                          self.layer.version, self.lr_factor, self.rollbacks)
 

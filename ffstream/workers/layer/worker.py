@@ -10,14 +10,15 @@ import torch
 import zmq
 
 from ffstream.config.plans import Batching, LayerEndpoints
-from ffstream.ff import FFLayer, LayerConfig
+from ffstream.ff import FFLayer, LayerConfig, RateSchedule
 from ffstream.ff.spec import make_layer as layer_of_kind
+from ffstream.monitor.stats import Phases
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, send, try_send
 from ffstream.workers import malloc
 from ffstream.workers.base import Worker
 from ffstream.workers.layer import weights
-from ffstream.workers.layer.checkpoints import LayerCheckpoints
+from ffstream.workers.layer.checkpoints import FRAMES_KEY, LayerCheckpoints
 from ffstream.workers.layer.delivery import LayerDelivery
 from ffstream.workers.layer.figures import LayerFigures
 from ffstream.workers.layer.intake import LabelSlots, gather
@@ -26,7 +27,6 @@ from ffstream.workers.layer.outlet import Outlet
 from ffstream.workers.layer.policies import Immediate, StepPolicy
 from ffstream.workers.layer.preview import WeightPreview
 from ffstream.workers.layer.stepping import NegativeChain, Stepper
-from ffstream.monitor.stats import Phases
 
 # Negatives join the next positive step, as in the interleaved reference: a step on negatives alone
 # flips the sign of the update and measurably hurts. Only when the wake path has been idle this long,
@@ -47,7 +47,7 @@ class LayerWorker(Worker):
         num_classes: int | None = None,  # layer 1 of a supervised stack writes labels into its input
         label_scale: float = 1.0,  # the value of the label's one-hot slot
         label_relative: bool = False,  # that value times each frame's RMS (ff/labels.py slot_value)
-        lr_decay_frames: int | None = None,  # decay the learning rate linearly to 0 over this many frames; None: constant
+        lr_schedule: RateSchedule = RateSchedule(),  # the learning rate by frames learned; default: constant
         policy: type[StepPolicy] = Immediate,  # when to step, on which negatives (policies.py; build.py chooses it)
         batching: Batching = Batching(),
         checkpoint_dir: str | None = None,
@@ -76,10 +76,12 @@ class LayerWorker(Worker):
         self.features_layers = frozenset(features_layers) if features_layers is not None else None
         self.preview = WeightPreview(self.layer, preview_shape, index, self.log) if preview_shape else None
         self.figures = LayerFigures()
-        self.last_good = weights.LastGood(self.layer, lr_decay_frames, self.log)  # what a divergent step rolls back to
+        self.last_good = weights.LastGood(self.layer, lr_schedule, self.log)  # what a divergent step rolls back to
         self._last_trim = self._last_wake_step = time.monotonic()
+        saved = weights.resume(checkpoint_dir, index, self.layer, self.log)
+        self.last_good.frames_before = int(saved.get(FRAMES_KEY, 0))
         # Exactly-once (layer/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
-        self.delivery = LayerDelivery(self.name, weights.resume(checkpoint_dir, index, self.layer, self.log))
+        self.delivery = LayerDelivery(self.name, saved.get("delivery"))
         self.checkpoints = LayerCheckpoints(checkpoint_dir, index, self.layer, self.last_good, self.delivery, self.checkpoint_meta,
                                             lambda out: send(self.output, out, self.waiting), self.dropped)
         self._sent_ok = True  # whether the last micro-batch's activity was finite and went on
