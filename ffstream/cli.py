@@ -42,6 +42,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     """--seeds: 0,1 -> (0, 1); distinct non-negative integers."""
     try:
@@ -183,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--streams", type=_streams, default=("shapes", "fashion"), help="comma-separated: shapes, fashion (default both)")
     video.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
     video.add_argument("--no-pipeline", action="store_true", help="skip the pipeline row (ffstream run --recipe video + ffstream probe)")
+    video.add_argument("--probe-garments", type=_non_negative, default=15_000,
+                       help="moving Fashion-MNIST: a second probe fitted on one frame each of N train-split garments (default 15000; 0: none)")
     video.add_argument("--json", action="store_true", help="print one JSON object")
     novelty = bench_sub.add_parser("novelty", help="learn a fixed-camera video, then run frozen on it with other footage spliced in: "
                                    "AUROC of goodness per layer, alert latency per insert, false alerts per 1,000 frames")

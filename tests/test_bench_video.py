@@ -27,8 +27,9 @@ def bench_video(*args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    """Both streams, two seeds, 400 training and 200 test frames: (CompletedProcess, the parsed JSON)."""
-    result = subprocess.run(bench_video("--frames", "400", "--test-frames", "200", "--seeds", "0,1", "--json"),
+    """Both streams, two seeds, 400 training and 200 test frames, a probe set of 300 garments: (CompletedProcess, the
+    parsed JSON)."""
+    result = subprocess.run(bench_video("--frames", "400", "--test-frames", "200", "--seeds", "0,1", "--probe-garments", "300", "--json"),
                             env=env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     return result, json.loads(result.stdout)
@@ -51,9 +52,15 @@ def test_json_has_every_stream_row_and_seed(tiny_run):
             assert set(stream["rows"][row]["per_seed"]) == {"0", "1"}, (name, row)
         for row in ROWS - {"ff_in_order", "ff_shuffled"}:
             assert set(stream["rows"][row]["per_seed"]) == {"0"}, (name, row)  # the others at the first seed
-        # the i.i.d. pass at its rate: decaying over the pass; in order, the recipe's constant rate
+        # the i.i.d. pass at its rate: decaying over the pass; in order, the recipe's schedule (no linear decay: a stream has no end)
         assert stream["shuffled_config"]["shuffled"] and stream["shuffled_config"]["lr_decay"], stream["shuffled_config"]
         assert not stream["study_config"]["shuffled"] and not stream["study_config"]["lr_decay"], stream["study_config"]
+    # moving Fashion-MNIST only: a second probe fitted on one frame each of many garments, for FF at every seed
+    assert "probe_set" not in out["streams"]["shapes"]
+    on_set = out["streams"]["fashion"]["probe_set"]
+    assert on_set["frames"] == 300 and set(on_set["rows"]) == {"ff_in_order", "untrained", "raw_pixels"}, on_set
+    assert set(on_set["rows"]["ff_in_order"]["per_seed"]) == {"0", "1"} and set(on_set["rows"]["untrained"]["per_seed"]) == {"0"}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in on_set["rows"].values()), on_set
 
 
 def test_every_accuracy_is_a_fraction_and_every_rate_positive(tiny_run):

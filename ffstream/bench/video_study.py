@@ -277,21 +277,29 @@ def backprop_baseline(cfg: StudyConfig, train: tuple[torch.Tensor, torch.Tensor]
 
 
 def video_study(cfg: StudyConfig, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], probe_every: int = 2,
-                baselines: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+                baselines: bool = True, progress: Callable[[str], None] | None = None,
+                probe_set: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Learn from the train video (T, H, W) uint8 unsupervised, probe on every probe_every-th train frame, score on test.
 
     Returns FF's probe accuracy and frames/s, and with baselines: untrained layers, raw pixels and backprop. The
     untrained and raw-pixel rows' frames/s ("*_fps") time their readout: features of the probe's train and test
     frames, the probe's fit and its scoring. progress, if given, is called with each row's name as it starts.
+    probe_set, frames and labels (e.g. one frame each of many garments): a second probe fitted on them and scored on
+    the same test frames, for FF and (with baselines) untrained and raw pixels: result["probe_set"].
     """
     note = progress or (lambda row: None)
     video, labels = as_input(train[0], cfg.center), torch.from_numpy(train[1]).long()
     test_video, test_labels = as_input(test[0], cfg.center), torch.from_numpy(test[1]).long()
+    if probe_set is not None:
+        set_video, set_labels = as_input(probe_set[0], cfg.center), torch.from_numpy(probe_set[1]).long()
     sub = slice(0, None, probe_every)
     readout_frames = len(video[sub]) + len(test_video)  # the frames a readout row featurises and probes
 
     def probe_stack(stack: FFStack) -> float:
         return probe(ff_features(stack, cfg, video[sub]), labels[sub], ff_features(stack, cfg, test_video), test_labels)
+
+    def probe_on_set(stack: FFStack) -> float:
+        return probe(ff_features(stack, cfg, set_video), set_labels, ff_features(stack, cfg, test_video), test_labels)
 
     def timed(fn) -> tuple[float, float]:
         """(fn's accuracy, readout frames/s)."""
@@ -300,18 +308,26 @@ def video_study(cfg: StudyConfig, train: tuple[np.ndarray, np.ndarray], test: tu
         return accuracy, round(readout_frames / (time.perf_counter() - started), 1)
 
     result: dict = {"config": asdict(cfg), "train_frames": len(video), "test_frames": len(test_video)}
+    on_set = result["probe_set"] = {} if probe_set is not None else None
     if baselines:
         note("untrained")
-        result["untrained"], result["untrained_fps"] = timed(lambda: probe_stack(make_stack(cfg, tuple(video.shape[1:]))))
+        untrained = make_stack(cfg, tuple(video.shape[1:]))
+        result["untrained"], result["untrained_fps"] = timed(lambda: probe_stack(untrained))
         note("raw_pixels")
         result["raw_pixels"], result["raw_pixels_fps"] = timed(
             lambda: probe(video[sub].flatten(1), labels[sub], test_video.flatten(1), test_labels))
+        if on_set is not None:
+            note("untrained and raw_pixels, probe set")
+            on_set["untrained"] = probe_on_set(untrained)
+            on_set["raw_pixels"] = probe(set_video.flatten(1), set_labels, test_video.flatten(1), test_labels)
         note("backprop")
         result["backprop"] = backprop_baseline(cfg, (video, labels), (test_video, test_labels))
     note("ff_shuffled" if cfg.shuffled else "ff_in_order")
     stack = make_stack(cfg, tuple(video.shape[1:]))
     result["learning"] = train_ff(stack, cfg, video)
     result["ff"] = probe_stack(stack)
+    if on_set is not None:
+        on_set["ff"] = probe_on_set(stack)
     return result
 
 

@@ -91,7 +91,7 @@ def video_command(args) -> int:
     from ffstream.bench.video import VideoBenchConfig, format_result, progress_line, video_benchmark
 
     cfg = VideoBenchConfig(frames=args.frames, test_frames=args.test_frames, seeds=args.seeds, streams=args.streams,
-                           threads=args.threads, pipeline=not args.no_pipeline)
+                           threads=args.threads, pipeline=not args.no_pipeline, probe_garments=args.probe_garments)
     started = time.monotonic()
     try:
         result = video_benchmark(cfg, progress_line)
