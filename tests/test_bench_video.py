@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ffstream.config.recipes import read
 from tests.processes import env
 
 RUN_TIMEOUT_S = 120  # a tiny run takes seconds alone; a loaded 2-core machine gets slack, a hang still fails
@@ -55,6 +56,7 @@ def test_json_has_every_stream_row_and_seed(tiny_run):
         # the i.i.d. pass at its rate: decaying over the pass; in order, the recipe's schedule (no linear decay: a stream has no end)
         assert stream["shuffled_config"]["shuffled"] and stream["shuffled_config"]["lr_decay"], stream["shuffled_config"]
         assert not stream["study_config"]["shuffled"] and not stream["study_config"]["lr_decay"], stream["study_config"]
+        assert stream["study_config"]["lr_half_life"] == read("video").data["model"]["lr_half_life"], stream["study_config"]
     # moving Fashion-MNIST only: a second probe fitted on one frame each of many garments, for FF at every seed
     assert "probe_set" not in out["streams"]["shapes"]
     on_set = out["streams"]["fashion"]["probe_set"]
