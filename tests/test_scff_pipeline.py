@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,8 @@ from tests.processes import ROOT, env
 
 @pytest.mark.parametrize("sets, words", [
     (["model.layers=500,500"], ["stream.pairs", "layer 1 must be conv or local"]),
-    (["sleep.negatives=hybrid"], ["stream.pairs needs paired negatives", "'scff'"]),
+    (["sleep.negatives=hybrid"], ["stream.pairs needs paired negatives", "'scff' or 'temporal'"]),
+    (["stream.pairs=false", "sleep.negatives=temporal"], ["sleep.negatives 'temporal'", "stream.pairs=true"]),
     (["stream.pairs=false"], ["sleep.negatives 'scff'", "stream.pairs=true"]),
     (["stream.task=supervised"], ["stream.pairs is for unsupervised video"]),
     (["model.readout_pool=corners"], ["readout_pool", "'corners'"]),
@@ -74,6 +74,44 @@ def test_scff_negatives_pair_each_frame_with_an_old_one():
             assert int(ages.min()) >= SCFF_MIN_AGE and int(ages.max()) <= 256 + 16, ages
         dreamer.observe(batch)
     assert dreamer.size == 256
+
+
+def test_temporal_negatives_are_frames_out_of_their_time_order():
+    """sleep.negatives "temporal": each frame beside its predecessor (time reversed against the source's [x_{t-1}, x_t])
+    or beside a frame of another time (as scff), about half each."""
+    dreamer = Dreamer("temporal", None, reservoir=256, seed=0)
+    stream = np.arange(1, 401, dtype=np.float32).reshape(400, 1, 1, 1)  # frame t holds the value t + 1
+    reversed_rows = old_rows = 0
+    for start in range(0, 400, 16):
+        batch = stream[start : start + 16]
+        neg = dreamer.negatives(batch, None, stack=None).view(16, 2)
+        assert neg[:, 0].tolist() == batch.flatten().tolist()  # the frame itself, in the first slot
+        gaps = (neg[:, 0] - neg[:, 1]).tolist()
+        if start == 0:  # the stream's first frame has no predecessor: not beside itself (scff's partner instead)
+            assert gaps[0] != 0, gaps
+        else:  # past the first batch (whose scff partners are the batch itself, reversed), no pair in time order
+            assert all(g != -1 for g in gaps), gaps
+        if start >= SCFF_MIN_AGE + 16:
+            assert all(g == 1 or SCFF_MIN_AGE <= g <= 256 + 16 for g in gaps), gaps
+            reversed_rows += sum(g == 1 for g in gaps)
+            old_rows += sum(g >= SCFF_MIN_AGE for g in gaps)
+        dreamer.observe(batch)
+    assert 0.35 < reversed_rows / (reversed_rows + old_rows) < 0.65, (reversed_rows, old_rows)
+
+
+def test_temporal_negatives_through_the_pipeline(tmp_path):
+    """The video recipe with sleep.negatives=temporal: the sleep worker makes them for the paired layer 1 and both
+    layers step on negatives."""
+    summary = tmp_path / "summary.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "ffstream", "run", "--recipe", "video", "--source", "synthetic:1000", "--set", "sleep.negatives=temporal",
+         "--summary-json", str(summary), "--monitor", f"ipc://{tmp_path}/mon", "--http", "none", "--no-progress"],
+        capture_output=True, text=True, env={**env(), "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=400,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(summary.read_text())
+    assert result["sleep"]["negative_kind"] == "temporal"
+    assert [layer["negative_updates"] > 0 for layer in result["layers"]] == [True, True]
 
 
 def test_global_readout_pools_the_whole_map():

@@ -132,18 +132,21 @@ def check_run(cfg: RunConfig) -> None:
 
 
 def check_pairs(cfg: RunConfig) -> None:
-    """SCFF's one rule: stream.pairs (layer 1 sees two frames stacked) and sleep.negatives "scff" (a frame beside an old
-    one) go together, since a paired layer needs paired negatives and scff negatives need a paired layer."""
+    """SCFF's one rule: stream.pairs (layer 1 sees two frames stacked) and paired negatives (sleep.negatives "scff", a
+    frame beside an old one, or "temporal", frames out of their time order) go together, since a paired layer needs
+    paired negatives and paired negatives need a paired layer."""
+    from ffstream.ff.negative_kinds import PAIRED_KINDS
     from ffstream.ff.spec import parse_layers  # torch-free, as the checks above
 
     pairs = cfg.stream.pairs
-    scff = cfg.sleep.enabled and cfg.sleep_plan().negatives == "scff"
-    if scff and not pairs:
-        raise ConfigError("sleep.negatives 'scff' pairs frames for a layer that sees two: set stream.pairs=true")
+    kind = cfg.sleep_plan().negatives
+    paired = cfg.sleep.enabled and kind in PAIRED_KINDS
+    if paired and not pairs:
+        raise ConfigError(f"sleep.negatives {kind!r} pairs frames for a layer that sees two: set stream.pairs=true")
     if not pairs:
         return
-    if cfg.sleep.enabled and not scff:
-        raise ConfigError(f"stream.pairs needs paired negatives: sleep.negatives 'scff', not {cfg.sleep_plan().negatives!r}")
+    if cfg.sleep.enabled and not paired:
+        raise ConfigError(f"stream.pairs needs paired negatives: sleep.negatives 'scff' or 'temporal', not {kind!r}")
     if parse_layers(cfg.model.layers)[0].kind == "dense":
         raise ConfigError("stream.pairs stacks two frames along channels: layer 1 must be conv or local (e.g. model.layers=conv:32x5x5/2,...)")
     if cfg.stream.supervised:

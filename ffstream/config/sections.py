@@ -55,7 +55,8 @@ class StreamConfig:
     barrier_min_s: float = 10.0
     center: bool = False  # subtract each frame's own mean after scaling: a clip's background level is then no cue (SCFF on video)
     # Self-contrastive pairs (SCFF): layer 1 sees each frame stacked with the one before it along channels, (2C, H, W),
-    # the previous frame kept across batches; the sleep worker pairs each frame with an old one (sleep.negatives "scff").
+    # the previous frame kept across batches; the sleep worker pairs each frame with an old one (sleep.negatives "scff"),
+    # or with its predecessor in reverse or an old one ("temporal").
     # Offline (probe, eval, score) a frame is paired with itself. The two go together: rules.check_run.
     pairs: bool = False
 
@@ -172,7 +173,7 @@ class ModelConfig:
 @dataclass
 class SleepConfig:
     enabled: bool = True  # run the sleep worker at all; without it there are no negatives
-    negatives: str | None = None  # "random", "hard", "hybrid" or "scff" (needs stream.pairs); None: random when supervised, else scff with pairs, else hybrid
+    negatives: str | None = None  # "random", "hard", "hybrid", "scff" or "temporal" (both need stream.pairs); None: random when supervised, else scff with pairs, else hybrid
     sleep_every: int = 10  # wake batches between snapshot refreshes, as the layers step them (a recurrent image: one per iteration)
     reservoir: int = 4096  # raw frames kept for negatives
     update: str = "inputs"  # what layers are sent: "inputs" (judged on current weights) or "gradient" (taken on the snapshot)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ffstream.ff.labels import embed_label
-from ffstream.ff.negative_kinds import NEGATIVE_KINDS, UNLABELLED_KINDS, check_labelled  # noqa: F401 - re-exported
+from ffstream.ff.negative_kinds import NEGATIVE_KINDS, PAIRED_KINDS, UNLABELLED_KINDS, check_labelled  # noqa: F401 - re-exported
 from ffstream.ff.negatives import hard_wrong_labels, hybrid, random_wrong_labels
 from ffstream.ff.pairs import Reservoir as RecentFrames
 from ffstream.ff.pairs import cross_pairs
@@ -56,6 +56,8 @@ class Dreamer:
     layer that sees two frames stacked): each frame beside a frame at least SCFF_MIN_AGE frames older, drawn from a
     ring of the last `reservoir` frames, (B, 2C, H, W). Until the ring holds that many, the partner is whatever of it
     is oldest-at-hand (any held frame; the batch itself, reversed, for the very first), so that no positive waits.
+    "temporal" (for the same paired layer): real frames out of their time order. Half the rows are the positive's
+    two frames swapped, [x_t, x_{t-1}] against the source's [x_{t-1}, x_t]; the other half are scff's pairs.
     """
 
     def __init__(self, kind: str, num_classes: int | None, reservoir: int = 4096, seed: int = 0):
@@ -67,7 +69,8 @@ class Dreamer:
         self.generator = torch.Generator().manual_seed(seed)
         self.reservoir = Reservoir(reservoir, np.random.default_rng(seed))
         # scff: a ring of the newest frames in order, since a partner's age counts (capacity above the minimum age)
-        self.recent = RecentFrames(max(reservoir, SCFF_MIN_AGE + 1), seed=seed + 1, min_age=SCFF_MIN_AGE) if kind == "scff" else None
+        paired = kind in PAIRED_KINDS
+        self.recent = RecentFrames(max(reservoir, SCFF_MIN_AGE + 1), seed=seed + 1, min_age=SCFF_MIN_AGE) if paired else None
 
     def observe(self, batch: np.ndarray) -> None:
         """batch: (B, C, H, W) real frames, remembered for hybrids. Call it after `negatives` for that batch."""
@@ -85,6 +88,8 @@ class Dreamer:
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
         if self.kind == "scff":
             return cross_pairs(x, self.partners(x)).flatten(1)
+        if self.kind == "temporal":
+            return self.out_of_order(x).flatten(1)
         if self.kind == "hybrid":
             # Partners come from earlier batches: a video frame blended with itself or its neighbour
             # is nearly real, and teaches the layers nothing. The very first batch pairs its two halves.
@@ -104,6 +109,17 @@ class Dreamer:
         else:
             wrong = random_wrong_labels(true, self.num_classes, self.generator)
         return embed_label(flat, wrong, self.num_classes, stack.label_scale, stack.label_relative)
+
+    def out_of_order(self, x: torch.Tensor) -> torch.Tensor:
+        """temporal: x (B, C, H, W) in time order -> (B, 2C, H, W), half the rows [x_t, x_{t-1}] (time reversed), the
+        others [x_t, a frame of another time]. The stream's first frame has no predecessor: always the other kind."""
+        ring = self.recent
+        newest = ring.frames[(ring.count - 1) % ring.capacity][None] if ring.count else None  # the last batch's last frame
+        before = torch.cat([x[:1] if newest is None else newest, x[:-1]])
+        reversed_ok = torch.rand(len(x), generator=self.generator) < 0.5
+        if newest is None:
+            reversed_ok[0] = False  # [x_0, x_0] would be the positive itself
+        return torch.where(reversed_ok.view(-1, 1, 1, 1), cross_pairs(x, before), cross_pairs(x, self.partners(x)))
 
     def partners(self, x: torch.Tensor) -> torch.Tensor:
         """scff: for x (B, C, H, W), a frame of another time for each, (B, C, H, W)."""

@@ -52,7 +52,7 @@ class RecurrentSleepWorker(SleepWorker):
             return
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).flatten(1)
         rows = len(x)
-        if self.plan.negatives in UNLABELLED_KINDS:  # made from frames alone, by the Dreamer (scff never: it needs stream.pairs)
+        if self.plan.negatives in UNLABELLED_KINDS:  # made from frames alone, by the Dreamer (never a paired kind: those need stream.pairs)
             x_neg = self.dreamer.negatives(batch, None, self.stack)
             top = self.stack.label_input(None, rows)  # (B, 0) when unsupervised
         else:

@@ -17,12 +17,12 @@ import zmq
 
 from ffstream.config.plans import SleepPlan
 from ffstream.ff import LayerConfig, LinearReadout
-from ffstream.ff.dreamer import UNLABELLED_KINDS, Dreamer
+from ffstream.ff.dreamer import PAIRED_KINDS, UNLABELLED_KINDS, Dreamer
 from ffstream.ff.stack import FFStack
+from ffstream.monitor.stats import Ema, Mean, Phases, Rate
 from ffstream.net import wire
 from ffstream.net.transport import POLL_MS, Receiver, make_socket, send
 from ffstream.workers.base import Worker
-from ffstream.monitor.stats import Ema, Mean, Phases, Rate
 
 
 class SleepWorker(Worker):
@@ -64,8 +64,8 @@ class SleepWorker(Worker):
         self.stack = FFStack(layer_configs, label_scale=label_scale, label_relative=label_relative)  # the snapshot: weights only, never trained here
         self.versions: list[int | None] = [None] * len(layer_configs)
         self.dreamer = Dreamer(plan.negatives, num_classes, plan.reservoir, seed)
-        # The source publishes single frames; scff negatives stack two of them for a layer 1 that sees pairs (stream.pairs).
-        self.frame_values = layer_configs[0].in_features // (2 if plan.negatives == "scff" else 1)
+        # The source publishes single frames; paired negatives stack two of them for a layer 1 that sees pairs (stream.pairs).
+        self.frame_values = layer_configs[0].in_features // (2 if plan.negatives in PAIRED_KINDS else 1)
         self.batches = 0
         self.negatives_made = 0
         self.since_snapshot = 0
