@@ -14,6 +14,7 @@ untrained, 69.0 % shuffled, 26.5 % pixels. Random features read raw (readout "ra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -172,6 +173,9 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     reservoir = Reservoir(cfg.reservoir, seed=cfg.seed + 1, min_age=cfg.min_age)
     starts = torch.arange(0, len(video) - cfg.gap - cfg.batch, cfg.batch).tolist()
+    # linear: by the place in all passes (how a fixed set is trained); halving: by the frames learned (a stream's)
+    schedule = RateSchedule(decay_frames=cfg.passes * len(video) if cfg.lr_decay else None,
+                            half_life=cfg.lr_half_life or None, floor=cfg.lr_floor)
     frames = 0
     started = time.perf_counter()
     for p in range(cfg.passes):
@@ -180,10 +184,8 @@ def train_ff(stack: FFStack, cfg: StudyConfig, video: torch.Tensor) -> dict:
             rows = order[s : s + cfg.batch]
             x, succ = video[rows], video[rows + cfg.gap]
             if reservoir.ready():
-                if cfg.lr_decay:  # linearly over all passes
-                    stack.set_lr_scale(max(0.01, 1 - (p * len(video) + s) / (cfg.passes * len(video))))
-                elif cfg.lr_half_life:
-                    stack.set_lr_scale(RateSchedule(half_life=cfg.lr_half_life, floor=cfg.lr_floor).scale(frames))
+                if cfg.lr_decay or cfg.lr_half_life:
+                    stack.set_lr_scale(schedule.scale(p * len(video) + s if cfg.lr_decay else frames))
                 pos, neg = step_inputs(cfg, x, succ, reservoir, gen)
                 stack.learn_interleaved(pos.flatten(1), neg.flatten(1))
                 frames += len(x)
@@ -295,11 +297,15 @@ def video_study(cfg: StudyConfig, train: tuple[np.ndarray, np.ndarray], test: tu
     sub = slice(0, None, probe_every)
     readout_frames = len(video[sub]) + len(test_video)  # the frames a readout row featurises and probes
 
+    @functools.cache
+    def test_features(stack: FFStack) -> torch.Tensor:  # once per stack: the stream's probe and the set's score on them
+        return ff_features(stack, cfg, test_video)
+
     def probe_stack(stack: FFStack) -> float:
-        return probe(ff_features(stack, cfg, video[sub]), labels[sub], ff_features(stack, cfg, test_video), test_labels)
+        return probe(ff_features(stack, cfg, video[sub]), labels[sub], test_features(stack), test_labels)
 
     def probe_on_set(stack: FFStack) -> float:
-        return probe(ff_features(stack, cfg, set_video), set_labels, ff_features(stack, cfg, test_video), test_labels)
+        return probe(ff_features(stack, cfg, set_video), set_labels, test_features(stack), test_labels)
 
     def timed(fn) -> tuple[float, float]:
         """(fn's accuracy, readout frames/s)."""
