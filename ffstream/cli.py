@@ -32,24 +32,23 @@ def _layers(text: str) -> tuple[int | str, ...]:
     return tuple(s.size if s.kind == "dense" else str(s) for s in specs)
 
 
-def _positive(text: str) -> int:
+def _at_least(text: str, least: int, what: str) -> int:
+    """An integer flag's value, or argparse's one-line error naming `what` was expected."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _at_least(text, 1, "a positive integer")
 
 
 def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+    return _at_least(text, 0, "a whole number >= 0")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
