@@ -104,10 +104,10 @@ class LastGood:
     """The last good state of a worker's layer, and its learning rate: the schedule's, times a factor that each roll
     back to that state halves."""
 
-    def __init__(self, layer: FFLayer, schedule: RateSchedule, log: logging.Logger):
+    def __init__(self, layer: FFLayer, schedule: RateSchedule, log: logging.Logger, frames_before: int = 0):
         self.layer = layer
         self.schedule = schedule
-        self.frames_before = 0  # frames learned before this run, by the checkpoint it resumed: the schedule goes on from there
+        self.frames_before = frames_before  # frames learned before this run, by the checkpoint it resumed: the schedule goes on from there
         self.frames = 0  # frames learned in all before the last step (where the schedule stands)
         self.log = log  # the worker's
         self.good: Good | None = None  # copies of the weights and optimiser state

@@ -76,10 +76,10 @@ class LayerWorker(Worker):
         self.features_layers = frozenset(features_layers) if features_layers is not None else None
         self.preview = WeightPreview(self.layer, preview_shape, index, self.log) if preview_shape else None
         self.figures = LayerFigures()
-        self.last_good = weights.LastGood(self.layer, lr_schedule, self.log)  # what a divergent step rolls back to
-        self._last_trim = self._last_wake_step = time.monotonic()
         saved = weights.resume(checkpoint_dir, index, self.layer, self.log)
-        self.last_good.frames_before = int(saved.get(FRAMES_KEY, 0))
+        # what a divergent step rolls back to; its learning-rate schedule goes on from the frames the checkpoint learned
+        self.last_good = weights.LastGood(self.layer, lr_schedule, self.log, frames_before=int(saved.get(FRAMES_KEY, 0)))
+        self._last_trim = self._last_wake_step = time.monotonic()
         # Exactly-once (layer/delivery.py): the batches learned, saved with the weights; on once a batch carries a pass id.
         self.delivery = LayerDelivery(self.name, saved.get("delivery"))
         self.checkpoints = LayerCheckpoints(checkpoint_dir, index, self.layer, self.last_good, self.delivery, self.checkpoint_meta,
